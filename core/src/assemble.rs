@@ -1,0 +1,498 @@
+//! Ordered, concurrent, streaming page assembly.
+//!
+//! A page is a compiled shell evaluated for one request into a
+//! [`Plan`]: literal byte ranges, evaluated text, includes and `esi:try`
+//! blocks. Assembly works in two phases:
+//!
+//! 1. [`Page::prepare`] looks up every top-level include at once (KV reads
+//!    in parallel, no origin wait), so the response headers can say which
+//!    fragments are private and what each one's cache status is.
+//! 2. [`Page::next_chunk`] yields the output in document order. Every
+//!    segment's work runs concurrently; bytes go out as soon as everything
+//!    before them is ready, so time to first byte does not wait for a slow
+//!    fragment further down, and total time is close to the slowest fragment.
+//!
+//! Nested includes (a fragment that contains ESI) are assembled recursively
+//! and buffered, up to `limits.max_depth` levels, with cycle detection.
+//!
+//! # Failure policy
+//!
+//! A failed include tries its `alt`, then `onerror="continue"` drops it. An
+//! include that still fails makes its enclosing `esi:try` output the except
+//! branch, or fails the fragment that contains it. At the top level, a
+//! failure before any byte was sent fails the page (the adapter answers with
+//! an error status: 503 with `Retry-After` for a cold fragment on a `fail`
+//! route, 502 otherwise); after bytes were sent the slot stays empty and the
+//! failure is logged, because a streamed page cannot change its status.
+//! Includes past `max_includes`, past the page deadline, outside the
+//! allow-list, or beyond `max_depth` fail the same way. Output past
+//! `max_page_bytes` is cut off and logged.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures_util::future::{join_all, select, Either};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+
+use crate::cache::CacheStatus;
+use crate::esi::{Include, Plan, RequestVars, Segment, Template};
+use crate::loader::{Fragment, LoadError, Loader, Lookup};
+use crate::ports::{LocalFuture, LogLevel};
+use crate::url::{Url, UrlError};
+
+/// Why an include produced no output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IncludeError {
+    /// `src` is not a usable URL.
+    #[error("bad include URL {src:?}: {error}")]
+    BadUrl {
+        /// The evaluated `src`.
+        src: String,
+        /// What is wrong with it.
+        error: UrlError,
+    },
+    /// The URL is not on an allowed origin: never fetched.
+    #[error("include {0} is not on an allowed origin")]
+    NotAllowed(String),
+    /// More includes than `limits.max_includes` on one page.
+    #[error("more than {0} includes on one page")]
+    TooManyIncludes(u32),
+    /// Nested deeper than `limits.max_depth`.
+    #[error("include {url} is nested deeper than {max}")]
+    TooDeep {
+        /// The include that was not fetched.
+        url: String,
+        /// The configured limit.
+        max: u32,
+    },
+    /// The include would include itself.
+    #[error("include cycle through {0}")]
+    Cycle(String),
+    /// The page deadline passed first.
+    #[error("page deadline of {0} ms passed")]
+    Deadline(u32),
+    /// The origin answered with an error status.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The include.
+        url: String,
+        /// Its status.
+        status: u16,
+    },
+    /// Loading failed.
+    #[error("{url}: {error}")]
+    Load {
+        /// The include.
+        url: String,
+        /// Why.
+        error: LoadError,
+    },
+}
+
+impl IncludeError {
+    /// `Retry-After` seconds when the failure is a busy cold fragment.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            IncludeError::Load {
+                error: LoadError::ColdBusy { retry_after_s },
+                ..
+            } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to one include, for headers and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentReport {
+    /// Path (and query) of the include on its origin.
+    pub path: String,
+    /// Cache status.
+    pub status: CacheStatus,
+    /// Age of a cached copy, in seconds.
+    pub age_s: Option<u64>,
+    /// Milliseconds from lookup to body.
+    pub ms: u64,
+    /// Nesting depth (0 for the shell's own includes).
+    pub depth: u32,
+}
+
+/// One piece of page output.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes to send.
+    Bytes(Vec<u8>),
+    /// An include at the top level failed after all fallbacks.
+    Failed(IncludeError),
+}
+
+/// Per-page state shared by every include future of the page.
+struct PageState {
+    loader: Loader,
+    vars: RequestVars,
+    includes: Cell<u32>,
+    deadline: u64,
+    reports: RefCell<Vec<FragmentReport>>,
+    private: Cell<bool>,
+}
+
+type SegmentFuture = LocalFuture<Result<Vec<u8>, IncludeError>>;
+
+/// A page being assembled.
+pub struct Page {
+    state: Rc<PageState>,
+    stream: FuturesOrdered<SegmentFuture>,
+    sent: usize,
+    done: bool,
+}
+
+impl Page {
+    /// Phase one: evaluate `template` for this request and look up every
+    /// top-level include. `base` is the shell's URL on the origin.
+    pub async fn prepare(loader: Loader, template: Rc<Template>, base: Url) -> Page {
+        let vars = loader.request().esi_vars();
+        let config = Rc::clone(loader.config());
+        let now = loader.ports().clock.now_ms();
+        let state = Rc::new(PageState {
+            loader,
+            vars,
+            includes: Cell::new(0),
+            deadline: now + u64::from(config.limits.page_timeout_ms),
+            reports: RefCell::new(Vec::new()),
+            private: Cell::new(false),
+        });
+        let plan: Plan = template.evaluate(&state.vars);
+        let base = Rc::new(base);
+        // Look up all top-level includes concurrently.
+        let lookups = join_all(plan.segments.iter().map(|seg| {
+            let state = Rc::clone(&state);
+            let base = Rc::clone(&base);
+            let src = match seg {
+                Segment::Include(inc) => Some(inc.src.clone()),
+                _ => None,
+            };
+            async move {
+                match src {
+                    Some(src) => Some(state.start(&src, &base, 0, &[]).await),
+                    None => None,
+                }
+            }
+        }))
+        .await;
+        let mut stream: FuturesOrdered<SegmentFuture> = FuturesOrdered::new();
+        for (seg, pre) in plan.segments.into_iter().zip(lookups) {
+            stream.push_back(segment_future(&state, &template, seg, &base, 0, Rc::new(Vec::new()), pre));
+        }
+        Page {
+            state,
+            stream,
+            sent: 0,
+            done: false,
+        }
+    }
+
+    /// Whether any include seen so far is user-specific.
+    pub fn is_private(&self) -> bool {
+        self.state.private.get()
+    }
+
+    /// Reports for the includes seen so far.
+    pub fn reports(&self) -> Vec<FragmentReport> {
+        self.state.reports.borrow().clone()
+    }
+
+    /// Phase two: the next piece of output in document order, or `None` at
+    /// the end. Failed top-level includes are reported as [`Chunk::Failed`];
+    /// the caller decides (by whether it has sent anything) what that means.
+    pub async fn next_chunk(&mut self) -> Option<Chunk> {
+        if self.done {
+            return None;
+        }
+        let item = self.stream.next().await?;
+        match item {
+            Ok(bytes) => {
+                let max = self.state.loader.config().limits.max_page_bytes;
+                if self.sent + bytes.len() > max {
+                    self.done = true;
+                    self.state.log(
+                        LogLevel::Error,
+                        &format!("page exceeds max_page_bytes ({max}); output cut off"),
+                    );
+                    let keep = max.saturating_sub(self.sent);
+                    self.sent = max;
+                    return Some(Chunk::Bytes(bytes[..keep].to_vec()));
+                }
+                self.sent += bytes.len();
+                Some(Chunk::Bytes(bytes))
+            }
+            Err(e) => Some(Chunk::Failed(e)),
+        }
+    }
+
+    /// Collects the whole page; a failed top-level include fails the page.
+    pub async fn collect(mut self) -> Result<Vec<u8>, IncludeError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk().await {
+            match chunk {
+                Chunk::Bytes(b) => out.extend_from_slice(&b),
+                Chunk::Failed(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A started include: the resolved URL and its lookup.
+struct Started {
+    url: Url,
+    report: usize,
+    began: u64,
+    lookup: Lookup,
+}
+
+impl PageState {
+    fn log(&self, level: LogLevel, msg: &str) {
+        self.loader.ports().log.log(level, msg);
+    }
+
+    /// Resolves, checks and looks up one include `src`.
+    async fn start(&self, src: &str, base: &Url, depth: u32, chain: &[String]) -> Result<Started, IncludeError> {
+        let config = self.loader.config();
+        let limits = &config.limits;
+        let n = self.includes.get() + 1;
+        self.includes.set(n);
+        if n > limits.max_includes {
+            return Err(IncludeError::TooManyIncludes(limits.max_includes));
+        }
+        let mut url = base.resolve(src).map_err(|error| IncludeError::BadUrl {
+            src: src.to_owned(),
+            error,
+        })?;
+        // An include addressed to the worker's own host means the origin.
+        if url.origin() == self.loader.request().url.origin() {
+            url = url.with_origin(&config.origin);
+        }
+        if !config.allow.allows(&url) {
+            return Err(IncludeError::NotAllowed(url.to_string()));
+        }
+        if depth > limits.max_depth {
+            return Err(IncludeError::TooDeep {
+                url: url.to_string(),
+                max: limits.max_depth,
+            });
+        }
+        let id = url.to_string();
+        if chain.contains(&id) {
+            return Err(IncludeError::Cycle(id));
+        }
+        let began = self.loader.ports().clock.now_ms();
+        let lookup = self.loader.lookup_fragment(&url).await;
+        if lookup.private {
+            self.private.set(true);
+        }
+        let mut reports = self.reports.borrow_mut();
+        reports.push(FragmentReport {
+            path: url.path_and_query(),
+            status: lookup.status,
+            age_s: lookup.age_s,
+            ms: 0,
+            depth,
+        });
+        Ok(Started {
+            url,
+            report: reports.len() - 1,
+            began,
+            lookup,
+        })
+    }
+
+    /// Finishes a started include: body, error status, nested ESI.
+    async fn finish(self: &Rc<Self>, started: Started, depth: u32, chain: &[String]) -> Result<Vec<u8>, IncludeError> {
+        let Started {
+            url,
+            report,
+            began,
+            lookup,
+        } = started;
+        let (status, result) = self.until_deadline(lookup.finish()).await?;
+        let now = self.loader.ports().clock.now_ms();
+        if let Some(r) = self.reports.borrow_mut().get_mut(report) {
+            r.status = status;
+            r.ms = now.saturating_sub(began);
+        }
+        let frag = result.map_err(|error| IncludeError::Load {
+            url: url.to_string(),
+            error,
+        })?;
+        if frag.status >= 400 {
+            return Err(IncludeError::Status {
+                url: url.to_string(),
+                status: frag.status,
+            });
+        }
+        if !frag.set_cookies.is_empty() {
+            self.private.set(true);
+        }
+        let mut chain = chain.to_vec();
+        chain.push(url.to_string());
+        self.render(&frag, url, depth + 1, Rc::new(chain)).await
+    }
+
+    /// The output of a loaded fragment: its body, with any ESI in it processed.
+    async fn render(self: &Rc<Self>, frag: &Fragment, url: Url, depth: u32, chain: Rc<Vec<String>>) -> Result<Vec<u8>, IncludeError> {
+        if !may_contain_esi(&frag.body) {
+            return Ok(frag.body.to_vec());
+        }
+        let template = self.loader.shared().templates.get(frag);
+        if !template.has_esi() {
+            return Ok(frag.body.to_vec());
+        }
+        let plan = template.evaluate(&self.vars);
+        let base = Rc::new(url);
+        let futures: Vec<SegmentFuture> = plan
+            .segments
+            .into_iter()
+            .map(|seg| segment_future(self, &template, seg, &base, depth, Rc::clone(&chain), None))
+            .collect();
+        let parts = join_all(futures).await;
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend_from_slice(&part?);
+        }
+        Ok(out)
+    }
+
+    async fn until_deadline<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, IncludeError> {
+        let clock = &self.loader.ports().clock;
+        let now = clock.now_ms();
+        let limit = self.loader.config().limits.page_timeout_ms;
+        if now >= self.deadline {
+            return Err(IncludeError::Deadline(limit));
+        }
+        let timer = clock.sleep(self.deadline - now);
+        match select(Box::pin(fut), timer).await {
+            Either::Left((v, _)) => Ok(v),
+            Either::Right(_) => Err(IncludeError::Deadline(limit)),
+        }
+    }
+
+    /// One include with its fallbacks: `src`, then `alt`, then `onerror`.
+    async fn include(
+        self: Rc<Self>,
+        inc: Include,
+        base: Rc<Url>,
+        depth: u32,
+        chain: Rc<Vec<String>>,
+        pre: Option<Result<Started, IncludeError>>,
+    ) -> Result<Vec<u8>, IncludeError> {
+        let first = match pre {
+            Some(started) => started,
+            None => self.start(&inc.src, &base, depth, &chain).await,
+        };
+        let err = match first {
+            Ok(started) => match self.finish(started, depth, &chain).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        self.log(LogLevel::Warn, &format!("include failed: {err}"));
+        let err = match &inc.alt {
+            Some(alt) => {
+                let attempt = match self.start(alt, &base, depth, &chain).await {
+                    Ok(started) => self.finish(started, depth, &chain).await,
+                    Err(e) => Err(e),
+                };
+                match attempt {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(e) => {
+                        self.log(LogLevel::Warn, &format!("alt failed: {e}"));
+                        // Report the cause the operator can act on: the src failure
+                        // unless the alt's own is more telling (a busy cold alt).
+                        if e.retry_after().is_some() {
+                            e
+                        } else {
+                            err
+                        }
+                    }
+                }
+            }
+            None => err,
+        };
+        if inc.onerror_continue {
+            return Ok(Vec::new());
+        }
+        Err(err)
+    }
+
+    /// `esi:try`: the attempt, or the except branch if an include in the
+    /// attempt failed. Only the chosen branch's output is used.
+    async fn try_block(
+        self: Rc<Self>,
+        template: Rc<Template>,
+        attempt: Vec<Segment>,
+        except: Vec<Segment>,
+        base: Rc<Url>,
+        depth: u32,
+        chain: Rc<Vec<String>>,
+    ) -> Result<Vec<u8>, IncludeError> {
+        match self.sequence(&template, attempt, &base, depth, &chain).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => {
+                self.log(LogLevel::Info, &format!("esi:try attempt failed ({e}); using except"));
+                self.sequence(&template, except, &base, depth, &chain).await
+            }
+        }
+    }
+
+    async fn sequence(
+        self: &Rc<Self>,
+        template: &Rc<Template>,
+        segments: Vec<Segment>,
+        base: &Rc<Url>,
+        depth: u32,
+        chain: &Rc<Vec<String>>,
+    ) -> Result<Vec<u8>, IncludeError> {
+        let futures: Vec<SegmentFuture> = segments
+            .into_iter()
+            .map(|seg| segment_future(self, template, seg, base, depth, Rc::clone(chain), None))
+            .collect();
+        let mut out = Vec::new();
+        for part in join_all(futures).await {
+            out.extend_from_slice(&part?);
+        }
+        Ok(out)
+    }
+}
+
+fn segment_future(
+    state: &Rc<PageState>,
+    template: &Rc<Template>,
+    seg: Segment,
+    base: &Rc<Url>,
+    depth: u32,
+    chain: Rc<Vec<String>>,
+    pre: Option<Result<Started, IncludeError>>,
+) -> SegmentFuture {
+    match seg {
+        Segment::Literal(range) => {
+            let bytes = template.source().get(range).unwrap_or_default().to_vec();
+            Box::pin(std::future::ready(Ok(bytes)))
+        }
+        Segment::Text(bytes) => Box::pin(std::future::ready(Ok(bytes))),
+        Segment::Include(inc) => Box::pin(Rc::clone(state).include(inc, Rc::clone(base), depth, chain, pre)),
+        Segment::Try { attempt, except } => Box::pin(Rc::clone(state).try_block(
+            Rc::clone(template),
+            attempt,
+            except,
+            Rc::clone(base),
+            depth,
+            chain,
+        )),
+    }
+}
+
+/// Cheap pre-check that skips compiling bodies with no ESI at all.
+fn may_contain_esi(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"<esi:").is_some() || memchr::memmem::find(body, b"<!--esi").is_some()
+}

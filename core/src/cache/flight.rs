@@ -1,0 +1,241 @@
+//! Single-flight: one origin fetch per cache key per isolate.
+//!
+//! The first request to need a key becomes the leader and starts the fetch
+//! (under `wait_until` in the Worker, so a disconnecting client cannot cancel
+//! it); every concurrent request for the same key becomes a follower and
+//! waits for the leader's outcome.
+//!
+//! What crosses between requests is only plain data: the outcome is written
+//! into a shared cell and followers *poll* that cell with their own timer
+//! ([`crate::ports::Clock::sleep`]). Nothing here holds a waker, a channel or
+//! a future that one request completes for another, because workerd ties
+//! every promise to the request that created it: a follower woken by the
+//! leader's future would resume inside the leader's request (see DESIGN §4).
+//!
+//! The leader's [`LeaderGuard`] removes the map entry when the load ends,
+//! success or failure, and also when it is dropped without an outcome, so a
+//! failed or cancelled load never poisons later requests.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A finished load as shared with followers.
+pub type Shared<T> = Rc<T>;
+
+struct Cell<T> {
+    key: String,
+    started_at: u64,
+    outcome: RefCell<Option<Rc<T>>>,
+}
+
+/// A follower's view of a flight: poll [`FlightHandle::outcome`].
+pub struct FlightHandle<T> {
+    cell: Rc<Cell<T>>,
+}
+
+impl<T> Clone for FlightHandle<T> {
+    fn clone(&self) -> Self {
+        FlightHandle {
+            cell: Rc::clone(&self.cell),
+        }
+    }
+}
+
+impl<T> FlightHandle<T> {
+    /// The leader's outcome, once it has one.
+    pub fn outcome(&self) -> Option<Rc<T>> {
+        self.cell.outcome.borrow().clone()
+    }
+
+    /// When the leader started (ms).
+    pub fn started_at(&self) -> u64 {
+        self.cell.started_at
+    }
+}
+
+/// The in-flight loads of one isolate.
+pub struct Flights<T> {
+    map: RefCell<HashMap<String, Rc<Cell<T>>>>,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Flights {
+            map: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+/// The result of [`Flights::join`].
+pub enum Join<T> {
+    /// This request must perform the load and complete the guard.
+    Leader(LeaderGuard<T>),
+    /// Another request is loading; poll the handle.
+    Follower(FlightHandle<T>),
+}
+
+impl<T> Flights<T> {
+    /// An empty map.
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// Becomes the leader for `key`, or a follower of the current leader.
+    pub fn join(self: &Rc<Self>, key: &str, now: u64) -> Join<T> {
+        let mut map = self.map.borrow_mut();
+        if let Some(cell) = map.get(key) {
+            return Join::Follower(FlightHandle {
+                cell: Rc::clone(cell),
+            });
+        }
+        let cell = Rc::new(Cell {
+            key: key.to_owned(),
+            started_at: now,
+            outcome: RefCell::new(None),
+        });
+        map.insert(key.to_owned(), Rc::clone(&cell));
+        Join::Leader(LeaderGuard {
+            flights: Rc::clone(self),
+            key: key.to_owned(),
+            cell,
+            done: false,
+        })
+    }
+
+    /// Whether a load of `key` is in flight.
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.map.borrow().contains_key(key)
+    }
+
+    /// Whether the flight behind `handle` is still running. A handle with no
+    /// outcome whose flight is gone was abandoned by its leader.
+    pub fn is_live(&self, handle: &FlightHandle<T>) -> bool {
+        self.map
+            .borrow()
+            .get(&handle.cell.key)
+            .is_some_and(|c| Rc::ptr_eq(c, &handle.cell))
+    }
+
+    /// Number of loads in flight.
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    /// Whether no load is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.map.borrow().is_empty()
+    }
+
+    fn remove(&self, key: &str, cell: &Rc<Cell<T>>) {
+        let mut map = self.map.borrow_mut();
+        // Only remove our own cell: never a newer flight for the same key.
+        if map.get(key).is_some_and(|c| Rc::ptr_eq(c, cell)) {
+            map.remove(key);
+        }
+    }
+}
+
+/// The leader's obligation to publish an outcome. Dropping it without
+/// calling [`LeaderGuard::complete`] publishes `abandoned` via
+/// [`LeaderGuard::abandon_with`] semantics: the entry is removed and
+/// followers see no outcome, so they time out or retry on their own.
+pub struct LeaderGuard<T> {
+    flights: Rc<Flights<T>>,
+    key: String,
+    cell: Rc<Cell<T>>,
+    done: bool,
+}
+
+impl<T> LeaderGuard<T> {
+    /// The key being loaded.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A handle the leader itself can poll like a follower.
+    pub fn handle(&self) -> FlightHandle<T> {
+        FlightHandle {
+            cell: Rc::clone(&self.cell),
+        }
+    }
+
+    /// Publishes the outcome to followers and ends the flight.
+    pub fn complete(mut self, outcome: T) -> Rc<T> {
+        let outcome = Rc::new(outcome);
+        *self.cell.outcome.borrow_mut() = Some(Rc::clone(&outcome));
+        self.flights.remove(&self.key, &self.cell);
+        self.done = true;
+        outcome
+    }
+}
+
+impl<T> Drop for LeaderGuard<T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.flights.remove(&self.key, &self.cell);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_leader_many_followers_then_cleared() {
+        let f: Rc<Flights<u32>> = Flights::new();
+        let Join::Leader(lead) = f.join("k", 1) else {
+            panic!("first joiner leads")
+        };
+        let followers: Vec<_> = (0..5)
+            .map(|_| match f.join("k", 2) {
+                Join::Follower(h) => h,
+                Join::Leader(_) => panic!("second joiner must follow"),
+            })
+            .collect();
+        assert!(followers.iter().all(|h| h.outcome().is_none()));
+        assert!(f.in_flight("k"));
+        lead.complete(7);
+        assert!(!f.in_flight("k"));
+        assert!(followers.iter().all(|h| h.outcome().as_deref() == Some(&7)));
+        assert_eq!(followers[0].started_at(), 1);
+        // The next load of the key starts a fresh flight.
+        assert!(matches!(f.join("k", 3), Join::Leader(_)));
+    }
+
+    #[test]
+    fn dropped_leader_does_not_poison() {
+        let f: Rc<Flights<u32>> = Flights::new();
+        let lead = match f.join("k", 0) {
+            Join::Leader(l) => l,
+            Join::Follower(_) => unreachable!(),
+        };
+        let Join::Follower(h) = f.join("k", 0) else {
+            unreachable!()
+        };
+        assert!(f.is_live(&h));
+        drop(lead);
+        assert!(!f.is_live(&h));
+        assert!(f.is_empty());
+        assert!(h.outcome().is_none());
+        assert!(matches!(f.join("k", 1), Join::Leader(_)));
+    }
+
+    #[test]
+    fn stale_guard_never_removes_a_newer_flight() {
+        let f: Rc<Flights<u32>> = Flights::new();
+        let Join::Leader(old) = f.join("k", 0) else {
+            unreachable!()
+        };
+        // Simulate the old flight's entry having been replaced.
+        f.map.borrow_mut().remove("k");
+        let Join::Leader(new) = f.join("k", 1) else {
+            unreachable!()
+        };
+        drop(old);
+        assert!(f.in_flight("k"));
+        new.complete(1);
+        assert!(!f.in_flight("k"));
+    }
+}

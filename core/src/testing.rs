@@ -1,0 +1,542 @@
+//! In-memory fakes of every port and a deterministic executor, for fast
+//! native simulations of stampedes, expiry and origin failures.
+//!
+//! [`Sim`] owns a single-threaded executor with *virtual* time: when no task
+//! can make progress, the clock jumps to the earliest pending timer. A burst
+//! of 1,000 requests against an origin with 300 ms latency therefore runs in
+//! milliseconds of real time, and always the same way for the same seed.
+//!
+//! - [`SimClock`]: manual clock whose `sleep` futures are driven by [`Sim`].
+//! - [`MemStore`]: KV stand-in with expiry, counters and failure injection.
+//! - [`ScriptedOrigin`]: origin with per-path responses, latency, failures,
+//!   hangs, and a record of every request it received.
+//! - [`SeededRng`]: xorshift generator.
+//! - [`MemLog`]: captured log lines.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use crate::ports::{
+    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError, OriginRequest,
+    OriginResponse, Ports, Rng, StoreError, StoredEntry,
+};
+
+/// Wakes a task by pushing its id on the ready queue.
+struct TaskWaker {
+    id: usize,
+    ready: Arc<Mutex<VecDeque<usize>>>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Ok(mut q) = self.ready.lock() {
+            q.push_back(self.id);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Executor {
+    tasks: RefCell<Vec<Option<LocalFuture<()>>>>,
+    ready: Arc<Mutex<VecDeque<usize>>>,
+    live: Cell<usize>,
+}
+
+impl Executor {
+    fn spawn(&self, fut: LocalFuture<()>) {
+        let mut tasks = self.tasks.borrow_mut();
+        tasks.push(Some(fut));
+        self.live.set(self.live.get() + 1);
+        if let Ok(mut q) = self.ready.lock() {
+            q.push_back(tasks.len() - 1);
+        }
+    }
+
+    /// Polls ready tasks until none is ready. Returns how many polls ran.
+    fn run_ready(&self) -> usize {
+        let mut polls = 0;
+        loop {
+            let next = self.ready.lock().ok().and_then(|mut q| q.pop_front());
+            let Some(id) = next else { return polls };
+            // Take the task out so it can spawn others while being polled.
+            let Some(mut fut) = self.tasks.borrow_mut().get_mut(id).and_then(Option::take) else {
+                continue;
+            };
+            let waker = Waker::from(Arc::new(TaskWaker {
+                id,
+                ready: Arc::clone(&self.ready),
+            }));
+            polls += 1;
+            match fut.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(()) => self.live.set(self.live.get() - 1),
+                Poll::Pending => self.tasks.borrow_mut()[id] = Some(fut),
+            }
+        }
+    }
+}
+
+/// A virtual clock: time moves only when the simulation says so.
+pub struct SimClock {
+    now: Cell<u64>,
+    seq: Cell<u64>,
+    timers: RefCell<BinaryHeap<Reverse<(u64, u64)>>>,
+    wakers: RefCell<HashMap<u64, Waker>>,
+}
+
+impl SimClock {
+    fn new(start: u64) -> Rc<Self> {
+        Rc::new(SimClock {
+            now: Cell::new(start),
+            seq: Cell::new(0),
+            timers: RefCell::new(BinaryHeap::new()),
+            wakers: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Moves time forward by `ms` (timers that come due fire on the next run).
+    pub fn advance(&self, ms: u64) {
+        self.now.set(self.now.get() + ms);
+        self.fire_due();
+    }
+
+    fn fire_due(&self) {
+        let now = self.now.get();
+        let mut timers = self.timers.borrow_mut();
+        while let Some(Reverse((at, id))) = timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            timers.pop();
+            if let Some(w) = self.wakers.borrow_mut().remove(&id) {
+                w.wake();
+            }
+        }
+    }
+
+    fn next_timer(&self) -> Option<u64> {
+        self.timers.borrow().peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+struct Sleep {
+    clock: Rc<SimClock>,
+    at: u64,
+    id: Option<u64>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clock.now.get() >= self.at {
+            return Poll::Ready(());
+        }
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = self.clock.seq.get();
+                self.clock.seq.set(id + 1);
+                self.clock.timers.borrow_mut().push(Reverse((self.at, id)));
+                self.id = Some(id);
+                id
+            }
+        };
+        self.clock.wakers.borrow_mut().insert(id, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+struct SimClockPort(Rc<SimClock>);
+
+impl Clock for SimClockPort {
+    fn now_ms(&self) -> u64 {
+        self.0.now.get()
+    }
+    fn sleep(&self, ms: u64) -> LocalFuture<()> {
+        Box::pin(Sleep {
+            clock: Rc::clone(&self.0),
+            at: self.0.now.get() + ms,
+            id: None,
+        })
+    }
+}
+
+/// Deterministic xorshift64* generator.
+pub struct SeededRng(Cell<u64>);
+
+impl SeededRng {
+    /// A generator from `seed` (0 is replaced by a fixed non-zero value).
+    pub fn new(seed: u64) -> Self {
+        SeededRng(Cell::new(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed }))
+    }
+}
+
+impl Rng for SeededRng {
+    fn next_u64(&self) -> u64 {
+        let mut x = self.0.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Captured log lines.
+#[derive(Default)]
+pub struct MemLog {
+    lines: RefCell<Vec<(LogLevel, String)>>,
+}
+
+impl MemLog {
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<(LogLevel, String)> {
+        self.lines.borrow().clone()
+    }
+    /// Whether any line contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.lines.borrow().iter().any(|(_, l)| l.contains(needle))
+    }
+}
+
+impl Log for MemLog {
+    fn log(&self, level: LogLevel, message: &str) {
+        self.lines.borrow_mut().push((level, message.to_owned()));
+    }
+}
+
+/// An in-memory fragment store with KV-like expiry.
+pub struct MemStore {
+    clock: Rc<SimClock>,
+    entries: RefCell<HashMap<String, (StoredEntry, u64)>>,
+    /// Number of `get` calls.
+    pub gets: Cell<usize>,
+    /// Number of successful `put` calls.
+    pub puts: Cell<usize>,
+    /// When set, every `get` fails.
+    pub fail_gets: Cell<bool>,
+    /// When set, every `put` fails.
+    pub fail_puts: Cell<bool>,
+}
+
+impl MemStore {
+    /// The live entry under `key`, if any.
+    pub fn entry(&self, key: &str) -> Option<StoredEntry> {
+        let now = self.clock.now.get();
+        self.entries
+            .borrow()
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(e, _)| e.clone())
+    }
+    /// All live keys, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let now = self.clock.now.get();
+        let mut keys: Vec<String> = self
+            .entries
+            .borrow()
+            .iter()
+            .filter(|(_, (_, exp))| *exp > now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+    /// Stores an entry directly (test set-up).
+    pub fn insert(&self, key: &str, entry: StoredEntry, ttl_s: u64) {
+        let exp = self.clock.now.get() + ttl_s * 1000;
+        self.entries.borrow_mut().insert(key.to_owned(), (entry, exp));
+    }
+}
+
+struct MemStorePort(Rc<MemStore>);
+
+impl FragmentStore for MemStorePort {
+    fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>> {
+        let s = &self.0;
+        s.gets.set(s.gets.get() + 1);
+        let r = if s.fail_gets.get() {
+            Err(StoreError("injected read failure".into()))
+        } else {
+            Ok(s.entry(key))
+        };
+        Box::pin(std::future::ready(r))
+    }
+    fn put(&self, key: &str, entry: StoredEntry, ttl_s: u64) -> LocalFuture<Result<(), StoreError>> {
+        let s = &self.0;
+        let r = if s.fail_puts.get() {
+            Err(StoreError("injected write failure".into()))
+        } else if ttl_s < 60 {
+            Err(StoreError(format!("expirationTtl {ttl_s} is below KV's minimum of 60")))
+        } else {
+            s.puts.set(s.puts.get() + 1);
+            s.insert(key, entry, ttl_s);
+            Ok(())
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// How the scripted origin answers one path.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// A response after `latency_ms`.
+    Respond {
+        /// HTTP status.
+        status: u16,
+        /// Headers (lower-case names).
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: Vec<u8>,
+        /// Delay before answering.
+        latency_ms: u64,
+    },
+    /// Never answers (the request's timeout fires).
+    Hang,
+    /// Connection reset after `latency_ms`.
+    Reset {
+        /// Delay before the reset.
+        latency_ms: u64,
+    },
+}
+
+impl Script {
+    /// A 200 with `body` after `latency_ms`.
+    pub fn ok(body: &str, latency_ms: u64) -> Script {
+        Script::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), "text/html".into())],
+            body: body.as_bytes().to_vec(),
+            latency_ms,
+        }
+    }
+    /// A bare `status` after `latency_ms`.
+    pub fn status(status: u16, latency_ms: u64) -> Script {
+        Script::Respond {
+            status,
+            headers: Vec::new(),
+            body: format!("status {status}").into_bytes(),
+            latency_ms,
+        }
+    }
+    /// Adds a response header.
+    pub fn header(mut self, name: &str, value: &str) -> Script {
+        if let Script::Respond { headers, .. } = &mut self {
+            headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        }
+        self
+    }
+}
+
+/// An origin that answers from a script and records what it was asked.
+pub struct ScriptedOrigin {
+    clock: Rc<SimClock>,
+    scripts: RefCell<HashMap<String, Script>>,
+    requests: RefCell<Vec<OriginRequest>>,
+    served: RefCell<HashMap<String, u32>>,
+}
+
+impl ScriptedOrigin {
+    /// Sets how `path` (path and query) is answered from now on.
+    pub fn script(&self, path: &str, script: Script) {
+        self.scripts.borrow_mut().insert(path.to_owned(), script);
+    }
+    /// Requests received for `path` (path and query).
+    pub fn count(&self, path: &str) -> usize {
+        self.requests
+            .borrow()
+            .iter()
+            .filter(|r| r.url.path_and_query() == path)
+            .count()
+    }
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<OriginRequest> {
+        self.requests.borrow().clone()
+    }
+    /// Total requests received.
+    pub fn total(&self) -> usize {
+        self.requests.borrow().len()
+    }
+    /// How many times `path` has been answered so far (bodies may embed it).
+    pub fn served(&self, path: &str) -> u32 {
+        self.served.borrow().get(path).copied().unwrap_or(0)
+    }
+}
+
+struct OriginPort(Rc<ScriptedOrigin>);
+
+impl Origin for OriginPort {
+    fn fetch(&self, req: OriginRequest) -> LocalFuture<Result<OriginResponse, OriginError>> {
+        let origin = Rc::clone(&self.0);
+        let path = req.url.path_and_query();
+        origin.requests.borrow_mut().push(req.clone());
+        let script = origin.scripts.borrow().get(&path).cloned();
+        let clock = SimClockPort(Rc::clone(&origin.clock));
+        Box::pin(async move {
+            let timeout = u64::from(req.timeout_ms);
+            let (latency, result) = match script {
+                None => (0, Ok(OriginResponse {
+                    status: 404,
+                    headers: Vec::new(),
+                    body: b"not found".to_vec(),
+                })),
+                Some(Script::Hang) => (u64::MAX, Err(OriginError::Timeout(req.timeout_ms))),
+                Some(Script::Reset { latency_ms }) => (latency_ms, Err(OriginError::Network("connection reset".into()))),
+                Some(Script::Respond {
+                    status,
+                    headers,
+                    body,
+                    latency_ms,
+                }) => {
+                    let n = {
+                        let mut served = origin.served.borrow_mut();
+                        let n = served.entry(path.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    let body = String::from_utf8_lossy(&body).replace("{n}", &n.to_string()).into_bytes();
+                    if body.len() > req.max_body_bytes {
+                        (latency_ms, Err(OriginError::TooLarge(req.max_body_bytes)))
+                    } else {
+                        (latency_ms, Ok(OriginResponse { status, headers, body }))
+                    }
+                }
+            };
+            if latency >= timeout {
+                clock.sleep(timeout).await;
+                return Err(OriginError::Timeout(req.timeout_ms));
+            }
+            clock.sleep(latency).await;
+            result
+        })
+    }
+}
+
+struct SimBackground(Rc<Executor>);
+
+impl Background for SimBackground {
+    fn spawn(&self, fut: LocalFuture<()>) {
+        self.0.spawn(fut);
+    }
+}
+
+/// A deterministic simulation: fakes for every port plus the executor.
+pub struct Sim {
+    exec: Rc<Executor>,
+    /// The virtual clock.
+    pub clock: Rc<SimClock>,
+    /// The fragment store.
+    pub store: Rc<MemStore>,
+    /// The origin.
+    pub origin: Rc<ScriptedOrigin>,
+    /// Captured logs.
+    pub log: Rc<MemLog>,
+    rng: Rc<SeededRng>,
+}
+
+/// Where a spawned task's result lands.
+pub type Slot<T> = Rc<RefCell<Option<T>>>;
+
+/// Simulations give up after this many polls (a guard against livelock).
+const MAX_POLLS: usize = 50_000_000;
+
+impl Sim {
+    /// A simulation starting at a fixed instant, seeded with `seed`.
+    pub fn new(seed: u64) -> Sim {
+        let clock = SimClock::new(1_800_000_000_000);
+        Sim {
+            exec: Rc::new(Executor::default()),
+            store: Rc::new(MemStore {
+                clock: Rc::clone(&clock),
+                entries: RefCell::new(HashMap::new()),
+                gets: Cell::new(0),
+                puts: Cell::new(0),
+                fail_gets: Cell::new(false),
+                fail_puts: Cell::new(false),
+            }),
+            origin: Rc::new(ScriptedOrigin {
+                clock: Rc::clone(&clock),
+                scripts: RefCell::new(HashMap::new()),
+                requests: RefCell::new(Vec::new()),
+                served: RefCell::new(HashMap::new()),
+            }),
+            clock,
+            log: Rc::new(MemLog::default()),
+            rng: Rc::new(SeededRng::new(seed)),
+        }
+    }
+
+    /// Current virtual time (ms).
+    pub fn now(&self) -> u64 {
+        self.clock.now.get()
+    }
+
+    /// The ports, backed by this simulation's fakes.
+    pub fn ports(&self) -> Ports {
+        Ports {
+            store: Rc::new(MemStorePort(Rc::clone(&self.store))),
+            origin: Rc::new(OriginPort(Rc::clone(&self.origin))),
+            clock: Rc::new(SimClockPort(Rc::clone(&self.clock))),
+            rng: Rc::clone(&self.rng) as Rc<dyn Rng>,
+            background: Rc::new(SimBackground(Rc::clone(&self.exec))),
+            log: Rc::clone(&self.log) as Rc<dyn Log>,
+        }
+    }
+
+    /// Starts `fut`; its result appears in the returned slot when it ends.
+    pub fn spawn<T: 'static>(&self, fut: impl Future<Output = T> + 'static) -> Slot<T> {
+        let slot: Slot<T> = Rc::new(RefCell::new(None));
+        let out = Rc::clone(&slot);
+        self.exec.spawn(Box::pin(async move {
+            let v = fut.await;
+            *out.borrow_mut() = Some(v);
+        }));
+        slot
+    }
+
+    /// Runs until every task (background work included) has finished,
+    /// jumping virtual time from timer to timer. Panics on a livelock.
+    pub fn run(&self) {
+        self.run_until(u64::MAX);
+    }
+
+    /// Runs until virtual time reaches `until` or nothing is left to do.
+    pub fn run_until(&self, until: u64) {
+        let mut polls = 0;
+        loop {
+            polls += self.exec.run_ready();
+            assert!(polls < MAX_POLLS, "simulation did not settle (livelock?)");
+            if self.exec.live.get() == 0 {
+                return;
+            }
+            match self.clock.next_timer() {
+                Some(at) if at <= until => {
+                    self.clock.now.set(self.clock.now.get().max(at));
+                    self.clock.fire_due();
+                }
+                _ => {
+                    if until != u64::MAX && self.clock.now.get() < until {
+                        self.clock.now.set(until);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs `fut` (and everything it spawns) to completion.
+    pub fn block_on<T: 'static>(&self, fut: impl Future<Output = T> + 'static) -> T {
+        let slot = self.spawn(fut);
+        self.run();
+        let v = slot.borrow_mut().take();
+        v.expect("the future did not complete: it is waiting on something that never happens")
+    }
+}

@@ -1,0 +1,463 @@
+//! Deterministic simulations of bursts, expiry and origin failures, on the
+//! virtual-time executor in `fragcache_core::testing`. Each scenario runs
+//! the real loader and page assembler against fakes of every port.
+
+use std::rc::Rc;
+
+use fragcache_core::cache::{CacheStatus, EntryMeta};
+use fragcache_core::config::Config;
+use fragcache_core::loader::{LoadError, Loader, Shared};
+use fragcache_core::ports::StoredEntry;
+use fragcache_core::request::ClientRequest;
+use fragcache_core::serve::{handle, Reply};
+use fragcache_core::testing::{Script, Sim, Slot};
+use fragcache_core::url::Url;
+
+const ORIGIN: &str = "http://origin.test";
+
+fn config() -> Rc<Config> {
+    Rc::new(
+        Config::from_json_str(
+            r#"{
+              "origin": "http://origin.test",
+              "pages": [ { "path": "/", "soft_ttl": 10, "hard_ttl": 300 },
+                         { "path": "/live" } ],
+              "fragments": [
+                { "path": "/f/private", "private": true },
+                { "path": "/f/fail/*", "soft_ttl": 10, "hard_ttl": 300, "cold": "fail", "retry_after": 7 },
+                { "path": "/f/neg", "soft_ttl": 10, "hard_ttl": 300, "negative_ttl": 5 },
+                { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
+              ]
+            }"#,
+        )
+        .expect("test config is valid"),
+    )
+}
+
+type Loaded = (CacheStatus, Result<String, LoadError>, u64);
+
+struct World {
+    sim: Sim,
+    shared: Rc<Shared>,
+    config: Rc<Config>,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        World {
+            sim: Sim::new(seed),
+            shared: Shared::new(),
+            config: config(),
+        }
+    }
+
+    fn loader(&self, path: &str, cookie: Option<&str>) -> Loader {
+        let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
+        if let Some(c) = cookie {
+            req = req.with_header("cookie", c);
+        }
+        Loader::new(
+            self.sim.ports(),
+            Rc::clone(&self.shared),
+            Rc::clone(&self.config),
+            Rc::new(req),
+        )
+    }
+
+    /// Loads `path` as an include: (status, body or error, finish time).
+    fn load(&self, path: &str) -> Slot<Loaded> {
+        let loader = self.loader("/", None);
+        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
+        let clock = self.sim.ports().clock;
+        self.sim.spawn(async move {
+            let lookup = loader.lookup_fragment(&url).await;
+            let (status, r) = lookup.finish().await;
+            let body = r.map(|f| String::from_utf8_lossy(&f.body).into_owned());
+            (status, body, clock.now_ms())
+        })
+    }
+
+    fn seed_entry(&self, key_path: &str, body: &str, age_ms: u64, soft_ms: u64, hard_ms: u64) {
+        let now = self.sim.now();
+        let stored = now - age_ms;
+        let meta = EntryMeta::new(stored, stored + soft_ms, stored + hard_ms, 200, 50);
+        let key = self.key_of(key_path);
+        self.sim.store.insert(
+            &key,
+            StoredEntry {
+                body: body.as_bytes().to_vec(),
+                meta,
+            },
+            3600,
+        );
+    }
+
+    fn key_of(&self, path: &str) -> String {
+        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
+        let route = self.config.fragment_route(url.path()).expect("routed");
+        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
+        fragcache_core::cache::key::cache_key("f", route.id, &url, &route.vary, &req)
+    }
+}
+
+fn take<T>(slot: &Slot<T>) -> T {
+    slot.borrow_mut().take().expect("request answered")
+}
+
+#[test]
+fn cold_burst_of_1000_makes_one_origin_fetch() {
+    let w = World::new(1);
+    w.sim.origin.script("/f/a", Script::ok("A", 300));
+    let start = w.sim.now();
+    let slots: Vec<_> = (0..1000).map(|_| w.load("/f/a")).collect();
+    w.sim.run();
+    assert_eq!(w.sim.origin.count("/f/a"), 1);
+    let results: Vec<_> = slots.iter().map(take).collect();
+    assert!(results.iter().all(|(_, b, _)| b.as_deref() == Ok("A")));
+    let misses = results.iter().filter(|r| r.0 == CacheStatus::Miss).count();
+    let coalesced = results.iter().filter(|r| r.0 == CacheStatus::Coalesced).count();
+    assert_eq!((misses, coalesced), (1, 999));
+    // Everyone is answered within one poll interval of the origin's answer.
+    assert!(results.iter().all(|r| r.2 <= start + 300 + 10), "slow followers");
+    assert_eq!(w.sim.store.puts.get(), 1);
+    assert!(w.shared.flights.is_empty(), "flight entry removed");
+}
+
+#[test]
+fn stale_burst_is_served_at_once_and_refreshed_once() {
+    let w = World::new(2);
+    w.seed_entry("/f/s", "old", 20_000, 10_000, 300_000);
+    w.sim.origin.script("/f/s", Script::ok("new", 300));
+    let start = w.sim.now();
+    let slots: Vec<_> = (0..1000).map(|_| w.load("/f/s")).collect();
+    w.sim.run();
+    assert_eq!(w.sim.origin.count("/f/s"), 1);
+    for s in &slots {
+        let (status, body, t) = take(s);
+        assert_eq!(status, CacheStatus::Stale);
+        assert_eq!(body.as_deref(), Ok("old"));
+        assert_eq!(t, start, "stale is served without waiting for the origin");
+    }
+    // The refresh landed: the next request is a fresh hit with the new body.
+    let next = w.load("/f/s");
+    w.sim.run();
+    let (status, body, _) = take(&next);
+    assert_eq!((status, body.as_deref()), (CacheStatus::Hit, Ok("new")));
+}
+
+#[test]
+fn a_mix_of_keys_makes_one_fetch_per_key() {
+    let w = World::new(3);
+    for i in 0..10u64 {
+        w.sim
+            .origin
+            .script(&format!("/f/k{i}"), Script::ok(&format!("body{i}"), 50 + i * 20));
+    }
+    let slots: Vec<_> = (0..1000)
+        .map(|i| (i % 10, w.load(&format!("/f/k{}", i % 10))))
+        .collect();
+    w.sim.run();
+    for i in 0..10 {
+        assert_eq!(w.sim.origin.count(&format!("/f/k{i}")), 1, "key {i}");
+    }
+    for (i, s) in slots {
+        assert_eq!(take(&s).1, Ok(format!("body{i}")));
+    }
+}
+
+#[test]
+fn failing_refresh_keeps_stale_and_backs_off() {
+    let w = World::new(4);
+    w.seed_entry("/f/x", "good", 20_000, 10_000, 300_000);
+    w.sim.origin.script("/f/x", Script::status(500, 20));
+    // A request every 100 ms for 20 s while the origin is down.
+    let mut served = Vec::new();
+    for _ in 0..200 {
+        served.push(w.load("/f/x"));
+        w.sim.run_until(w.sim.now() + 100);
+    }
+    w.sim.run();
+    for s in &served {
+        let (status, body, _) = take(s);
+        assert_eq!((status, body.as_deref()), (CacheStatus::Stale, Ok("good")));
+    }
+    let attempts = w.sim.origin.count("/f/x");
+    // Back-off 1, 2, 4, 8 s (each jittered to [½d, d)) over 20 s: a handful, not 200.
+    assert!((3..=9).contains(&attempts), "{attempts} refresh attempts");
+    let entry = w.sim.store.entry(&w.key_of("/f/x")).unwrap();
+    assert_eq!(entry.body, b"good", "a failed refresh never overwrites");
+    // The origin recovers: the next allowed refresh replaces the entry.
+    w.sim.origin.script("/f/x", Script::ok("better", 20));
+    w.sim.run_until(w.sim.now() + 61_000);
+    let after = w.load("/f/x");
+    w.sim.run();
+    assert_eq!(take(&after).0, CacheStatus::Stale);
+    let again = w.load("/f/x");
+    w.sim.run();
+    assert_eq!(take(&again).1.as_deref(), Ok("better"));
+}
+
+#[test]
+fn hang_and_reset_during_refresh_serve_stale() {
+    for script in [Script::Hang, Script::Reset { latency_ms: 5 }] {
+        let w = World::new(5);
+        w.seed_entry("/f/h", "kept", 20_000, 10_000, 300_000);
+        w.sim.origin.script("/f/h", script);
+        let s = w.load("/f/h");
+        w.sim.run();
+        let (status, body, _) = take(&s);
+        assert_eq!((status, body.as_deref()), (CacheStatus::Stale, Ok("kept")));
+        assert!(w.shared.flights.is_empty());
+        assert!(w.sim.log.contains("refresh failed"));
+    }
+}
+
+#[test]
+fn cold_fail_policy_answers_followers_at_once() {
+    let w = World::new(6);
+    w.sim.origin.script("/f/fail/a", Script::ok("F", 300));
+    let start = w.sim.now();
+    let slots: Vec<_> = (0..50).map(|_| w.load("/f/fail/a")).collect();
+    w.sim.run();
+    let results: Vec<_> = slots.iter().map(take).collect();
+    assert_eq!(results[0].1.as_deref(), Ok("F"));
+    for (status, body, t) in &results[1..] {
+        assert_eq!(*status, CacheStatus::Error);
+        assert_eq!(body, &Err(LoadError::ColdBusy { retry_after_s: 7 }));
+        assert_eq!(*t, start);
+    }
+    assert_eq!(w.sim.origin.count("/f/fail/a"), 1);
+}
+
+#[test]
+fn kv_read_errors_count_as_misses_and_still_coalesce() {
+    let w = World::new(7);
+    w.sim.store.fail_gets.set(true);
+    w.sim.origin.script("/f/r", Script::ok("R", 100));
+    let slots: Vec<_> = (0..100).map(|_| w.load("/f/r")).collect();
+    w.sim.run();
+    assert_eq!(w.sim.origin.count("/f/r"), 1);
+    assert!(slots.iter().all(|s| take(s).1.as_deref() == Ok("R")));
+}
+
+#[test]
+fn kv_write_failure_is_logged_not_shown() {
+    let w = World::new(8);
+    w.sim.store.fail_puts.set(true);
+    w.sim.origin.script("/f/w", Script::ok("W", 10));
+    let s = w.load("/f/w");
+    w.sim.run();
+    assert_eq!(take(&s).1.as_deref(), Ok("W"));
+    assert!(w.sim.log.contains("KV write failed"));
+}
+
+#[test]
+fn set_cookie_responses_are_neither_stored_nor_shared() {
+    let w = World::new(9);
+    w.sim.origin.script(
+        "/f/c",
+        Script::ok("session {n}", 100).header("set-cookie", "sid=abc"),
+    );
+    let slots: Vec<_> = (0..5).map(|_| w.load("/f/c")).collect();
+    w.sim.run();
+    let bodies: Vec<String> = slots.iter().map(|s| take(s).1.unwrap()).collect();
+    // The leader keeps its own answer; each follower fetched its own.
+    assert_eq!(w.sim.origin.count("/f/c"), 5);
+    let mut unique = bodies.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 5, "{bodies:?}");
+    assert!(w.sim.store.keys().is_empty());
+}
+
+#[test]
+fn negative_results_are_cached_briefly() {
+    let w = World::new(10);
+    w.sim.origin.script("/f/neg", Script::status(404, 10));
+    let a = w.load("/f/neg");
+    w.sim.run();
+    assert_eq!(take(&a).1.as_deref(), Ok("status 404"));
+    let b = w.load("/f/neg");
+    w.sim.run();
+    assert_eq!(take(&b).0, CacheStatus::Hit);
+    assert_eq!(w.sim.origin.count("/f/neg"), 1);
+}
+
+#[test]
+fn private_fragments_are_per_request_with_own_cookies() {
+    let w = World::new(11);
+    w.sim.origin.script("/f/private", Script::ok("hello", 50));
+    let mut slots = Vec::new();
+    for user in 0..20 {
+        let loader = w.loader("/", Some(&format!("session=user{user}")));
+        let url = Url::parse(&format!("{ORIGIN}/f/private")).unwrap();
+        slots.push(w.sim.spawn(async move {
+            let l = loader.lookup_fragment(&url).await;
+            assert!(l.private);
+            l.finish().await.0
+        }));
+    }
+    w.sim.run();
+    assert!(slots.iter().all(|s| take(s) == CacheStatus::Bypass));
+    let reqs = w.sim.origin.requests();
+    assert_eq!(reqs.len(), 20, "never coalesced");
+    for (user, r) in reqs.iter().enumerate() {
+        let cookie = r
+            .headers
+            .iter()
+            .find(|(n, _)| n == "cookie")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(cookie, Some(format!("session=user{user}").as_str()));
+    }
+    assert!(w.sim.store.keys().is_empty());
+}
+
+#[test]
+fn cacheable_fetches_never_carry_credentials() {
+    let w = World::new(12);
+    w.sim.origin.script("/f/pub", Script::ok("P", 5));
+    let loader = w.loader("/", Some("session=alice"));
+    let url = Url::parse(&format!("{ORIGIN}/f/pub")).unwrap();
+    w.sim
+        .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
+    let r = &w.sim.origin.requests()[0];
+    assert!(r
+        .headers
+        .iter()
+        .all(|(n, _)| n != "cookie" && n != "authorization"));
+    assert!(r.headers.iter().any(|(n, _)| n == "surrogate-capability"));
+}
+
+type PageResult = (u16, Vec<(String, String)>, String, u64, u64);
+
+/// Serves `path`: (status, headers, body, time to first byte, total time).
+fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
+    let loader = w.loader(path, cookie);
+    let clock = w.sim.ports().clock;
+    w.sim.spawn(async move {
+        let start = clock.now_ms();
+        match handle(loader).await {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => {
+                let t = clock.now_ms() - start;
+                (status, headers, String::from_utf8_lossy(&body).into_owned(), t, t)
+            }
+            Reply::Stream {
+                status,
+                headers,
+                first,
+                mut page,
+            } => {
+                let ttfb = clock.now_ms() - start;
+                let mut body = first;
+                while let Some(c) = page.next_chunk().await {
+                    if let fragcache_core::assemble::Chunk::Bytes(b) = c {
+                        body.extend_from_slice(&b);
+                    }
+                }
+                let total = clock.now_ms() - start;
+                (status, headers, String::from_utf8_lossy(&body).into_owned(), ttfb, total)
+            }
+            Reply::Pass(u) => (0, Vec::new(), u.to_string(), 0, 0),
+        }
+    })
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn page_assembles_in_order_with_private_cache_control() {
+    let w = World::new(13);
+    w.sim.origin.script(
+        "/",
+        Script::ok(
+            r#"<h1><esi:include src="/f/a"/></h1><p><esi:include src="/f/private"/></p><esi:include src="/f/b"/>"#,
+            20,
+        ),
+    );
+    w.sim.origin.script("/f/a", Script::ok("A", 300));
+    w.sim.origin.script("/f/b", Script::ok("B", 10));
+    w.sim.origin.script("/f/private", Script::ok("me", 50));
+    let p = page(&w, "/", Some("session=x"));
+    w.sim.run();
+    let (status, headers, body, _, _) = take(&p);
+    assert_eq!(status, 200);
+    assert_eq!(body, "<h1>A</h1><p>me</p>B");
+    assert_eq!(header(&headers, "cache-control"), Some("private, no-store"));
+    let x = header(&headers, "x-fragcache").unwrap();
+    assert!(
+        x.contains("shell=miss") && x.contains("/f/a=miss") && x.contains("/f/private=bypass"),
+        "{x}"
+    );
+    // Second load: every cacheable part is a hit, the private one fetched again.
+    let p2 = page(&w, "/", Some("session=x"));
+    w.sim.run();
+    let (_, headers, body, _, _) = take(&p2);
+    assert_eq!(body, "<h1>A</h1><p>me</p>B");
+    let x = header(&headers, "x-fragcache").unwrap();
+    assert!(
+        x.contains("shell=hit") && x.contains("/f/a=hit") && x.contains("/f/b=hit"),
+        "{x}"
+    );
+    assert_eq!(w.sim.origin.count("/f/a"), 1);
+    assert_eq!(w.sim.origin.count("/f/private"), 2);
+}
+
+#[test]
+fn first_byte_does_not_wait_for_a_slow_fragment_near_the_end() {
+    let w = World::new(14);
+    w.sim.origin.script(
+        "/live",
+        Script::ok(r#"<head>x</head><esi:include src="/f/slow"/>"#, 0),
+    );
+    w.sim.origin.script("/f/slow", Script::ok("S", 2_000));
+    let p = page(&w, "/live", None);
+    w.sim.run();
+    let (_, _, body, ttfb, total) = take(&p);
+    assert_eq!(body, "<head>x</head>S");
+    assert_eq!(ttfb, 0);
+    assert!(total >= 2_000);
+}
+
+#[test]
+fn cold_page_time_is_the_slowest_fragment_not_the_sum() {
+    let w = World::new(15);
+    let shell: String = (0..10)
+        .map(|i| format!("<esi:include src=\"/f/p{i}\"/>"))
+        .collect();
+    w.sim.origin.script("/live", Script::ok(&shell, 0));
+    for i in 0..10 {
+        w.sim
+            .origin
+            .script(&format!("/f/p{i}"), Script::ok(&i.to_string(), 100));
+    }
+    let p = page(&w, "/live", None);
+    w.sim.run();
+    let (_, _, body, _, total) = take(&p);
+    assert_eq!(body, "0123456789");
+    assert!(total <= 100 + 2 * 10, "took {total} ms for ten 100 ms fragments");
+}
+
+#[test]
+fn failed_first_include_fails_the_page_with_retry_after_on_cold_fail_routes() {
+    let w = World::new(16);
+    w.sim.origin.script(
+        "/live",
+        Script::ok(r#"<esi:include src="/f/fail/b"/>tail"#, 0),
+    );
+    w.sim.origin.script("/f/fail/b", Script::ok("B", 300));
+    let slots: Vec<_> = (0..3).map(|_| page(&w, "/live", None)).collect();
+    w.sim.run();
+    let results: Vec<_> = slots.iter().map(take).collect();
+    assert_eq!(results[0].0, 200);
+    assert_eq!(results[0].2, "Btail");
+    for (status, headers, _, _, _) in &results[1..] {
+        assert_eq!(*status, 503);
+        assert_eq!(header(headers, "retry-after"), Some("7"));
+    }
+}

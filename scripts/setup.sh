@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs whatever is missing to build and test fragcache. Idempotent, and
+# needs no network beyond crates.io and the npm registry: every tool is
+# pinned, and nothing is downloaded by worker-build itself (it is pointed at
+# the binaries installed here; see scripts/env.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKER_BUILD_VERSION=0.8.7
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo is not installed. Install Rust with rustup (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  say "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    say "adding rustup component $component"
+    rustup component add "$component"
+  fi
+done
+
+# wasm-bindgen's CLI must match the library version in Cargo.lock exactly.
+bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if [ -z "$bindgen_version" ]; then
+  say "could not read the wasm-bindgen version from Cargo.lock" >&2
+  exit 1
+fi
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$bindgen_version" ]; then
+  say "installing wasm-bindgen-cli $bindgen_version (a few minutes, once)"
+  cargo install --quiet --force wasm-bindgen-cli --version "=$bindgen_version"
+fi
+
+if [ "$(worker-build --version 2>/dev/null | awk '{print $2}')" != "$WORKER_BUILD_VERSION" ]; then
+  say "installing worker-build $WORKER_BUILD_VERSION (a few minutes, once)"
+  cargo install --quiet --force --locked worker-build --version "=$WORKER_BUILD_VERSION"
+fi
+
+# npm packages: install when missing or when package-lock.json changed.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm packages"
+  npm ci --no-audit --no-fund
+fi
+say "toolchain ready"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every check, in the order a failure is cheapest to find: formatting, lints,
+# native tests, the wasm build, then the Miniflare integration tests against
+# a real origin on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (native)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo clippy (wasm32)"
+cargo clippy --target wasm32-unknown-unknown -p fragcache -- -D warnings
+
+step "Rust tests"
+cargo test --workspace
+
+step "wasm build"
+bash scripts/build.sh
+
+step "integration tests (Miniflare)"
+node --test --test-concurrency=1 tests/

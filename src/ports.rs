@@ -1,0 +1,214 @@
+//! The core's ports implemented on the Workers platform.
+//!
+//! Every object here is created by, and used within, the request that owns
+//! it: KV and `fetch` calls, timers and `wait_until` all belong to the
+//! current request, which is what workerd requires. Only plain bytes and
+//! numbers flow back into the isolate-wide state in the core.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use worker::kv::KvStore;
+use worker::{
+    AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
+};
+
+use fragcache_core::cache::EntryMeta;
+use fragcache_core::loader::HOP_BY_HOP;
+use fragcache_core::ports::{
+    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError, OriginRequest,
+    OriginResponse, Ports, Rng, StoreError, StoredEntry,
+};
+use fragcache_core::url::Url;
+
+/// Builds the ports for one request.
+pub fn ports(kv: KvStore, ctx: Rc<Context>) -> Ports {
+    Ports {
+        store: Rc::new(KvFragments(kv)),
+        origin: Rc::new(FetchOrigin),
+        clock: Rc::new(WorkerClock),
+        rng: Rc::new(CryptoRng),
+        background: Rc::new(WaitUntil(ctx)),
+        log: Rc::new(Console),
+    }
+}
+
+/// Fragments in Workers KV: body as the value, [`EntryMeta`] as metadata.
+struct KvFragments(KvStore);
+
+impl FragmentStore for KvFragments {
+    fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>> {
+        let kv = self.0.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let (body, meta) = kv
+                .get(&key)
+                .bytes_with_metadata::<serde_json::Value>()
+                .await
+                .map_err(|e| StoreError(e.to_string()))?;
+            // Metadata from another layout version reads as absent, not as an error.
+            let meta = meta.and_then(|m| serde_json::from_value::<EntryMeta>(m).ok());
+            Ok(match (body, meta) {
+                (Some(body), Some(meta)) => Some(StoredEntry { body, meta }),
+                _ => None,
+            })
+        })
+    }
+
+    fn put(&self, key: &str, entry: StoredEntry, expiration_ttl_s: u64) -> LocalFuture<Result<(), StoreError>> {
+        let kv = self.0.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            kv.put_bytes(&key, &entry.body)
+                .and_then(|b| b.expiration_ttl(expiration_ttl_s).metadata(&entry.meta))
+                .map_err(|e| StoreError(e.to_string()))?
+                .execute()
+                .await
+                .map_err(|e| StoreError(e.to_string()))
+        })
+    }
+}
+
+/// The origin over the global `fetch`, with an abortable timeout.
+struct FetchOrigin;
+
+impl Origin for FetchOrigin {
+    fn fetch(&self, req: OriginRequest) -> LocalFuture<Result<OriginResponse, OriginError>> {
+        Box::pin(async move {
+            let controller = AbortController::default();
+            let signal = controller.signal();
+            let timeout_ms = req.timeout_ms;
+            let max = req.max_body_bytes;
+            let url = req.url.to_string();
+            let work = async move {
+                let headers = Headers::new();
+                for (n, v) in &req.headers {
+                    headers
+                        .append(n, v)
+                        .map_err(|e| OriginError::Network(format!("bad header {n}: {e}")))?;
+                }
+                let mut init = RequestInit::new();
+                init.with_method(Method::Get)
+                    .with_headers(headers)
+                    // Never follow redirects: the target was not allow-listed.
+                    .with_redirect(RequestRedirect::Manual);
+                let request = Request::new_with_init(&url, &init).map_err(|e| OriginError::Network(e.to_string()))?;
+                let mut resp = Fetch::Request(request)
+                    .send_with_signal(&signal)
+                    .await
+                    .map_err(|e| OriginError::Network(e.to_string()))?;
+                let declared = resp
+                    .headers()
+                    .get("content-length")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse::<usize>().ok());
+                if declared.is_some_and(|n| n > max) {
+                    return Err(OriginError::TooLarge(max));
+                }
+                let body = resp.bytes().await.map_err(|e| OriginError::Network(e.to_string()))?;
+                if body.len() > max {
+                    return Err(OriginError::TooLarge(max));
+                }
+                let headers = resp
+                    .headers()
+                    .entries()
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                    .collect();
+                Ok(OriginResponse {
+                    status: resp.status_code(),
+                    headers,
+                    body,
+                })
+            };
+            let timer = Delay::from(Duration::from_millis(u64::from(timeout_ms)));
+            match select(Box::pin(work), timer).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => {
+                    controller.abort();
+                    Err(OriginError::Timeout(timeout_ms))
+                }
+            }
+        })
+    }
+}
+
+/// `Date.now()` and `setTimeout`.
+struct WorkerClock;
+
+impl Clock for WorkerClock {
+    fn now_ms(&self) -> u64 {
+        worker::Date::now().as_millis()
+    }
+    fn sleep(&self, ms: u64) -> LocalFuture<()> {
+        Box::pin(Delay::from(Duration::from_millis(ms)))
+    }
+}
+
+/// `crypto.getRandomValues` through getrandom.
+struct CryptoRng;
+
+impl Rng for CryptoRng {
+    fn next_u64(&self) -> u64 {
+        let mut buf = [0u8; 8];
+        // Jitter and XFetch only need spread, not secrecy: on the (never
+        // observed) failure, fall back to the clock.
+        if getrandom::fill(&mut buf).is_err() {
+            return worker::Date::now().as_millis().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        u64::from_le_bytes(buf)
+    }
+}
+
+/// `ctx.wait_until`.
+struct WaitUntil(Rc<Context>);
+
+impl Background for WaitUntil {
+    fn spawn(&self, fut: LocalFuture<()>) {
+        self.0.wait_until(fut);
+    }
+}
+
+/// The Worker console (shown by `wrangler dev` and `wrangler tail`).
+struct Console;
+
+impl Log for Console {
+    fn log(&self, level: LogLevel, message: &str) {
+        match level {
+            LogLevel::Info => worker::console_log!("fragcache: {message}"),
+            LogLevel::Warn => worker::console_warn!("fragcache: {message}"),
+            LogLevel::Error => worker::console_error!("fragcache: {message}"),
+        }
+    }
+}
+
+/// Sends the client's request to `target` unchanged (method, headers,
+/// body), and its response back unchanged, redirects included.
+pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
+    let headers = Headers::new();
+    for (n, v) in req.headers().entries() {
+        if !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()) {
+            headers.append(&n, &v)?;
+        }
+    }
+    let mut init = RequestInit::new();
+    init.with_method(req.method())
+        .with_headers(headers)
+        .with_redirect(RequestRedirect::Manual);
+    if let Some(body) = req.inner().body() {
+        init.with_body(Some(body.into()));
+    }
+    let outgoing = Request::new_with_init(&target.to_string(), &init)?;
+    match Fetch::Request(outgoing).send().await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            worker::console_error!("fragcache: proxy to {target} failed: {e}");
+            let h = Headers::new();
+            h.set("content-type", "text/plain; charset=utf-8")?;
+            Ok(Response::ok(format!("fragcache: origin unreachable: {e}\n"))?
+                .with_status(502)
+                .with_headers(h))
+        }
+    }
+}
