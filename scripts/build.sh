@@ -3,5 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+
+# `wrangler dev` runs the [build] command at start-up and again when its file
+# watcher starts; npm start has just built, so skip while nothing changed.
+if [ "${WRANGLER_COMMAND:-}" = "dev" ] && [ -f build/index.js ] \
+  && [ -z "$(find src core/src Cargo.toml Cargo.lock core/Cargo.toml -newer build/index.js -print -quit)" ]; then
+  echo "build: build/ is up to date"
+  exit 0
+fi
 worker-build --release
 ls -l build/index.js build/*.wasm 2>/dev/null || true

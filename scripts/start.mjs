@@ -115,24 +115,25 @@ function startServer(name, command, argv, env = process.env) {
 }
 
 /**
- * Polls `url` until any HTTP response arrives. Gives up at the deadline or
- * as soon as `child` exits (its own error output says why).
+ * Polls `url` until any HTTP response arrives and returns its status, or
+ * null at the deadline or as soon as `child` exits (its own error output
+ * says why).
  */
 async function waitUntilAnswering(url, child, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null || child.signalCode !== null) return false;
+    if (child.exitCode !== null || child.signalCode !== null) return null;
     try {
       // wrangler's proxy may accept and hold a request while the worker is
       // still loading, so each attempt is bounded by what time is left.
       const res = await fetch(url, { signal: AbortSignal.timeout(Math.max(250, deadline - Date.now())) });
       await res.arrayBuffer();
-      return true;
+      return res.status;
     } catch {
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
   }
-  return false;
+  return null;
 }
 
 /** Warns if wrangler.toml points the worker at a different origin than ours. */
@@ -237,7 +238,7 @@ async function main() {
     "--port",
     String(ORIGIN_PORT),
   ]);
-  if (!(await waitUntilAnswering(`${ORIGIN_URL}/favicon.ico`, origin, 10_000))) {
+  if ((await waitUntilAnswering(`${ORIGIN_URL}/favicon.ico`, origin, 10_000)) === null) {
     throw new Error(`the demo origin did not answer on ${ORIGIN_URL} within 10 s`);
   }
 
@@ -254,18 +255,28 @@ async function main() {
       String(WORKER_PORT),
       "--show-interactive-dev-session=false",
     ],
-    { ...process.env, WRANGLER_SEND_METRICS: "false" },
+    {
+      ...process.env,
+      WRANGLER_SEND_METRICS: "false",
+      // Otherwise Miniflare tries to download Request.cf and, offline,
+      // prints a harmless but alarming stack trace.
+      CLOUDFLARE_CF_FETCH_ENABLED: process.env.CLOUDFLARE_CF_FETCH_ENABLED ?? "false",
+    },
   );
 
   // Polling a path that is neither a page nor a fragment proves the worker
   // is up without warming the cache, so the first visit shows real misses.
-  if (!(await waitUntilAnswering(`${WORKER_URL}/favicon.ico`, wrangler, START_TIMEOUT_MS))) {
+  const status = await waitUntilAnswering(`${WORKER_URL}/favicon.ico`, wrangler, START_TIMEOUT_MS);
+  if (status === null) {
     throw new Error(
       `wrangler dev did not answer on ${WORKER_URL} within ${START_TIMEOUT_MS / 1000} s; see its output above ` +
         `(a slow first build? try START_TIMEOUT_S=180 npm start)`,
     );
   }
   banner();
+  if (status >= 500) {
+    console.warn(`[start] warning: the worker is up but answered ${status} to a first request; see the wrangler output above.\n`);
+  }
 }
 
 main().catch((err) => die(err?.message ?? String(err)));

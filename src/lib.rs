@@ -47,9 +47,7 @@ fn config(env: &Env) -> std::result::Result<Rc<Config>, ConfigError> {
             Err(e) => Err(ConfigError {
                 field: CONFIG_BINDING.into(),
                 value: "(missing)".into(),
-                problem: format!(
-                    "add a [vars.{CONFIG_BINDING}] table to wrangler.toml ({e})"
-                ),
+                problem: format!("add a [vars.{CONFIG_BINDING}] table to wrangler.toml ({e})"),
             }),
         };
         if let Err(e) = &parsed {
@@ -92,23 +90,38 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let loader = Loader::new(ports::ports(kv, ctx), shared, config, Rc::new(client));
     match handle(loader).await {
         Reply::Pass(target) => ports::proxy(req, &target).await,
-        Reply::Full { status, headers, body } => {
-            Ok(Response::from_bytes(body)?.with_status(status).with_headers(to_headers(&headers)?))
-        }
-        Reply::Stream { status, headers, first, page } => {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => Ok(Response::from_bytes(body)?
+            .with_status(status)
+            .with_headers(to_headers(&headers)?)),
+        Reply::Stream {
+            status,
+            headers,
+            first,
+            page,
+        } => {
             let rest = stream::unfold(page, |mut page| async move {
                 loop {
                     match page.next_chunk().await? {
-                        fragcache_core::assemble::Chunk::Bytes(b) => return Some((Ok::<Vec<u8>, worker::Error>(b), page)),
+                        fragcache_core::assemble::Chunk::Bytes(b) => {
+                            return Some((Ok::<Vec<u8>, worker::Error>(b), page))
+                        }
                         fragcache_core::assemble::Chunk::Failed(e) => {
                             // Bytes are already on the wire: leave the slot empty.
-                            worker::console_warn!("include failed after the page started streaming: {e}");
+                            worker::console_warn!(
+                                "include failed after the page started streaming: {e}"
+                            );
                         }
                     }
                 }
             });
             let body = stream::once(async move { Ok(first) }).chain(rest);
-            Ok(Response::from_stream(body)?.with_status(status).with_headers(to_headers(&headers)?))
+            Ok(Response::from_stream(body)?
+                .with_status(status)
+                .with_headers(to_headers(&headers)?))
         }
     }
 }

@@ -11,14 +11,15 @@ use std::time::Duration;
 use futures_util::future::{select, Either};
 use worker::kv::KvStore;
 use worker::{
-    AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect, Response,
+    AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
+    Response,
 };
 
 use fragcache_core::cache::EntryMeta;
 use fragcache_core::loader::HOP_BY_HOP;
 use fragcache_core::ports::{
-    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError, OriginRequest,
-    OriginResponse, Ports, Rng, StoreError, StoredEntry,
+    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
+    OriginRequest, OriginResponse, Ports, Rng, StoreError, StoredEntry,
 };
 use fragcache_core::url::Url;
 
@@ -56,7 +57,12 @@ impl FragmentStore for KvFragments {
         })
     }
 
-    fn put(&self, key: &str, entry: StoredEntry, expiration_ttl_s: u64) -> LocalFuture<Result<(), StoreError>> {
+    fn put(
+        &self,
+        key: &str,
+        entry: StoredEntry,
+        expiration_ttl_s: u64,
+    ) -> LocalFuture<Result<(), StoreError>> {
         let kv = self.0.clone();
         let key = key.to_owned();
         Box::pin(async move {
@@ -93,7 +99,8 @@ impl Origin for FetchOrigin {
                     .with_headers(headers)
                     // Never follow redirects: the target was not allow-listed.
                     .with_redirect(RequestRedirect::Manual);
-                let request = Request::new_with_init(&url, &init).map_err(|e| OriginError::Network(e.to_string()))?;
+                let request = Request::new_with_init(&url, &init)
+                    .map_err(|e| OriginError::Network(e.to_string()))?;
                 let mut resp = Fetch::Request(request)
                     .send_with_signal(&signal)
                     .await
@@ -107,7 +114,10 @@ impl Origin for FetchOrigin {
                 if declared.is_some_and(|n| n > max) {
                     return Err(OriginError::TooLarge(max));
                 }
-                let body = resp.bytes().await.map_err(|e| OriginError::Network(e.to_string()))?;
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| OriginError::Network(e.to_string()))?;
                 if body.len() > max {
                     return Err(OriginError::TooLarge(max));
                 }
@@ -155,7 +165,9 @@ impl Rng for CryptoRng {
         // Jitter and XFetch only need spread, not secrecy: on the (never
         // observed) failure, fall back to the clock.
         if getrandom::fill(&mut buf).is_err() {
-            return worker::Date::now().as_millis().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            return worker::Date::now()
+                .as_millis()
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
         u64::from_le_bytes(buf)
     }
@@ -184,7 +196,8 @@ impl Log for Console {
 }
 
 /// Sends the client's request to `target` unchanged (method, headers,
-/// body), and its response back unchanged, redirects included.
+/// body), and its response back unchanged, redirects included, except that
+/// `Surrogate-Control` is removed.
 pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
     let headers = Headers::new();
     for (n, v) in req.headers().entries() {
@@ -201,14 +214,28 @@ pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
     }
     let outgoing = Request::new_with_init(&target.to_string(), &init)?;
     match Fetch::Request(outgoing).send().await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => {
+            // Surrogate-Control is addressed to us, never to the client.
+            if resp.headers().has("surrogate-control").unwrap_or(false) {
+                let headers = Headers::new();
+                for (n, v) in resp.headers().entries() {
+                    if !n.eq_ignore_ascii_case("surrogate-control") {
+                        headers.append(&n, &v)?;
+                    }
+                }
+                return Ok(resp.with_headers(headers));
+            }
+            Ok(resp)
+        }
         Err(e) => {
             worker::console_error!("fragcache: proxy to {target} failed: {e}");
             let h = Headers::new();
             h.set("content-type", "text/plain; charset=utf-8")?;
-            Ok(Response::ok(format!("fragcache: origin unreachable: {e}\n"))?
-                .with_status(502)
-                .with_headers(h))
+            Ok(
+                Response::ok(format!("fragcache: origin unreachable: {e}\n"))?
+                    .with_status(502)
+                    .with_headers(h),
+            )
         }
     }
 }

@@ -181,7 +181,15 @@ impl Page {
         .await;
         let mut stream: FuturesOrdered<SegmentFuture> = FuturesOrdered::new();
         for (seg, pre) in plan.segments.into_iter().zip(lookups) {
-            stream.push_back(segment_future(&state, &template, seg, &base, 0, Rc::new(Vec::new()), pre));
+            stream.push_back(segment_future(
+                &state,
+                &template,
+                seg,
+                &base,
+                0,
+                Rc::new(Vec::new()),
+                pre,
+            ));
         }
         Page {
             state,
@@ -256,7 +264,13 @@ impl PageState {
     }
 
     /// Resolves, checks and looks up one include `src`.
-    async fn start(&self, src: &str, base: &Url, depth: u32, chain: &[String]) -> Result<Started, IncludeError> {
+    async fn start(
+        &self,
+        src: &str,
+        base: &Url,
+        depth: u32,
+        chain: &[String],
+    ) -> Result<Started, IncludeError> {
         let config = self.loader.config();
         let limits = &config.limits;
         let n = self.includes.get() + 1;
@@ -307,7 +321,12 @@ impl PageState {
     }
 
     /// Finishes a started include: body, error status, nested ESI.
-    async fn finish(self: &Rc<Self>, started: Started, depth: u32, chain: &[String]) -> Result<Vec<u8>, IncludeError> {
+    async fn finish(
+        self: &Rc<Self>,
+        started: Started,
+        depth: u32,
+        chain: &[String],
+    ) -> Result<Vec<u8>, IncludeError> {
         let Started {
             url,
             report,
@@ -339,7 +358,13 @@ impl PageState {
     }
 
     /// The output of a loaded fragment: its body, with any ESI in it processed.
-    async fn render(self: &Rc<Self>, frag: &Fragment, url: Url, depth: u32, chain: Rc<Vec<String>>) -> Result<Vec<u8>, IncludeError> {
+    async fn render(
+        self: &Rc<Self>,
+        frag: &Fragment,
+        url: Url,
+        depth: u32,
+        chain: Rc<Vec<String>>,
+    ) -> Result<Vec<u8>, IncludeError> {
         if !may_contain_esi(&frag.body) {
             return Ok(frag.body.to_vec());
         }
@@ -362,7 +387,10 @@ impl PageState {
         Ok(out)
     }
 
-    async fn until_deadline<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, IncludeError> {
+    async fn until_deadline<T>(
+        &self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, IncludeError> {
         let clock = &self.loader.ports().clock;
         let now = clock.now_ms();
         let limit = self.loader.config().limits.page_timeout_ms;
@@ -436,10 +464,16 @@ impl PageState {
         depth: u32,
         chain: Rc<Vec<String>>,
     ) -> Result<Vec<u8>, IncludeError> {
-        match self.sequence(&template, attempt, &base, depth, &chain).await {
+        match self
+            .sequence(&template, attempt, &base, depth, &chain)
+            .await
+        {
             Ok(bytes) => Ok(bytes),
             Err(e) => {
-                self.log(LogLevel::Info, &format!("esi:try attempt failed ({e}); using except"));
+                self.log(
+                    LogLevel::Info,
+                    &format!("esi:try attempt failed ({e}); using except"),
+                );
                 self.sequence(&template, except, &base, depth, &chain).await
             }
         }
@@ -480,7 +514,9 @@ fn segment_future(
             Box::pin(std::future::ready(Ok(bytes)))
         }
         Segment::Text(bytes) => Box::pin(std::future::ready(Ok(bytes))),
-        Segment::Include(inc) => Box::pin(Rc::clone(state).include(inc, Rc::clone(base), depth, chain, pre)),
+        Segment::Include(inc) => {
+            Box::pin(Rc::clone(state).include(inc, Rc::clone(base), depth, chain, pre))
+        }
         Segment::Try { attempt, except } => Box::pin(Rc::clone(state).try_block(
             Rc::clone(template),
             attempt,
@@ -494,5 +530,6 @@ fn segment_future(
 
 /// Cheap pre-check that skips compiling bodies with no ESI at all.
 fn may_contain_esi(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"<esi:").is_some() || memchr::memmem::find(body, b"<!--esi").is_some()
+    memchr::memmem::find(body, b"<esi:").is_some()
+        || memchr::memmem::find(body, b"<!--esi").is_some()
 }

@@ -1,1 +1,2339 @@
-//! TODO
+//! The operator's configuration, validated into typed routes and limits.
+//!
+//! The configuration is one JSON object. In `wrangler.toml` it is the
+//! `[vars.FRAGCACHE]` table; the adapter reads it as JSON and hands it to
+//! [`Config::from_json`]. It is walked by hand rather than derived, so that
+//! every mistake is reported as a [`ConfigError`] naming the exact field
+//! (`fragments[1].hard_ttl`), the offending value and what would be right,
+//! including a "did you mean …?" for misspelt keys. A bad configuration is
+//! an error at the first request and in `wrangler dev` output, never a panic
+//! and never a silently ignored key.
+//!
+//! # Example
+//!
+//! Every field set (the test `full_example_from_module_doc` parses exactly
+//! this block). Fields left out take the defaults documented on the types.
+//!
+//! ```json
+//! {
+//!   "origin": "http://127.0.0.1:8788",
+//!   "allowed_origins": ["https://static.example.com"],
+//!   "unknown_routes": "pass",
+//!   "limits": {
+//!     "max_depth": 3,
+//!     "max_includes": 40,
+//!     "max_fragment_bytes": 1048576,
+//!     "max_page_bytes": 8388608,
+//!     "fragment_timeout_ms": 5000,
+//!     "page_timeout_ms": 20000
+//!   },
+//!   "pages": [
+//!     { "path": "/", "soft_ttl": 30, "hard_ttl": 3600, "require_surrogate_control": false },
+//!     { "path": "/account/*", "require_surrogate_control": true }
+//!   ],
+//!   "fragments": [
+//!     {
+//!       "path": "/fragments/*",
+//!       "soft_ttl": 30,
+//!       "hard_ttl": 3600,
+//!       "private": false,
+//!       "cold": "wait",
+//!       "cold_wait_ms": 3000,
+//!       "negative_ttl": 10,
+//!       "honor_origin_headers": true,
+//!       "xfetch_beta": 1.0,
+//!       "jitter": 0.1,
+//!       "timeout_ms": 4000,
+//!       "vary": {
+//!         "cookies": ["currency"],
+//!         "headers": ["Accept-Language"],
+//!         "query": ["page"],
+//!         "country": true
+//!       },
+//!       "forward_headers": ["accept-language"],
+//!       "private_if_cookie": "session",
+//!       "pass_set_cookie": true
+//!     },
+//!     { "path": "/fragments/prices", "soft_ttl": 5, "hard_ttl": 60, "cold": "fail", "retry_after": 2 },
+//!     {
+//!       "path": "/fragments/cart",
+//!       "private": true,
+//!       "timeout_ms": 2000,
+//!       "forward_headers": ["x-request-id"],
+//!       "pass_set_cookie": false
+//!     }
+//!   ]
+//! }
+//! ```
+//!
+//! # Routing
+//!
+//! A request path is matched against the page and fragment patterns. An
+//! exact pattern beats any prefix; among prefixes (`/x/*`) the longest
+//! wins. Patterns must be unique across pages and fragments, so the result
+//! never depends on declaration order. Route ids are positions in their
+//! list and are part of cache keys: reordering routes starts their caches
+//! afresh, which is safe (old entries simply expire).
+//!
+//! # Bounds
+//!
+//! Timeouts are capped at [`MAX_TIMEOUT_MS`] because background work
+//! (`wait_until`) ends about 30 s after the response; `hard_ttl` is at least
+//! [`MIN_HARD_TTL_S`] because that is the shortest expiry Workers KV accepts.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::url::{AllowList, Origin, Url, UrlError};
+
+/// Shortest `hard_ttl` (seconds): Workers KV refuses an `expirationTtl` below 60.
+pub const MIN_HARD_TTL_S: u32 = 60;
+/// Longest timeout (ms) anywhere: `wait_until` work ends about 30 s after
+/// the response, so a longer wait could never complete.
+pub const MAX_TIMEOUT_MS: u32 = 30_000;
+/// Largest accepted `limits.max_includes`.
+pub const MAX_INCLUDES_CAP: u32 = 1000;
+/// Largest accepted `limits.max_depth`.
+pub const MAX_DEPTH_CAP: u32 = 32;
+/// Largest accepted `limits.max_fragment_bytes`: a KV value holds at most 25 MiB.
+pub const MAX_FRAGMENT_BYTES_CAP: usize = 25 * 1024 * 1024;
+/// Largest accepted `limits.max_page_bytes`: half the isolate's 128 MB memory.
+pub const MAX_PAGE_BYTES_CAP: usize = 64 * 1024 * 1024;
+/// Default `retry_after` (seconds) for `cold: "fail"`.
+pub const DEFAULT_RETRY_AFTER_S: u32 = 5;
+/// Largest accepted `retry_after` (seconds).
+pub const MAX_RETRY_AFTER_S: u32 = 3600;
+/// Default `negative_ttl` (seconds) for 404/410 responses.
+pub const DEFAULT_NEGATIVE_TTL_S: u32 = 10;
+/// Default XFetch β: refresh early roughly in proportion to fetch time.
+pub const DEFAULT_XFETCH_BETA: f64 = 1.0;
+/// Default TTL jitter (fraction of the TTL).
+pub const DEFAULT_JITTER: f64 = 0.1;
+/// `jitter` must stay below this, so a TTL never shrinks by half or more.
+pub const MAX_JITTER: f64 = 0.5;
+/// Request headers that `forward_headers` may not name: credentials (they
+/// follow the private-fragment rules) and hop-by-hop headers (they describe
+/// one connection, not the request).
+pub const UNFORWARDABLE_HEADERS: &[&str] = &[
+    "cookie",
+    "authorization",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Field name used for errors about the configuration as a whole.
+const ROOT: &str = "FRAGCACHE";
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The site fragcache sits in front of: pages, fragments and unknown
+    /// routes are fetched from here.
+    pub origin: Origin,
+    /// [`Config::origin`] as a URL (path `/`), for resolving includes and
+    /// mapping request URLs onto the origin.
+    pub origin_url: Url,
+    /// Where includes may be fetched from: the origin plus `allowed_origins`.
+    pub allow: AllowList,
+    /// What to do with requests that match no route.
+    pub unknown_routes: UnknownRoutes,
+    /// Size, depth and time limits.
+    pub limits: Limits,
+    /// Page routes (shells with ESI), in declaration order.
+    pub pages: Vec<PageRoute>,
+    /// Fragment routes, in declaration order.
+    pub fragments: Vec<FragmentRoute>,
+}
+
+/// What happens to a request that matches no page or fragment route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownRoutes {
+    /// `"pass"` (default): proxied to the origin untouched.
+    Pass,
+    /// `"404"`: answered with 404 without asking the origin.
+    NotFound,
+}
+
+impl UnknownRoutes {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownRoutes::Pass => "pass",
+            UnknownRoutes::NotFound => "404",
+        }
+    }
+}
+
+/// Limits that keep one request's work bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How deeply includes nest. The page shell's own includes are at depth
+    /// 0, includes inside those fragments at depth 1, and so on; an include
+    /// deeper than `max_depth` fails like any other include error. So 0
+    /// means the page's includes work but fragments may not include
+    /// (no nesting). At most [`MAX_DEPTH_CAP`].
+    pub max_depth: u32,
+    /// Most includes processed per page, nested ones included; 1 to
+    /// [`MAX_INCLUDES_CAP`].
+    pub max_includes: u32,
+    /// Largest fragment body accepted from the origin; at most
+    /// [`MAX_FRAGMENT_BYTES_CAP`] (KV's value limit).
+    pub max_fragment_bytes: usize,
+    /// Largest assembled page; at most [`MAX_PAGE_BYTES_CAP`].
+    pub max_page_bytes: usize,
+    /// Default per-fragment origin timeout; at most [`MAX_TIMEOUT_MS`].
+    pub fragment_timeout_ms: u32,
+    /// Deadline for a whole page; at most [`MAX_TIMEOUT_MS`].
+    pub page_timeout_ms: u32,
+}
+
+impl Limits {
+    /// Default [`Limits::max_depth`].
+    pub const DEFAULT_MAX_DEPTH: u32 = 10;
+    /// Default [`Limits::max_includes`].
+    pub const DEFAULT_MAX_INCLUDES: u32 = 40;
+    /// Default [`Limits::max_fragment_bytes`] (1 MiB).
+    pub const DEFAULT_MAX_FRAGMENT_BYTES: usize = 1024 * 1024;
+    /// Default [`Limits::max_page_bytes`] (8 MiB).
+    pub const DEFAULT_MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+    /// Default [`Limits::fragment_timeout_ms`].
+    pub const DEFAULT_FRAGMENT_TIMEOUT_MS: u32 = 5000;
+    /// Default [`Limits::page_timeout_ms`].
+    pub const DEFAULT_PAGE_TIMEOUT_MS: u32 = 20_000;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: Limits::DEFAULT_MAX_DEPTH,
+            max_includes: Limits::DEFAULT_MAX_INCLUDES,
+            max_fragment_bytes: Limits::DEFAULT_MAX_FRAGMENT_BYTES,
+            max_page_bytes: Limits::DEFAULT_MAX_PAGE_BYTES,
+            fragment_timeout_ms: Limits::DEFAULT_FRAGMENT_TIMEOUT_MS,
+            page_timeout_ms: Limits::DEFAULT_PAGE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Which request paths a route covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathPattern {
+    /// Exactly this path (`/fragments/nav`).
+    Exact(String),
+    /// Every path starting with this prefix. Written `/fragments/*`, held as
+    /// `/fragments/` (ends with `/`, no `*`), so `/fragments` itself and
+    /// `/fragments-old/x` do not match.
+    Prefix(String),
+}
+
+impl PathPattern {
+    /// Whether `path` (as in [`Url::path`], still percent-encoded) is covered.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Exact(p) => path == p,
+            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+
+    /// Parses the configuration spelling; the error is the problem text.
+    fn parse(s: &str) -> Result<PathPattern, String> {
+        if s.is_empty() {
+            return Err("is empty: write \"/\" for the home page or \"/*\" for every path".into());
+        }
+        if !s.starts_with('/') {
+            return Err(format!(
+                "must start with \"/\" (a URL path such as \"/{s}\")"
+            ));
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("contains whitespace or a control character".into());
+        }
+        if s.contains(['?', '#']) {
+            return Err(
+                "contains ? or #: patterns match the path only, never the query or fragment".into(),
+            );
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !c.is_ascii() || "\\\"<>`{}".contains(*c))
+        {
+            return Err(format!(
+                "contains {c:?}, which never appears unescaped in a request path; write it percent-encoded (e.g. %C3%A9 for é)"
+            ));
+        }
+        let (body, pattern) = match s.strip_suffix("/*") {
+            Some(prefix) => (prefix, PathPattern::Prefix(format!("{prefix}/"))),
+            None => (s, PathPattern::Exact(s.to_owned())),
+        };
+        if body.contains('*') {
+            return Err(
+                "* is only allowed as a trailing \"/*\" (prefix match), e.g. \"/fragments/*\""
+                    .into(),
+            );
+        }
+        if body.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err("contains a \".\" or \"..\" segment: request paths are normalised, so it would never match".into());
+        }
+        Ok(pattern)
+    }
+
+    /// Length of the literal part, for longest-prefix matching.
+    fn literal_len(&self) -> usize {
+        match self {
+            PathPattern::Exact(p) | PathPattern::Prefix(p) => p.len(),
+        }
+    }
+}
+
+impl fmt::Display for PathPattern {
+    /// The configuration spelling: `/x` or `/x/*`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathPattern::Exact(p) => f.write_str(p),
+            PathPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// Soft and hard TTL of cached entries, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    /// Fresh until this many seconds after storing; then served stale while
+    /// one background refresh runs. At least 1.
+    pub soft: u32,
+    /// Gone after this many seconds (the KV `expirationTtl`). At least
+    /// [`MIN_HARD_TTL_S`] and at least `soft`.
+    pub hard: u32,
+}
+
+/// A page route: its responses are shells whose ESI is processed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageRoute {
+    /// Position in `pages` (part of cache keys).
+    pub id: usize,
+    /// Which paths this route covers.
+    pub pattern: PathPattern,
+    /// `None` (both TTLs absent): the shell is fetched from the origin on
+    /// every request.
+    pub ttls: Option<Ttls>,
+    /// Process ESI only when the origin answers with
+    /// `Surrogate-Control: content="ESI/1.0"`; default `false` (always).
+    pub require_surrogate_control: bool,
+}
+
+/// What a request does when its fragment is not in the cache at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColdPolicy {
+    /// `"wait"`: one request fetches, the others wait for it up to
+    /// `timeout_ms` (`cold_wait_ms`, default `limits.fragment_timeout_ms`).
+    Wait {
+        /// How long followers wait for the leader's fetch.
+        timeout_ms: u32,
+    },
+    /// `"fail"`: one request fetches in the background, the others get 503
+    /// with `Retry-After: retry_after_s` (`retry_after`, default 5).
+    Fail {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_s: u32,
+    },
+}
+
+/// The parts of the client's request a cached fragment varies on; each one
+/// becomes part of the cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Vary {
+    /// Cookie names (case-sensitive, as cookies are).
+    pub cookies: Vec<String>,
+    /// Request header names, lower-cased.
+    pub headers: Vec<String>,
+    /// Query parameter names of the page request, as they appear in the URL
+    /// (not percent-decoded).
+    pub query: Vec<String>,
+    /// The client's country (`request.cf.country`).
+    pub country: bool,
+}
+
+impl Vary {
+    /// Whether the fragment is the same for every request.
+    pub fn is_empty(&self) -> bool {
+        self.cookies.is_empty() && self.headers.is_empty() && self.query.is_empty() && !self.country
+    }
+}
+
+/// A fragment route: how includes under this pattern are cached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentRoute {
+    /// Position in `fragments` (part of cache keys).
+    pub id: usize,
+    /// Which paths this route covers.
+    pub pattern: PathPattern,
+    /// Soft and hard TTL; `0/0` for private routes, which are never cached.
+    pub ttls: Ttls,
+    /// Fetched from the origin on every request with the user's `Cookie` and
+    /// `Authorization`, never cached, and makes the page `private, no-store`.
+    pub private: bool,
+    /// Behaviour on a cold cache.
+    pub cold: ColdPolicy,
+    /// How long 404/410 answers are cached, seconds; 0 disables; at most
+    /// the hard TTL. Default [`DEFAULT_NEGATIVE_TTL_S`].
+    pub negative_ttl: u32,
+    /// Let the origin's `Cache-Control`/`Surrogate-Control` set TTLs.
+    pub honor_origin_headers: bool,
+    /// XFetch β (≥ 0; 0 disables early refresh). Default [`DEFAULT_XFETCH_BETA`].
+    pub xfetch_beta: f64,
+    /// Random TTL reduction, as a fraction in `[0, 0.5)`. Default [`DEFAULT_JITTER`].
+    pub jitter: f64,
+    /// Origin timeout for this route: `timeout_ms`, or
+    /// `limits.fragment_timeout_ms` when not set.
+    pub timeout_ms: u32,
+    /// What the cached copy varies on.
+    pub vary: Vary,
+    /// Request headers (lower-cased) forwarded to the origin. Default none:
+    /// forwarding a header the key does not vary on would let the first
+    /// requester's value shape everyone's copy.
+    pub forward_headers: Vec<String>,
+    /// When this cookie is present the fragment is treated as private for
+    /// that request (signed-in users get their own copy).
+    pub private_if_cookie: Option<String>,
+    /// Forward the origin's `Set-Cookie` to the client when the fragment is
+    /// fetched privately. Default `true`.
+    pub pass_set_cookie: bool,
+}
+
+/// What a request path is, according to the configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Route<'a> {
+    /// A page shell to assemble.
+    Page(&'a PageRoute),
+    /// A fragment requested directly.
+    Fragment(&'a FragmentRoute),
+    /// Matches nothing: see [`Config::unknown_routes`].
+    Unknown,
+}
+
+/// A configuration mistake: which field, what it held, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid fragcache config: {field} = {value}: {problem}")]
+pub struct ConfigError {
+    /// Path of the field, e.g. `fragments[1].hard_ttl`; `FRAGCACHE` for the
+    /// configuration as a whole.
+    pub field: String,
+    /// The offending value as JSON (shortened when long), or `(missing)`.
+    pub value: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, value: Option<&Value>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            value: value.map_or_else(|| "(missing)".to_owned(), show),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Validates a configuration given as a JSON value.
+    pub fn from_json(v: &Value) -> Result<Config, ConfigError> {
+        let root = match v {
+            Value::Object(map) => Obj {
+                path: String::new(),
+                map,
+            },
+            Value::String(_) => {
+                return Err(ConfigError::new(
+                    ROOT,
+                    Some(v),
+                    "must be an object, got a string: declare it as a [vars.FRAGCACHE] table in wrangler.toml",
+                ))
+            }
+            other => {
+                return Err(ConfigError::new(
+                    ROOT,
+                    Some(other),
+                    format!("must be an object, got {}", kind(other)),
+                ))
+            }
+        };
+        root.check_keys(TOP_KEYS, TOP_MOVED)?;
+
+        let (origin, origin_url) = parse_origin(&root)?;
+        let mut allowed = vec![origin.clone()];
+        for (i, item) in root.array("allowed_origins")?.iter().enumerate() {
+            let field = format!("allowed_origins[{i}]");
+            let Value::String(s) = item else {
+                return Err(ConfigError::new(
+                    field,
+                    Some(item),
+                    format!(
+                        "expected a string such as \"https://static.example.com\", got {}",
+                        kind(item)
+                    ),
+                ));
+            };
+            let o = Origin::parse(s).map_err(|e| {
+                ConfigError::new(
+                    &field,
+                    Some(item),
+                    format!("must be a bare origin such as \"https://static.example.com\": {e}"),
+                )
+            })?;
+            allowed.push(o);
+        }
+
+        let unknown_routes = match root.get("unknown_routes") {
+            None => UnknownRoutes::Pass,
+            Some(Value::String(s)) if s == "pass" => UnknownRoutes::Pass,
+            Some(Value::String(s)) if s == "404" => UnknownRoutes::NotFound,
+            Some(Value::Number(_)) => {
+                return Err(root.err("unknown_routes", "write \"404\" as a string (or \"pass\")"))
+            }
+            Some(_) => {
+                return Err(root.err(
+                    "unknown_routes",
+                    "must be \"pass\" (proxy to the origin untouched) or \"404\"",
+                ))
+            }
+        };
+
+        let limits = match root.get("limits") {
+            Some(v) => parse_limits(&Obj::new(v, "limits")?)?,
+            None => Limits::default(),
+        };
+
+        let mut seen = Vec::new();
+        let mut pages = Vec::new();
+        for (id, item) in root.array("pages")?.iter().enumerate() {
+            pages.push(parse_page(
+                id,
+                &Obj::new(item, &format!("pages[{id}]"))?,
+                &mut seen,
+            )?);
+        }
+        let mut fragments = Vec::new();
+        for (id, item) in root.array("fragments")?.iter().enumerate() {
+            let o = Obj::new(item, &format!("fragments[{id}]"))?;
+            fragments.push(parse_fragment(id, &o, &limits, &mut seen)?);
+        }
+
+        Ok(Config {
+            origin,
+            origin_url,
+            allow: AllowList::new(allowed),
+            unknown_routes,
+            limits,
+            pages,
+            fragments,
+        })
+    }
+
+    /// Validates a configuration given as JSON text; syntax errors are
+    /// reported as a [`ConfigError`] on `FRAGCACHE` with the offending line.
+    pub fn from_json_str(s: &str) -> Result<Config, ConfigError> {
+        let v: Value = serde_json::from_str(s).map_err(|e| {
+            let line = s
+                .lines()
+                .nth(e.line().saturating_sub(1))
+                .unwrap_or("")
+                .trim();
+            ConfigError {
+                field: ROOT.to_owned(),
+                value: show(&Value::String(line.to_owned())),
+                problem: format!("is not valid JSON: {e}"),
+            }
+        })?;
+        Config::from_json(&v)
+    }
+
+    /// The route for a request path: an exact pattern first (page or
+    /// fragment; patterns are unique), then the longest matching prefix.
+    pub fn route(&self, path: &str) -> Route<'_> {
+        let pages = self.pages.iter().map(|p| (&p.pattern, Route::Page(p)));
+        let fragments = self
+            .fragments
+            .iter()
+            .map(|f| (&f.pattern, Route::Fragment(f)));
+        best_match(pages.chain(fragments), path).unwrap_or(Route::Unknown)
+    }
+
+    /// The fragment route for an include's path: an exact pattern first,
+    /// then the longest matching prefix.
+    pub fn fragment_route(&self, path: &str) -> Option<&FragmentRoute> {
+        best_match(self.fragments.iter().map(|f| (&f.pattern, f)), path)
+    }
+}
+
+/// Exact match if any, else the longest matching prefix (first on a tie,
+/// which unique patterns rule out).
+fn best_match<'a, T>(routes: impl Iterator<Item = (&'a PathPattern, T)>, path: &str) -> Option<T> {
+    let mut best: Option<(usize, T)> = None;
+    for (pattern, route) in routes {
+        if !pattern.matches(path) {
+            continue;
+        }
+        if let PathPattern::Exact(_) = pattern {
+            return Some(route);
+        }
+        let len = pattern.literal_len();
+        if best.as_ref().is_none_or(|(l, _)| len > *l) {
+            best = Some((len, route));
+        }
+    }
+    best.map(|(_, r)| r)
+}
+
+const TOP_KEYS: &[&str] = &[
+    "origin",
+    "allowed_origins",
+    "unknown_routes",
+    "limits",
+    "pages",
+    "fragments",
+];
+const LIMIT_KEYS: &[&str] = &[
+    "max_depth",
+    "max_includes",
+    "max_fragment_bytes",
+    "max_page_bytes",
+    "fragment_timeout_ms",
+    "page_timeout_ms",
+];
+const PAGE_KEYS: &[&str] = &["path", "soft_ttl", "hard_ttl", "require_surrogate_control"];
+const FRAGMENT_KEYS: &[&str] = &[
+    "path",
+    "soft_ttl",
+    "hard_ttl",
+    "private",
+    "cold",
+    "cold_wait_ms",
+    "retry_after",
+    "negative_ttl",
+    "honor_origin_headers",
+    "xfetch_beta",
+    "jitter",
+    "timeout_ms",
+    "vary",
+    "forward_headers",
+    "private_if_cookie",
+    "pass_set_cookie",
+];
+const VARY_KEYS: &[&str] = &["cookies", "headers", "query", "country"];
+
+/// Keys that exist, but at another level: (key, hint).
+const TOP_MOVED: &[(&str, &str)] = &[
+    (
+        "max_depth",
+        "belongs in the limits object: limits.max_depth",
+    ),
+    (
+        "max_includes",
+        "belongs in the limits object: limits.max_includes",
+    ),
+    (
+        "max_fragment_bytes",
+        "belongs in the limits object: limits.max_fragment_bytes",
+    ),
+    (
+        "max_page_bytes",
+        "belongs in the limits object: limits.max_page_bytes",
+    ),
+    (
+        "fragment_timeout_ms",
+        "belongs in the limits object: limits.fragment_timeout_ms",
+    ),
+    (
+        "page_timeout_ms",
+        "belongs in the limits object: limits.page_timeout_ms",
+    ),
+    ("path", "belongs in an entry of pages or fragments"),
+    ("soft_ttl", "belongs in an entry of pages or fragments"),
+    ("hard_ttl", "belongs in an entry of pages or fragments"),
+];
+const PAGE_MOVED: &[(&str, &str)] = &[
+    ("private", "is only available on fragment routes"),
+    ("cold", "is only available on fragment routes"),
+    ("vary", "is only available on fragment routes"),
+    ("negative_ttl", "is only available on fragment routes"),
+    (
+        "timeout_ms",
+        "is only available on fragment routes; pages use limits.fragment_timeout_ms",
+    ),
+    ("forward_headers", "is only available on fragment routes"),
+];
+const FRAGMENT_MOVED: &[(&str, &str)] = &[
+    (
+        "require_surrogate_control",
+        "is only available on page routes",
+    ),
+    ("cookies", "belongs in the vary object: vary.cookies"),
+    ("headers", "belongs in the vary object: vary.headers"),
+    ("query", "belongs in the vary object: vary.query"),
+    ("country", "belongs in the vary object: vary.country"),
+];
+/// Fragment keys that only make sense for cached fragments.
+const CACHE_ONLY_KEYS: &[&str] = &[
+    "soft_ttl",
+    "hard_ttl",
+    "cold",
+    "cold_wait_ms",
+    "retry_after",
+    "negative_ttl",
+    "honor_origin_headers",
+    "xfetch_beta",
+    "jitter",
+    "vary",
+    "private_if_cookie",
+];
+
+/// Allowed range of an integer field, with the reasons shown when it is out
+/// of range.
+struct Bounds {
+    min: u64,
+    max: u64,
+    unit: &'static str,
+    why_min: &'static str,
+    why_max: &'static str,
+}
+
+const SOFT_TTL: Bounds = Bounds {
+    min: 1,
+    max: u32::MAX as u64,
+    unit: " s",
+    why_min: "a soft TTL of 0 would make every entry stale as soon as it is stored",
+    why_max: "",
+};
+const HARD_TTL: Bounds = Bounds {
+    min: MIN_HARD_TTL_S as u64,
+    max: u32::MAX as u64,
+    unit: " s",
+    why_min: "Workers KV refuses an expirationTtl below 60 seconds",
+    why_max: "",
+};
+const NEGATIVE_TTL: Bounds = Bounds {
+    min: 0,
+    max: u32::MAX as u64,
+    unit: " s",
+    why_min: "",
+    why_max: "",
+};
+const TIMEOUT: Bounds = Bounds {
+    min: 1,
+    max: MAX_TIMEOUT_MS as u64,
+    unit: " ms",
+    why_min: "a timeout of 0 would fail every fetch",
+    why_max: "background work (wait_until) ends about 30 s after the response, so a longer wait could never complete",
+};
+const RETRY_AFTER: Bounds = Bounds {
+    min: 1,
+    max: MAX_RETRY_AFTER_S as u64,
+    unit: " s",
+    why_min: "clients would retry at once, while the fragment is still being fetched",
+    why_max:
+        "a cold fragment is fetched within seconds; clients should not be told to stay away longer",
+};
+const MAX_DEPTH: Bounds = Bounds {
+    min: 0,
+    max: MAX_DEPTH_CAP as u64,
+    unit: "",
+    why_min: "",
+    why_max: "deeper nesting is almost certainly an include loop",
+};
+const MAX_INCLUDES: Bounds = Bounds {
+    min: 1,
+    max: MAX_INCLUDES_CAP as u64,
+    unit: "",
+    why_min: "a page could include nothing; use an unknown route (pass) for pages without ESI",
+    why_max: "each include may cost a subrequest, and the platform caps subrequests per request",
+};
+const FRAGMENT_BYTES: Bounds = Bounds {
+    min: 1,
+    max: MAX_FRAGMENT_BYTES_CAP as u64,
+    unit: " bytes",
+    why_min: "every fragment would be refused",
+    why_max: "a Workers KV value holds at most 25 MiB",
+};
+const PAGE_BYTES: Bounds = Bounds {
+    min: 1,
+    max: MAX_PAGE_BYTES_CAP as u64,
+    unit: " bytes",
+    why_min: "every page would be refused",
+    why_max: "a Worker isolate has 128 MB of memory",
+};
+
+/// One JSON object being read, with its path for error messages.
+struct Obj<'a> {
+    /// `""` at the root, else e.g. `fragments[2].vary`.
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(v: &'a Value, path: &str) -> Result<Self, ConfigError> {
+        match v {
+            Value::Object(map) => Ok(Obj {
+                path: path.to_owned(),
+                map,
+            }),
+            other => Err(ConfigError::new(
+                path,
+                Some(other),
+                format!("expected an object {{ … }}, got {}", kind(other)),
+            )),
+        }
+    }
+
+    fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// An error about `key`, showing its value (or `(missing)`).
+    fn err(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.field(key), self.map.get(key), problem)
+    }
+
+    /// The value of `key`; `null` counts as absent, so optional fields can be
+    /// spelt out with their default.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Refuses keys not in `known`, pointing at where they belong or at the
+    /// closest known key.
+    fn check_keys(&self, known: &[&str], moved: &[(&str, &str)]) -> Result<(), ConfigError> {
+        for key in self.map.keys() {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let problem = if let Some((_, hint)) = moved.iter().find(|(k, _)| k == key) {
+                format!("unknown field here: {hint}")
+            } else if let Some(close) = closest(key, known) {
+                format!("unknown field; did you mean {close}?")
+            } else {
+                format!(
+                    "unknown field; the fields allowed here are {}",
+                    known.join(", ")
+                )
+            };
+            return Err(self.err(key, problem));
+        }
+        Ok(())
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) if s == "true" || s == "false" => Err(self.err(
+                key,
+                format!("expected true or false, got a string: write {s} without quotes"),
+            )),
+            Some(other) => {
+                Err(self.err(key, format!("expected true or false, got {}", kind(other))))
+            }
+        }
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.err(key, format!("expected a string, got {}", kind(other)))),
+        }
+    }
+
+    /// An optional array; absent means empty.
+    fn array(&self, key: &str) -> Result<&'a [Value], ConfigError> {
+        match self.get(key) {
+            None => Ok(&[]),
+            Some(Value::Array(items)) => Ok(items),
+            Some(other) => {
+                Err(self.err(key, format!("expected an array [ … ], got {}", kind(other))))
+            }
+        }
+    }
+
+    /// A non-negative whole number within `b`.
+    fn uint(&self, key: &str, b: &Bounds) -> Result<Option<u64>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let n = match v {
+            Value::Number(n) => n,
+            Value::String(s) => {
+                let hint = if s.trim().parse::<f64>().is_ok() {
+                    format!(": write {} without quotes", s.trim())
+                } else {
+                    String::new()
+                };
+                return Err(self.err(
+                    key,
+                    format!("expected a whole number{}, got a string{hint}", b.unit),
+                ));
+            }
+            other => {
+                return Err(self.err(
+                    key,
+                    format!("expected a whole number{}, got {}", b.unit, kind(other)),
+                ))
+            }
+        };
+        let value = if let Some(u) = n.as_u64() {
+            u
+        } else if n.as_i64().is_some_and(|i| i < 0) {
+            return Err(self.err(key, "must not be negative"));
+        } else {
+            // A float. `30.0` (what some TOML writers emit) is accepted;
+            // fractions are not, since TTLs and limits are whole units.
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f < 0.0 {
+                return Err(self.err(key, "must not be negative"));
+            }
+            if !(f.is_finite() && f.fract() == 0.0 && f <= b.max as f64) {
+                if f.is_finite() && f.fract() == 0.0 {
+                    return Err(out_of_range(self, key, b, false));
+                }
+                return Err(self.err(key, format!("must be a whole number{}", b.unit)));
+            }
+            f as u64
+        };
+        if value < b.min {
+            return Err(out_of_range(self, key, b, true));
+        }
+        if value > b.max {
+            return Err(out_of_range(self, key, b, false));
+        }
+        Ok(Some(value))
+    }
+
+    /// [`Obj::uint`] for fields held as `u32`. Every `u32` field's bounds
+    /// are within `u32`, so the conversion cannot fail; it is checked anyway.
+    fn u32(&self, key: &str, b: &Bounds) -> Result<Option<u32>, ConfigError> {
+        self.uint(key, b)?
+            .map(|v| u32::try_from(v).map_err(|_| out_of_range(self, key, b, false)))
+            .transpose()
+    }
+
+    fn usize(&self, key: &str, b: &Bounds) -> Result<Option<usize>, ConfigError> {
+        self.uint(key, b)?
+            .map(|v| usize::try_from(v).map_err(|_| out_of_range(self, key, b, false)))
+            .transpose()
+    }
+
+    /// A finite number.
+    fn number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(f) if f.is_finite() => Ok(Some(f)),
+                _ => Err(self.err(key, "must be a finite number")),
+            },
+            Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => Err(self.err(
+                key,
+                format!(
+                    "expected a number, got a string: write {} without quotes",
+                    s.trim()
+                ),
+            )),
+            Some(other) => Err(self.err(key, format!("expected a number, got {}", kind(other)))),
+        }
+    }
+
+    /// A list of names, each checked and normalised by `check` (which
+    /// returns the problem on failure); duplicates are dropped.
+    fn names(
+        &self,
+        key: &str,
+        check: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut out: Vec<String> = Vec::new();
+        for (i, item) in self.array(key)?.iter().enumerate() {
+            let field = format!("{}[{i}]", self.field(key));
+            let Value::String(s) = item else {
+                return Err(ConfigError::new(
+                    field,
+                    Some(item),
+                    format!("expected a string, got {}", kind(item)),
+                ));
+            };
+            let name = check(s).map_err(|problem| ConfigError::new(&field, Some(item), problem))?;
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn out_of_range(o: &Obj<'_>, key: &str, b: &Bounds, low: bool) -> ConfigError {
+    let (bound, edge, why) = if low {
+        ("at least", b.min, b.why_min)
+    } else {
+        ("at most", b.max, b.why_max)
+    };
+    let mut problem = format!("must be {bound} {edge}{}", b.unit);
+    if !why.is_empty() {
+        problem.push_str(": ");
+        problem.push_str(why);
+    }
+    o.err(key, problem)
+}
+
+fn parse_origin(root: &Obj<'_>) -> Result<(Origin, Url), ConfigError> {
+    let v = match root.get("origin") {
+        None => {
+            return Err(root.err(
+                "origin",
+                "is required: the URL of the site fragcache sits in front of, e.g. \"http://127.0.0.1:8788\"",
+            ))
+        }
+        Some(v) => v,
+    };
+    let Value::String(s) = v else {
+        return Err(root.err(
+            "origin",
+            format!(
+                "expected a string such as \"https://www.example.com\", got {}",
+                kind(v)
+            ),
+        ));
+    };
+    let origin = Origin::parse(s).map_err(|e| {
+        let problem = match e {
+            UrlError::NotAnOrigin(_) => "must be a bare origin (scheme://host[:port]) without path, query or fragment: request paths are forwarded to the origin unchanged".to_owned(),
+            UrlError::UserInfo => "must not contain user information (user@ or user:password@)".to_owned(),
+            UrlError::Relative => "must be an absolute URL including the scheme, such as \"http://127.0.0.1:8788\"".to_owned(),
+            other => format!("is not a usable origin: {other}"),
+        };
+        root.err("origin", problem)
+    })?;
+    let url = origin.root();
+    Ok((origin, url))
+}
+
+fn parse_limits(o: &Obj<'_>) -> Result<Limits, ConfigError> {
+    o.check_keys(LIMIT_KEYS, &[])?;
+    let d = Limits::default();
+    Ok(Limits {
+        max_depth: o.u32("max_depth", &MAX_DEPTH)?.unwrap_or(d.max_depth),
+        max_includes: o
+            .u32("max_includes", &MAX_INCLUDES)?
+            .unwrap_or(d.max_includes),
+        max_fragment_bytes: o
+            .usize("max_fragment_bytes", &FRAGMENT_BYTES)?
+            .unwrap_or(d.max_fragment_bytes),
+        max_page_bytes: o
+            .usize("max_page_bytes", &PAGE_BYTES)?
+            .unwrap_or(d.max_page_bytes),
+        fragment_timeout_ms: o
+            .u32("fragment_timeout_ms", &TIMEOUT)?
+            .unwrap_or(d.fragment_timeout_ms),
+        page_timeout_ms: o
+            .u32("page_timeout_ms", &TIMEOUT)?
+            .unwrap_or(d.page_timeout_ms),
+    })
+}
+
+/// Reads `path` and checks it against every pattern seen so far (pages and
+/// fragments share one namespace, so routing never depends on order).
+fn parse_pattern(
+    o: &Obj<'_>,
+    seen: &mut Vec<(PathPattern, String)>,
+) -> Result<PathPattern, ConfigError> {
+    let Some(s) = o.str("path")? else {
+        return Err(o.err(
+            "path",
+            "is required: the URL path this route covers, e.g. \"/fragments/*\"",
+        ));
+    };
+    let pattern = PathPattern::parse(s).map_err(|problem| o.err("path", problem))?;
+    if let Some((_, other)) = seen.iter().find(|(p, _)| *p == pattern) {
+        return Err(o.err(
+            "path",
+            format!("duplicates {other}: each pattern may appear only once"),
+        ));
+    }
+    seen.push((pattern.clone(), o.field("path")));
+    Ok(pattern)
+}
+
+/// Reads `soft_ttl`/`hard_ttl`. With `required` false both may be absent.
+fn parse_ttls(o: &Obj<'_>, required: bool) -> Result<Option<Ttls>, ConfigError> {
+    let soft = o.u32("soft_ttl", &SOFT_TTL)?;
+    let hard = o.u32("hard_ttl", &HARD_TTL)?;
+    match (soft, hard) {
+        (None, None) if !required => Ok(None),
+        (None, _) => Err(o.err(
+            "soft_ttl",
+            if required {
+                "is required for a cacheable fragment (seconds fresh), or set \"private\": true"
+            } else {
+                "is required when hard_ttl is set (or remove both to fetch the page from the origin every time)"
+            },
+        )),
+        (Some(_), None) => Err(o.err(
+            "hard_ttl",
+            "is required when soft_ttl is set: how long a stale copy may still be served (at least 60 s)",
+        )),
+        (Some(soft), Some(hard)) if hard < soft => Err(o.err(
+            "hard_ttl",
+            format!("must be at least soft_ttl ({soft} s): an entry cannot turn stale after it has expired"),
+        )),
+        (Some(soft), Some(hard)) => Ok(Some(Ttls { soft, hard })),
+    }
+}
+
+fn parse_page(
+    id: usize,
+    o: &Obj<'_>,
+    seen: &mut Vec<(PathPattern, String)>,
+) -> Result<PageRoute, ConfigError> {
+    o.check_keys(PAGE_KEYS, PAGE_MOVED)?;
+    Ok(PageRoute {
+        id,
+        pattern: parse_pattern(o, seen)?,
+        ttls: parse_ttls(o, false)?,
+        require_surrogate_control: o.bool("require_surrogate_control")?.unwrap_or(false),
+    })
+}
+
+fn parse_fragment(
+    id: usize,
+    o: &Obj<'_>,
+    limits: &Limits,
+    seen: &mut Vec<(PathPattern, String)>,
+) -> Result<FragmentRoute, ConfigError> {
+    o.check_keys(FRAGMENT_KEYS, FRAGMENT_MOVED)?;
+    let pattern = parse_pattern(o, seen)?;
+    let private = o.bool("private")?.unwrap_or(false);
+    let timeout_ms = o
+        .u32("timeout_ms", &TIMEOUT)?
+        .unwrap_or(limits.fragment_timeout_ms);
+    let forward_headers = o.names("forward_headers", forward_header)?;
+    let pass_set_cookie = o.bool("pass_set_cookie")?.unwrap_or(true);
+
+    if private {
+        // Settings for a cache that a private fragment never uses are most
+        // likely a fragment marked private by mistake: say so.
+        if let Some(key) = CACHE_ONLY_KEYS.iter().find(|k| o.has(k)) {
+            return Err(o.err(
+                key,
+                "has no effect on a private fragment (private fragments are never cached): remove it, or set \"private\": false",
+            ));
+        }
+        return Ok(FragmentRoute {
+            id,
+            pattern,
+            ttls: Ttls { soft: 0, hard: 0 },
+            private,
+            cold: ColdPolicy::Wait { timeout_ms },
+            negative_ttl: 0,
+            honor_origin_headers: false,
+            xfetch_beta: DEFAULT_XFETCH_BETA,
+            jitter: DEFAULT_JITTER,
+            timeout_ms,
+            vary: Vary::default(),
+            forward_headers,
+            private_if_cookie: None,
+            pass_set_cookie,
+        });
+    }
+
+    let ttls = match parse_ttls(o, true)? {
+        Some(t) => t,
+        None => return Err(o.err("soft_ttl", "is required for a cacheable fragment")),
+    };
+
+    let cold = match o.str("cold")?.unwrap_or("wait") {
+        "wait" => {
+            if o.has("retry_after") {
+                return Err(o.err("retry_after", "only applies with \"cold\": \"fail\""));
+            }
+            ColdPolicy::Wait {
+                timeout_ms: o.u32("cold_wait_ms", &TIMEOUT)?.unwrap_or(limits.fragment_timeout_ms),
+            }
+        }
+        "fail" => {
+            if o.has("cold_wait_ms") {
+                return Err(o.err("cold_wait_ms", "only applies with \"cold\": \"wait\""));
+            }
+            ColdPolicy::Fail {
+                retry_after_s: o.u32("retry_after", &RETRY_AFTER)?.unwrap_or(DEFAULT_RETRY_AFTER_S),
+            }
+        }
+        _ => {
+            return Err(o.err(
+                "cold",
+                "must be \"wait\" (requests wait for the one origin fetch) or \"fail\" (they get 503 with Retry-After meanwhile)",
+            ))
+        }
+    };
+
+    let negative_ttl = o
+        .u32("negative_ttl", &NEGATIVE_TTL)?
+        .unwrap_or(DEFAULT_NEGATIVE_TTL_S);
+    if negative_ttl > ttls.hard {
+        return Err(o.err(
+            "negative_ttl",
+            format!("must not exceed hard_ttl ({} s)", ttls.hard),
+        ));
+    }
+
+    let xfetch_beta = o.number("xfetch_beta")?.unwrap_or(DEFAULT_XFETCH_BETA);
+    if xfetch_beta < 0.0 {
+        return Err(o.err(
+            "xfetch_beta",
+            "must be 0 or more (0 disables early refresh, 1 is the usual value)",
+        ));
+    }
+    let jitter = o.number("jitter")?.unwrap_or(DEFAULT_JITTER);
+    if !(0.0..MAX_JITTER).contains(&jitter) {
+        return Err(o.err(
+            "jitter",
+            "must be at least 0 and below 0.5 (a fraction of the TTL; 0.1 spreads expiries by up to 10%)",
+        ));
+    }
+
+    let vary = match o.get("vary") {
+        Some(v) => parse_vary(&Obj::new(v, &o.field("vary"))?)?,
+        None => Vary::default(),
+    };
+
+    let private_if_cookie = match o.str("private_if_cookie")? {
+        Some(name) => {
+            Some(cookie_name(name).map_err(|problem| o.err("private_if_cookie", problem))?)
+        }
+        None => None,
+    };
+
+    Ok(FragmentRoute {
+        id,
+        pattern,
+        ttls,
+        private,
+        cold,
+        negative_ttl,
+        honor_origin_headers: o.bool("honor_origin_headers")?.unwrap_or(false),
+        xfetch_beta,
+        jitter,
+        timeout_ms,
+        vary,
+        forward_headers,
+        private_if_cookie,
+        pass_set_cookie,
+    })
+}
+
+fn parse_vary(o: &Obj<'_>) -> Result<Vary, ConfigError> {
+    o.check_keys(VARY_KEYS, &[])?;
+    Ok(Vary {
+        cookies: o.names("cookies", cookie_name)?,
+        headers: o.names("headers", vary_header)?,
+        query: o.names("query", query_name)?,
+        country: o.bool("country")?.unwrap_or(false),
+    })
+}
+
+/// RFC 9110 `token`: what header and cookie names are made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn header_name(s: &str) -> Result<String, String> {
+    if is_token(s) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)".into())
+    }
+}
+
+fn forward_header(s: &str) -> Result<String, String> {
+    let name = header_name(s)?;
+    match name.as_str() {
+        "cookie" | "authorization" => Err(format!(
+            "{name} is never forwarded for cacheable fragments, since one user's credentials would shape everyone's copy; private fragments (private: true, or private_if_cookie) get the user's Cookie and Authorization automatically"
+        )),
+        "host" => Err("host is set from the origin URL and cannot be forwarded".into()),
+        n if UNFORWARDABLE_HEADERS.contains(&n) => Err(format!(
+            "{name} is a hop-by-hop header: it describes one connection and is never forwarded"
+        )),
+        _ => Ok(name),
+    }
+}
+
+fn vary_header(s: &str) -> Result<String, String> {
+    let name = header_name(s)?;
+    match name.as_str() {
+        "cookie" => Err("varying on the whole Cookie header gives every user their own copy; list single cookies in vary.cookies".into()),
+        "authorization" => Err("varying on Authorization would put credentials into cache keys; make the fragment private instead".into()),
+        _ => Ok(name),
+    }
+}
+
+fn cookie_name(s: &str) -> Result<String, String> {
+    if is_token(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)".into())
+    }
+}
+
+fn query_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"&=#?".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("is not a valid query parameter name (printable ASCII without & = # ?; percent-encode anything else as it appears in the URL)".into())
+    }
+}
+
+/// A JSON value for an error message, shortened when long.
+fn show(v: &Value) -> String {
+    const MAX: usize = 120;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut cut = MAX;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The known key closest to `key` (case-insensitive, `-` read as `_`), if
+/// within edit distance 2 and not a rewrite of most of a short key.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    if key.len() > 64 {
+        return None;
+    }
+    let key = key.to_ascii_lowercase().replace('-', "_");
+    let len = key.chars().count();
+    known
+        .iter()
+        .map(|k| (edit_distance(&key, k), *k))
+        .filter(|(d, _)| *d <= 2 && *d < len)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{ "origin": "http://127.0.0.1:8788" }"#;
+
+    /// Parses `json`, expecting an error.
+    fn error(json: &str) -> ConfigError {
+        match Config::from_json_str(json) {
+            Ok(c) => panic!("expected an error for {json}, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// A configuration with one fragment route made of `fields`.
+    fn fragment(fields: &str) -> String {
+        format!(
+            r#"{{ "origin": "http://o.test", "fragments": [ {{ "path": "/f/*", {fields} }} ] }}"#
+        )
+    }
+
+    /// A configuration with one cacheable fragment route plus `fields`.
+    fn cached(fields: &str) -> String {
+        fragment(&format!(r#""soft_ttl": 30, "hard_ttl": 3600, {fields}"#))
+    }
+
+    fn assert_error(e: &ConfigError, field: &str, value: &str, problem_contains: &str) {
+        assert_eq!(e.field, field, "{e}");
+        assert_eq!(e.value, value, "{e}");
+        assert!(
+            e.problem.contains(problem_contains),
+            "problem {:?} should mention {problem_contains:?}",
+            e.problem
+        );
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::from_json_str(MINIMAL).unwrap();
+        assert_eq!(c.origin.to_string(), "http://127.0.0.1:8788");
+        assert_eq!(c.origin_url.to_string(), "http://127.0.0.1:8788/");
+        assert_eq!(c.allow.origins(), std::slice::from_ref(&c.origin));
+        assert_eq!(c.unknown_routes, UnknownRoutes::Pass);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_depth, 10);
+        assert_eq!(c.limits.max_includes, 40);
+        assert_eq!(c.limits.max_fragment_bytes, 1_048_576);
+        assert_eq!(c.limits.max_page_bytes, 8_388_608);
+        assert_eq!(c.limits.fragment_timeout_ms, 5000);
+        assert_eq!(c.limits.page_timeout_ms, 20_000);
+        assert!(c.pages.is_empty());
+        assert!(c.fragments.is_empty());
+        assert_eq!(c.route("/"), Route::Unknown);
+    }
+
+    #[test]
+    fn fragment_defaults() {
+        let c = Config::from_json_str(&cached(r#""private": false"#)).unwrap();
+        let f = &c.fragments[0];
+        assert_eq!(f.id, 0);
+        assert_eq!(f.pattern, PathPattern::Prefix("/f/".into()));
+        assert_eq!(
+            f.ttls,
+            Ttls {
+                soft: 30,
+                hard: 3600
+            }
+        );
+        assert!(!f.private);
+        assert_eq!(f.cold, ColdPolicy::Wait { timeout_ms: 5000 });
+        assert_eq!(f.negative_ttl, DEFAULT_NEGATIVE_TTL_S);
+        assert!(!f.honor_origin_headers);
+        assert_eq!(f.xfetch_beta, 1.0);
+        assert_eq!(f.jitter, 0.1);
+        assert_eq!(f.timeout_ms, 5000);
+        assert!(f.vary.is_empty());
+        assert!(f.forward_headers.is_empty());
+        assert_eq!(f.private_if_cookie, None);
+        assert!(f.pass_set_cookie);
+    }
+
+    #[test]
+    fn timeouts_default_to_the_limits() {
+        let json = r#"{ "origin": "http://o.test", "limits": { "fragment_timeout_ms": 1234 },
+            "fragments": [ { "path": "/a", "soft_ttl": 1, "hard_ttl": 60 },
+                           { "path": "/b", "soft_ttl": 1, "hard_ttl": 60, "timeout_ms": 99, "cold_wait_ms": 77 },
+                           { "path": "/c", "private": true } ] }"#;
+        let c = Config::from_json_str(json).unwrap();
+        assert_eq!(c.fragments[0].timeout_ms, 1234);
+        assert_eq!(c.fragments[0].cold, ColdPolicy::Wait { timeout_ms: 1234 });
+        assert_eq!(c.fragments[1].timeout_ms, 99);
+        assert_eq!(c.fragments[1].cold, ColdPolicy::Wait { timeout_ms: 77 });
+        assert_eq!(c.fragments[2].timeout_ms, 1234);
+        assert_eq!(c.fragments[2].ttls, Ttls { soft: 0, hard: 0 });
+        assert!(c.fragments[2].private);
+    }
+
+    /// The example in the module doc, with every field set.
+    #[test]
+    fn full_example_from_module_doc() {
+        let source = include_str!("config.rs");
+        let mut in_block = false;
+        let mut json = String::new();
+        for line in source.lines() {
+            let Some(doc) = line.strip_prefix("//!") else {
+                continue;
+            };
+            let doc = doc.strip_prefix(' ').unwrap_or(doc);
+            if doc.starts_with("```json") {
+                in_block = true;
+            } else if in_block && doc.starts_with("```") {
+                break;
+            } else if in_block {
+                json.push_str(doc);
+                json.push('\n');
+            }
+        }
+        let c = Config::from_json_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+
+        assert_eq!(c.origin.to_string(), "http://127.0.0.1:8788");
+        let allowed: Vec<String> = c.allow.origins().iter().map(|o| o.to_string()).collect();
+        assert_eq!(
+            allowed,
+            ["http://127.0.0.1:8788", "https://static.example.com"]
+        );
+        assert_eq!(c.unknown_routes, UnknownRoutes::Pass);
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_depth: 3,
+                max_includes: 40,
+                max_fragment_bytes: 1_048_576,
+                max_page_bytes: 8_388_608,
+                fragment_timeout_ms: 5000,
+                page_timeout_ms: 20_000,
+            }
+        );
+
+        assert_eq!(
+            c.pages,
+            vec![
+                PageRoute {
+                    id: 0,
+                    pattern: PathPattern::Exact("/".into()),
+                    ttls: Some(Ttls {
+                        soft: 30,
+                        hard: 3600
+                    }),
+                    require_surrogate_control: false,
+                },
+                PageRoute {
+                    id: 1,
+                    pattern: PathPattern::Prefix("/account/".into()),
+                    ttls: None,
+                    require_surrogate_control: true,
+                },
+            ]
+        );
+
+        assert_eq!(
+            c.fragments[0],
+            FragmentRoute {
+                id: 0,
+                pattern: PathPattern::Prefix("/fragments/".into()),
+                ttls: Ttls {
+                    soft: 30,
+                    hard: 3600
+                },
+                private: false,
+                cold: ColdPolicy::Wait { timeout_ms: 3000 },
+                negative_ttl: 10,
+                honor_origin_headers: true,
+                xfetch_beta: 1.0,
+                jitter: 0.1,
+                timeout_ms: 4000,
+                vary: Vary {
+                    cookies: vec!["currency".into()],
+                    headers: vec!["accept-language".into()],
+                    query: vec!["page".into()],
+                    country: true,
+                },
+                forward_headers: vec!["accept-language".into()],
+                private_if_cookie: Some("session".into()),
+                pass_set_cookie: true,
+            }
+        );
+        assert_eq!(c.fragments[1].cold, ColdPolicy::Fail { retry_after_s: 2 });
+        assert_eq!(c.fragments[1].ttls, Ttls { soft: 5, hard: 60 });
+        assert_eq!(c.fragments[1].timeout_ms, 5000);
+        let cart = &c.fragments[2];
+        assert!(cart.private);
+        assert_eq!(cart.timeout_ms, 2000);
+        assert_eq!(cart.forward_headers, ["x-request-id"]);
+        assert!(!cart.pass_set_cookie);
+
+        assert_eq!(c.route("/"), Route::Page(&c.pages[0]));
+        assert_eq!(c.route("/account/orders"), Route::Page(&c.pages[1]));
+        assert_eq!(c.route("/fragments/nav"), Route::Fragment(&c.fragments[0]));
+        assert_eq!(
+            c.route("/fragments/prices"),
+            Route::Fragment(&c.fragments[1])
+        );
+        assert_eq!(c.route("/fragments/cart"), Route::Fragment(&c.fragments[2]));
+        assert_eq!(c.route("/about"), Route::Unknown);
+    }
+
+    #[test]
+    fn routing_prefers_exact_then_longest_prefix() {
+        let json = r#"{ "origin": "http://o.test",
+            "pages": [ { "path": "/*" }, { "path": "/shop/*" }, { "path": "/fragments/special" } ],
+            "fragments": [
+                { "path": "/fragments/*", "soft_ttl": 1, "hard_ttl": 60 },
+                { "path": "/fragments/user/*", "private": true },
+                { "path": "/fragments/user/avatar", "soft_ttl": 1, "hard_ttl": 60 }
+            ] }"#;
+        let c = Config::from_json_str(json).unwrap();
+        let (p, f) = (&c.pages, &c.fragments);
+        assert_eq!(c.route("/"), Route::Page(&p[0]));
+        assert_eq!(c.route("/shop"), Route::Page(&p[0]));
+        assert_eq!(c.route("/shop/"), Route::Page(&p[1]));
+        assert_eq!(c.route("/shop/cart"), Route::Page(&p[1]));
+        // A longer fragment prefix beats the catch-all page prefix.
+        assert_eq!(c.route("/fragments/nav"), Route::Fragment(&f[0]));
+        assert_eq!(c.route("/fragments/special"), Route::Page(&p[2]));
+        assert_eq!(c.route("/fragments/user/name"), Route::Fragment(&f[1]));
+        assert_eq!(c.route("/fragments/user/avatar"), Route::Fragment(&f[2]));
+
+        assert_eq!(c.fragment_route("/fragments/nav").map(|r| r.id), Some(0));
+        assert_eq!(
+            c.fragment_route("/fragments/special").map(|r| r.id),
+            Some(0)
+        );
+        assert_eq!(c.fragment_route("/fragments/user/x").map(|r| r.id), Some(1));
+        assert_eq!(
+            c.fragment_route("/fragments/user/avatar").map(|r| r.id),
+            Some(2)
+        );
+        assert_eq!(c.fragment_route("/fragments"), None);
+        assert_eq!(c.fragment_route("/shop/x"), None);
+    }
+
+    #[test]
+    fn pattern_matching_and_display() {
+        let exact = PathPattern::parse("/a/b").unwrap();
+        assert!(exact.matches("/a/b"));
+        assert!(!exact.matches("/a/b/"));
+        assert!(!exact.matches("/a/bc"));
+        assert_eq!(exact.to_string(), "/a/b");
+        let prefix = PathPattern::parse("/a/*").unwrap();
+        assert!(prefix.matches("/a/"));
+        assert!(prefix.matches("/a/b/c"));
+        assert!(!prefix.matches("/a"));
+        assert!(!prefix.matches("/ab/c"));
+        assert_eq!(prefix.to_string(), "/a/*");
+        let all = PathPattern::parse("/*").unwrap();
+        assert!(all.matches("/"));
+        assert!(all.matches("/anything"));
+        assert_eq!(all, PathPattern::Prefix("/".into()));
+    }
+
+    #[test]
+    fn config_error_display() {
+        let e = error(&cached(r#""jitter": 0.7"#));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid fragcache config: fragments[0].jitter = 0.7: {}",
+                e.problem
+            )
+        );
+    }
+
+    // ---- one test per kind of mistake ----
+
+    #[test]
+    fn root_not_an_object() {
+        assert_error(
+            &error("[1, 2]"),
+            "FRAGCACHE",
+            "[1,2]",
+            "must be an object, got an array",
+        );
+        assert_error(&error("42"), "FRAGCACHE", "42", "got a number");
+        assert_error(
+            &error(r#""{\"origin\": 1}""#),
+            "FRAGCACHE",
+            r#""{\"origin\": 1}""#,
+            "[vars.FRAGCACHE]",
+        );
+        let e = Config::from_json(&Value::Null).unwrap_err();
+        assert_error(&e, "FRAGCACHE", "null", "must be an object");
+    }
+
+    #[test]
+    fn json_syntax_error() {
+        let e = error("{\n  \"origin\": \"http://o.test\",\n  \"pages\": [ }\n}");
+        assert_eq!(e.field, "FRAGCACHE");
+        assert_eq!(e.value, r#""\"pages\": [ }""#);
+        assert!(
+            e.problem.contains("not valid JSON") && e.problem.contains("line 3"),
+            "{e}"
+        );
+        assert_error(&error(""), "FRAGCACHE", r#""""#, "not valid JSON");
+    }
+
+    #[test]
+    fn missing_origin() {
+        assert_error(&error("{}"), "origin", "(missing)", "is required");
+        assert_error(
+            &error(r#"{ "origin": null }"#),
+            "origin",
+            "null",
+            "is required",
+        );
+    }
+
+    #[test]
+    fn origin_not_a_string() {
+        assert_error(
+            &error(r#"{ "origin": 8788 }"#),
+            "origin",
+            "8788",
+            "expected a string",
+        );
+        assert_error(
+            &error(r#"{ "origin": { "host": "x" } }"#),
+            "origin",
+            r#"{"host":"x"}"#,
+            "got an object",
+        );
+    }
+
+    #[test]
+    fn origin_not_http() {
+        assert_error(
+            &error(r#"{ "origin": "ftp://x" }"#),
+            "origin",
+            r#""ftp://x""#,
+            "only http and https",
+        );
+        assert_error(
+            &error(r#"{ "origin": "127.0.0.1:8788" }"#),
+            "origin",
+            r#""127.0.0.1:8788""#,
+            "scheme",
+        );
+        assert_error(
+            &error(r#"{ "origin": "/x" }"#),
+            "origin",
+            r#""/x""#,
+            "absolute URL",
+        );
+    }
+
+    #[test]
+    fn origin_with_path_or_userinfo() {
+        assert_error(
+            &error(r#"{ "origin": "http://o.test/app" }"#),
+            "origin",
+            r#""http://o.test/app""#,
+            "bare origin",
+        );
+        assert_error(
+            &error(r#"{ "origin": "http://o.test?x" }"#),
+            "origin",
+            r#""http://o.test?x""#,
+            "bare origin",
+        );
+        assert_error(
+            &error(r#"{ "origin": "http://u:p@o.test" }"#),
+            "origin",
+            r#""http://u:p@o.test""#,
+            "user information",
+        );
+        assert_error(
+            &error(r#"{ "origin": "http://2130706433" }"#),
+            "origin",
+            r#""http://2130706433""#,
+            "invalid host",
+        );
+        // A trailing slash is fine.
+        assert!(Config::from_json_str(r#"{ "origin": "https://O.test:443/" }"#).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_with_suggestions() {
+        let e = error(&fragment(r#""sof_ttl": 30, "hard_ttl": 60"#));
+        assert_error(&e, "fragments[0].sof_ttl", "30", "did you mean soft_ttl?");
+        let e = error(r#"{ "origin": "http://o.test", "orign": "x" }"#);
+        assert_error(&e, "orign", r#""x""#, "did you mean origin?");
+        let e = error(r#"{ "origin": "http://o.test", "limits": { "max-depth": 3 } }"#);
+        assert_error(&e, "limits.max-depth", "3", "did you mean max_depth?");
+        let e =
+            error(r#"{ "origin": "http://o.test", "pages": [ { "path": "/", "softTtl": 3 } ] }"#);
+        assert_error(&e, "pages[0].softTtl", "3", "did you mean soft_ttl?");
+        let e = error(&cached(r#""vary": { "cookie": ["a"] }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary.cookie",
+            r#"["a"]"#,
+            "did you mean cookies?",
+        );
+        // Far from everything: list what is allowed instead.
+        let e = error(r#"{ "origin": "http://o.test", "limits": { "banana": 1 } }"#);
+        assert_error(
+            &e,
+            "limits.banana",
+            "1",
+            "the fields allowed here are max_depth, max_includes",
+        );
+        assert!(!e.problem.contains("did you mean"));
+    }
+
+    #[test]
+    fn unknown_keys_at_the_wrong_level() {
+        let e = error(r#"{ "origin": "http://o.test", "max_depth": 3 }"#);
+        assert_error(&e, "max_depth", "3", "limits.max_depth");
+        let e = error(&cached(r#""cookies": ["a"]"#));
+        assert_error(&e, "fragments[0].cookies", r#"["a"]"#, "vary.cookies");
+        let e = error(
+            r#"{ "origin": "http://o.test", "pages": [ { "path": "/", "private": true } ] }"#,
+        );
+        assert_error(
+            &e,
+            "pages[0].private",
+            "true",
+            "only available on fragment routes",
+        );
+        let e = error(&cached(r#""require_surrogate_control": true"#));
+        assert_error(
+            &e,
+            "fragments[0].require_surrogate_control",
+            "true",
+            "only available on page routes",
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        let e = error(&fragment(r#""soft_ttl": "30", "hard_ttl": 60"#));
+        assert_error(
+            &e,
+            "fragments[0].soft_ttl",
+            r#""30""#,
+            "write 30 without quotes",
+        );
+        let e = error(&fragment(r#""soft_ttl": -5, "hard_ttl": 60"#));
+        assert_error(&e, "fragments[0].soft_ttl", "-5", "must not be negative");
+        let e = error(&fragment(r#""soft_ttl": 1.5, "hard_ttl": 60"#));
+        assert_error(&e, "fragments[0].soft_ttl", "1.5", "whole number");
+        let e = error(&fragment(r#""soft_ttl": -1.5, "hard_ttl": 60"#));
+        assert_error(&e, "fragments[0].soft_ttl", "-1.5", "must not be negative");
+        let e = error(&fragment(r#""soft_ttl": true, "hard_ttl": 60"#));
+        assert_error(&e, "fragments[0].soft_ttl", "true", "got a boolean");
+        let e = error(&cached(r#""private": "false""#));
+        assert_error(&e, "fragments[0].private", r#""false""#, "without quotes");
+        let e = error(&cached(r#""jitter": "0.1""#));
+        assert_error(&e, "fragments[0].jitter", r#""0.1""#, "without quotes");
+        let e = error(r#"{ "origin": "http://o.test", "pages": {} }"#);
+        assert_error(&e, "pages", "{}", "expected an array");
+        let e = error(r#"{ "origin": "http://o.test", "pages": [ "/" ] }"#);
+        assert_error(&e, "pages[0]", r#""/""#, "expected an object");
+        let e = error(r#"{ "origin": "http://o.test", "limits": [] }"#);
+        assert_error(&e, "limits", "[]", "expected an object");
+        let e = error(&cached(r#""forward_headers": "accept-language""#));
+        assert_error(
+            &e,
+            "fragments[0].forward_headers",
+            r#""accept-language""#,
+            "expected an array",
+        );
+        let e = error(&cached(r#""vary": { "headers": [ 1 ] }"#));
+        assert_error(&e, "fragments[0].vary.headers[0]", "1", "expected a string");
+        let e = error(r#"{ "origin": "http://o.test", "limits": { "max_page_bytes": 1e40 } }"#);
+        assert_error(&e, "limits.max_page_bytes", "1e+40", "at most");
+        // Integral floats are fine (some TOML writers emit 30.0).
+        let c = Config::from_json_str(&fragment(r#""soft_ttl": 30.0, "hard_ttl": 6e1"#)).unwrap();
+        assert_eq!(c.fragments[0].ttls, Ttls { soft: 30, hard: 60 });
+    }
+
+    #[test]
+    fn hard_ttl_below_soft_ttl() {
+        let e = error(&fragment(r#""soft_ttl": 600, "hard_ttl": 300"#));
+        assert_error(
+            &e,
+            "fragments[0].hard_ttl",
+            "300",
+            "at least soft_ttl (600 s)",
+        );
+    }
+
+    #[test]
+    fn hard_ttl_below_kv_minimum() {
+        let e = error(&fragment(r#""soft_ttl": 10, "hard_ttl": 59"#));
+        assert_error(&e, "fragments[0].hard_ttl", "59", "Workers KV");
+        let e = error(
+            r#"{ "origin": "http://o.test", "pages": [ { "path": "/", "soft_ttl": 1, "hard_ttl": 30 } ] }"#,
+        );
+        assert_error(&e, "pages[0].hard_ttl", "30", "at least 60 s");
+    }
+
+    #[test]
+    fn soft_ttl_rules() {
+        let e = error(&fragment(r#""hard_ttl": 3600"#));
+        assert_error(
+            &e,
+            "fragments[0].soft_ttl",
+            "(missing)",
+            "\"private\": true",
+        );
+        let e = error(&fragment(r#""soft_ttl": 0, "hard_ttl": 3600"#));
+        assert_error(&e, "fragments[0].soft_ttl", "0", "at least 1 s");
+        let e = error(&fragment(r#""soft_ttl": 30"#));
+        assert_error(&e, "fragments[0].hard_ttl", "(missing)", "is required");
+        let e =
+            error(r#"{ "origin": "http://o.test", "pages": [ { "path": "/", "hard_ttl": 60 } ] }"#);
+        assert_error(&e, "pages[0].soft_ttl", "(missing)", "hard_ttl is set");
+        let e = error(r#"{ "origin": "http://o.test", "fragments": [ { "path": "/x" } ] }"#);
+        assert_error(&e, "fragments[0].soft_ttl", "(missing)", "is required");
+    }
+
+    #[test]
+    fn private_fragments_reject_cache_settings() {
+        let e = error(&fragment(
+            r#""private": true, "soft_ttl": 30, "hard_ttl": 60"#,
+        ));
+        assert_error(&e, "fragments[0].soft_ttl", "30", "never cached");
+        let e = error(&fragment(r#""private": true, "vary": { "country": true }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary",
+            r#"{"country":true}"#,
+            "never cached",
+        );
+        // Explicit nulls are the same as absent.
+        assert!(Config::from_json_str(&fragment(
+            r#""private": true, "soft_ttl": null, "timeout_ms": null"#
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn malformed_patterns() {
+        let cases = [
+            (r#""""#, "is empty"),
+            (r#""fragments/*""#, "must start with \"/\""),
+            (r#""/a*""#, "trailing \"/*\""),
+            (r#""/*/x""#, "trailing \"/*\""),
+            (r#""/a/*/b/*""#, "trailing \"/*\""),
+            (r#""*""#, "must start with"),
+            (r#""/a/**""#, "trailing \"/*\""),
+            (r#""/a?x=1""#, "query"),
+            (r#""/a#top""#, "query or fragment"),
+            (r#""/a b""#, "whitespace"),
+            (r#""/a\tb""#, "whitespace"),
+            (r#""/café""#, "percent-encoded"),
+            (r#""/a\\b""#, "percent-encoded"),
+            (r#""/a/../b""#, "never match"),
+            (r#""/./*""#, "never match"),
+        ];
+        for (pattern, problem) in cases {
+            let e = error(&format!(
+                r#"{{ "origin": "http://o.test", "fragments": [ {{ "path": {pattern}, "private": true }} ] }}"#
+            ));
+            assert_error(&e, "fragments[0].path", pattern, problem);
+        }
+        let e = error(r#"{ "origin": "http://o.test", "pages": [ { "path": 5 } ] }"#);
+        assert_error(&e, "pages[0].path", "5", "expected a string");
+        let e = error(r#"{ "origin": "http://o.test", "pages": [ { } ] }"#);
+        assert_error(&e, "pages[0].path", "(missing)", "is required");
+    }
+
+    #[test]
+    fn duplicate_patterns() {
+        let e = error(
+            r#"{ "origin": "http://o.test", "fragments": [
+                { "path": "/f/*", "private": true }, { "path": "/g", "private": true }, { "path": "/f/*", "private": true } ] }"#,
+        );
+        assert_error(
+            &e,
+            "fragments[2].path",
+            r#""/f/*""#,
+            "duplicates fragments[0].path",
+        );
+        let e = error(
+            r#"{ "origin": "http://o.test", "pages": [ { "path": "/x" } ],
+                 "fragments": [ { "path": "/x", "private": true } ] }"#,
+        );
+        assert_error(
+            &e,
+            "fragments[0].path",
+            r#""/x""#,
+            "duplicates pages[0].path",
+        );
+        // An exact path and the prefix of the same directory are different.
+        assert!(Config::from_json_str(
+            r#"{ "origin": "http://o.test", "pages": [ { "path": "/x/" }, { "path": "/x/*" } ] }"#
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn bad_cold_policy() {
+        let e = error(&cached(r#""cold": "alt""#));
+        assert_error(&e, "fragments[0].cold", r#""alt""#, "\"wait\"");
+        let e = error(&cached(r#""cold": true"#));
+        assert_error(&e, "fragments[0].cold", "true", "expected a string");
+        let e = error(&cached(r#""cold": "fail", "cold_wait_ms": 100"#));
+        assert_error(&e, "fragments[0].cold_wait_ms", "100", "\"cold\": \"wait\"");
+        let e = error(&cached(r#""retry_after": 3"#));
+        assert_error(&e, "fragments[0].retry_after", "3", "\"cold\": \"fail\"");
+        let e = error(&cached(r#""cold": "fail", "retry_after": 0"#));
+        assert_error(&e, "fragments[0].retry_after", "0", "at least 1 s");
+        let c = Config::from_json_str(&cached(r#""cold": "fail""#)).unwrap();
+        assert_eq!(c.fragments[0].cold, ColdPolicy::Fail { retry_after_s: 5 });
+    }
+
+    #[test]
+    fn jitter_out_of_range() {
+        for bad in ["0.5", "-0.1", "1", "7"] {
+            let e = error(&cached(&format!(r#""jitter": {bad}"#)));
+            assert_error(&e, "fragments[0].jitter", bad, "below 0.5");
+        }
+        let c = Config::from_json_str(&cached(r#""jitter": 0"#)).unwrap();
+        assert_eq!(c.fragments[0].jitter, 0.0);
+        let c = Config::from_json_str(&cached(r#""jitter": 0.49"#)).unwrap();
+        assert_eq!(c.fragments[0].jitter, 0.49);
+    }
+
+    #[test]
+    fn bad_xfetch_beta() {
+        let e = error(&cached(r#""xfetch_beta": -1"#));
+        assert_error(&e, "fragments[0].xfetch_beta", "-1", "0 or more");
+        let e = error(&cached(r#""xfetch_beta": "NaN""#));
+        assert_error(
+            &e,
+            "fragments[0].xfetch_beta",
+            r#""NaN""#,
+            "expected a number",
+        );
+        let c = Config::from_json_str(&cached(r#""xfetch_beta": 0"#)).unwrap();
+        assert_eq!(c.fragments[0].xfetch_beta, 0.0);
+    }
+
+    #[test]
+    fn negative_ttl_rules() {
+        let e = error(&cached(r#""negative_ttl": 7200"#));
+        assert_error(
+            &e,
+            "fragments[0].negative_ttl",
+            "7200",
+            "must not exceed hard_ttl (3600 s)",
+        );
+        let e = error(&cached(r#""negative_ttl": -1"#));
+        assert_error(
+            &e,
+            "fragments[0].negative_ttl",
+            "-1",
+            "must not be negative",
+        );
+        let c = Config::from_json_str(&cached(r#""negative_ttl": 0"#)).unwrap();
+        assert_eq!(c.fragments[0].negative_ttl, 0);
+    }
+
+    #[test]
+    fn forbidden_forward_headers() {
+        for name in UNFORWARDABLE_HEADERS {
+            let e = error(&cached(&format!(
+                r#""forward_headers": ["accept", "{name}"]"#
+            )));
+            assert_eq!(e.field, "fragments[0].forward_headers[1]", "{e}");
+            assert_eq!(e.value, format!("\"{name}\""));
+            assert!(e.problem.contains(name), "{e}");
+        }
+        let e = error(&cached(r#""forward_headers": ["Cookie"]"#));
+        assert_error(
+            &e,
+            "fragments[0].forward_headers[0]",
+            r#""Cookie""#,
+            "private fragments",
+        );
+        let e = error(&cached(r#""forward_headers": ["Transfer-Encoding"]"#));
+        assert_error(
+            &e,
+            "fragments[0].forward_headers[0]",
+            r#""Transfer-Encoding""#,
+            "hop-by-hop",
+        );
+        let e = error(&cached(r#""forward_headers": ["x header"]"#));
+        assert_error(
+            &e,
+            "fragments[0].forward_headers[0]",
+            r#""x header""#,
+            "not a valid header name",
+        );
+        let e = error(&fragment(
+            r#""private": true, "forward_headers": ["authorization"]"#,
+        ));
+        assert_error(
+            &e,
+            "fragments[0].forward_headers[0]",
+            r#""authorization""#,
+            "automatically",
+        );
+        let c = Config::from_json_str(&cached(
+            r#""forward_headers": ["Accept-Language", "accept-language", "X-Trace"]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.fragments[0].forward_headers,
+            ["accept-language", "x-trace"]
+        );
+    }
+
+    #[test]
+    fn vary_rules() {
+        let e = error(&cached(r#""vary": { "headers": ["Cookie"] }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary.headers[0]",
+            r#""Cookie""#,
+            "vary.cookies",
+        );
+        let e = error(&cached(r#""vary": { "headers": ["authorization"] }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary.headers[0]",
+            r#""authorization""#,
+            "private",
+        );
+        let e = error(&cached(r#""vary": { "cookies": ["a=b"] }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary.cookies[0]",
+            r#""a=b""#,
+            "cookie name",
+        );
+        let e = error(&cached(r#""vary": { "query": ["a&b"] }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary.query[0]",
+            r#""a&b""#,
+            "query parameter name",
+        );
+        let e = error(&cached(r#""vary": { "query": [""] }"#));
+        assert_error(
+            &e,
+            "fragments[0].vary.query[0]",
+            r#""""#,
+            "query parameter name",
+        );
+        let e = error(&cached(r#""vary": { "country": "yes" }"#));
+        assert_error(&e, "fragments[0].vary.country", r#""yes""#, "true or false");
+        let e = error(&cached(r#""vary": ["country"]"#));
+        assert_error(
+            &e,
+            "fragments[0].vary",
+            r#"["country"]"#,
+            "expected an object",
+        );
+        let e = error(&cached(r#""private_if_cookie": "my session""#));
+        assert_error(
+            &e,
+            "fragments[0].private_if_cookie",
+            r#""my session""#,
+            "cookie name",
+        );
+        let c = Config::from_json_str(&cached(
+            r#""vary": { "headers": ["X-Device", "x-device"], "cookies": ["Lang"] }"#,
+        ))
+        .unwrap();
+        assert_eq!(c.fragments[0].vary.headers, ["x-device"]);
+        assert_eq!(
+            c.fragments[0].vary.cookies,
+            ["Lang"],
+            "cookie names keep their case"
+        );
+        assert!(!c.fragments[0].vary.is_empty());
+    }
+
+    #[test]
+    fn allowed_origins_must_be_bare_origins() {
+        let e = error(
+            r#"{ "origin": "http://o.test", "allowed_origins": ["https://cdn.test", "https://cdn.test/js"] }"#,
+        );
+        assert_error(
+            &e,
+            "allowed_origins[1]",
+            r#""https://cdn.test/js""#,
+            "bare origin",
+        );
+        let e = error(r#"{ "origin": "http://o.test", "allowed_origins": ["gopher://cdn.test"] }"#);
+        assert_error(
+            &e,
+            "allowed_origins[0]",
+            r#""gopher://cdn.test""#,
+            "only http and https",
+        );
+        let e = error(r#"{ "origin": "http://o.test", "allowed_origins": [ 3 ] }"#);
+        assert_error(&e, "allowed_origins[0]", "3", "expected a string");
+        let e = error(r#"{ "origin": "http://o.test", "allowed_origins": "https://cdn.test" }"#);
+        assert_error(
+            &e,
+            "allowed_origins",
+            r#""https://cdn.test""#,
+            "expected an array",
+        );
+        let c = Config::from_json_str(
+            r#"{ "origin": "http://o.test", "allowed_origins": ["https://cdn.test", "http://o.test:80", "https://CDN.test/"] }"#,
+        )
+        .unwrap();
+        let list: Vec<String> = c.allow.origins().iter().map(ToString::to_string).collect();
+        assert_eq!(list, ["http://o.test", "https://cdn.test"]);
+        assert!(c
+            .allow
+            .allows(&Url::parse("https://cdn.test/app.js").unwrap()));
+        assert!(!c
+            .allow
+            .allows(&Url::parse("http://cdn.test/app.js").unwrap()));
+    }
+
+    #[test]
+    fn unknown_routes_values() {
+        let c = Config::from_json_str(r#"{ "origin": "http://o.test", "unknown_routes": "404" }"#)
+            .unwrap();
+        assert_eq!(c.unknown_routes, UnknownRoutes::NotFound);
+        assert_eq!(c.unknown_routes.as_str(), "404");
+        let e = error(r#"{ "origin": "http://o.test", "unknown_routes": 404 }"#);
+        assert_error(&e, "unknown_routes", "404", "as a string");
+        let e = error(r#"{ "origin": "http://o.test", "unknown_routes": "proxy" }"#);
+        assert_error(&e, "unknown_routes", r#""proxy""#, "\"pass\"");
+    }
+
+    #[test]
+    fn limits_bounds() {
+        let limit = |field: &str, value: &str| {
+            error(&format!(
+                r#"{{ "origin": "http://o.test", "limits": {{ "{field}": {value} }} }}"#
+            ))
+        };
+        assert_error(
+            &limit("max_includes", "0"),
+            "limits.max_includes",
+            "0",
+            "at least 1",
+        );
+        assert_error(
+            &limit("max_includes", "1001"),
+            "limits.max_includes",
+            "1001",
+            "at most 1000",
+        );
+        assert_error(
+            &limit("max_depth", "33"),
+            "limits.max_depth",
+            "33",
+            "at most 32",
+        );
+        assert_error(
+            &limit("max_fragment_bytes", "0"),
+            "limits.max_fragment_bytes",
+            "0",
+            "at least 1",
+        );
+        assert_error(
+            &limit("max_fragment_bytes", "26214401"),
+            "limits.max_fragment_bytes",
+            "26214401",
+            "25 MiB",
+        );
+        assert_error(
+            &limit("max_page_bytes", "0"),
+            "limits.max_page_bytes",
+            "0",
+            "at least 1",
+        );
+        assert_error(
+            &limit("fragment_timeout_ms", "0"),
+            "limits.fragment_timeout_ms",
+            "0",
+            "at least 1 ms",
+        );
+        assert_error(
+            &limit("page_timeout_ms", "30001"),
+            "limits.page_timeout_ms",
+            "30001",
+            "wait_until",
+        );
+        assert_error(
+            &limit("fragment_timeout_ms", "99999999999999999999"),
+            "limits.fragment_timeout_ms",
+            "1e+20",
+            "at most 30000 ms",
+        );
+        let e = error(&cached(r#""timeout_ms": 60000"#));
+        assert_error(&e, "fragments[0].timeout_ms", "60000", "at most 30000 ms");
+        let e = error(&cached(r#""cold_wait_ms": 45000"#));
+        assert_error(&e, "fragments[0].cold_wait_ms", "45000", "wait_until");
+
+        // max_depth 0 is allowed: no nesting.
+        let c = Config::from_json_str(r#"{ "origin": "http://o.test", "limits": { "max_depth": 0, "page_timeout_ms": 30000 } }"#)
+            .unwrap();
+        assert_eq!(c.limits.max_depth, 0);
+        assert_eq!(c.limits.page_timeout_ms, 30_000);
+        assert_eq!(c.limits.max_includes, Limits::DEFAULT_MAX_INCLUDES);
+    }
+
+    #[test]
+    fn long_values_are_shortened() {
+        let long = "x".repeat(500);
+        let e = error(&format!(
+            r#"{{ "origin": "http://o.test", "limits": {{ "max_depth": "{long}" }} }}"#
+        ));
+        assert!(e.value.chars().count() <= 121, "{}", e.value);
+        assert!(e.value.ends_with('…'));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(closest("sof_ttl", FRAGMENT_KEYS), Some("soft_ttl"));
+        assert_eq!(closest("hardttl", FRAGMENT_KEYS), Some("hard_ttl"));
+        assert_eq!(closest("Private", FRAGMENT_KEYS), Some("private"));
+        assert_eq!(closest("jiter", FRAGMENT_KEYS), Some("jitter"));
+        assert_eq!(closest("x", FRAGMENT_KEYS), None);
+        assert_eq!(closest("completely_else", FRAGMENT_KEYS), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+
+    /// Arbitrary JSON never panics: every field of the example replaced by
+    /// values of every type.
+    #[test]
+    fn no_panics_on_odd_values() {
+        let odd = [
+            "null",
+            "true",
+            "0",
+            "-1",
+            "1.5",
+            "1e300",
+            "-1e300",
+            "18446744073709551615",
+            "\"\"",
+            "\"x\"",
+            "[]",
+            "[null]",
+            "{}",
+            "{\"a\":1}",
+        ];
+        let keys = FRAGMENT_KEYS
+            .iter()
+            .chain(LIMIT_KEYS)
+            .chain(TOP_KEYS)
+            .chain(VARY_KEYS);
+        for key in keys {
+            for v in odd {
+                for json in [
+                    format!(r#"{{ "origin": "http://o.test", "{key}": {v} }}"#),
+                    format!(r#"{{ "origin": "http://o.test", "limits": {{ "{key}": {v} }} }}"#),
+                    fragment(&format!(r#""{key}": {v}"#)),
+                    cached(&format!(r#""{key}": {v}"#)),
+                    cached(&format!(r#""vary": {{ "{key}": {v} }}"#)),
+                ] {
+                    if let Err(e) = Config::from_json_str(&json) {
+                        assert!(!e.field.is_empty() && !e.problem.is_empty(), "{json}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -30,7 +30,9 @@ use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, 
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary};
 use crate::esi::Template;
-use crate::ports::{LocalFuture, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry};
+use crate::ports::{
+    LocalFuture, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
+};
 use crate::request::ClientRequest;
 use crate::url::Url;
 
@@ -81,7 +83,12 @@ pub struct Fragment {
 }
 
 impl Fragment {
-    fn from_response(resp: &OriginResponse, now: u64, key: Option<&str>, keep_cookies: bool) -> Self {
+    fn from_response(
+        resp: &OriginResponse,
+        now: u64,
+        key: Option<&str>,
+        keep_cookies: bool,
+    ) -> Self {
         Fragment {
             status: resp.status,
             body: Rc::from(resp.body.as_slice()),
@@ -182,6 +189,45 @@ impl TemplateMemo {
     }
 }
 
+/// Entries this isolate fetched recently. Workers KV is eventually
+/// consistent: a read right after a write (even in the same colo) may still
+/// return the old value or nothing for up to 60 s, so a key this isolate has
+/// just refreshed is answered from here when KV lags behind.
+#[derive(Default)]
+pub struct Recent {
+    map: RefCell<HashMap<String, (EntryMeta, Rc<Fragment>)>>,
+    bytes: std::cell::Cell<usize>,
+}
+
+/// Upper bound of bodies kept in [`Recent`] (the isolate has 128 MB in all).
+const RECENT_MAX_BYTES: usize = 16 << 20;
+
+impl Recent {
+    fn remember(&self, key: &str, meta: &EntryMeta, frag: &Rc<Fragment>) {
+        let mut map = self.map.borrow_mut();
+        let size = frag.body.len();
+        if size > RECENT_MAX_BYTES / 8 {
+            return;
+        }
+        if self.bytes.get() + size > RECENT_MAX_BYTES {
+            map.clear();
+            self.bytes.set(0);
+        }
+        if let Some((_, old)) = map.insert(key.to_owned(), (meta.clone(), Rc::clone(frag))) {
+            self.bytes
+                .set(self.bytes.get().saturating_sub(old.body.len()));
+        }
+        self.bytes.set(self.bytes.get() + size);
+    }
+
+    /// The remembered copy of `key` if it is newer than `stored_at`.
+    fn newer_than(&self, key: &str, stored_at: Option<u64>) -> Option<(EntryMeta, Rc<Fragment>)> {
+        let map = self.map.borrow();
+        let (meta, frag) = map.get(key)?;
+        (stored_at.is_none_or(|s| meta.stored_at > s)).then(|| (meta.clone(), Rc::clone(frag)))
+    }
+}
+
 /// State shared by every request in one isolate.
 #[derive(Default)]
 pub struct Shared {
@@ -191,6 +237,8 @@ pub struct Shared {
     pub backoff: Backoff,
     /// Compiled templates.
     pub templates: TemplateMemo,
+    /// Recently fetched entries, covering for KV's eventual consistency.
+    pub recent: Recent,
     /// When this isolate last wrote each key (ms), to respect KV's one write
     /// per second per key.
     last_write: RefCell<HashMap<String, u64>>,
@@ -312,7 +360,12 @@ enum LookupInner {
 }
 
 impl Lookup {
-    fn ready(status: CacheStatus, age_s: Option<u64>, private: bool, r: Result<Rc<Fragment>, LoadError>) -> Self {
+    fn ready(
+        status: CacheStatus,
+        age_s: Option<u64>,
+        private: bool,
+        r: Result<Rc<Fragment>, LoadError>,
+    ) -> Self {
         Lookup {
             status,
             age_s,
@@ -341,7 +394,12 @@ pub struct Loader {
 
 impl Loader {
     /// A loader for one client request.
-    pub fn new(ports: Ports, shared: Rc<Shared>, config: Rc<Config>, req: Rc<ClientRequest>) -> Self {
+    pub fn new(
+        ports: Ports,
+        shared: Rc<Shared>,
+        config: Rc<Config>,
+        req: Rc<ClientRequest>,
+    ) -> Self {
         Loader {
             ports,
             shared,
@@ -398,32 +456,38 @@ impl Loader {
         let entry = match self.ports.store.get(&key).await {
             Ok(e) => e.filter(|e| e.meta.version == META_VERSION),
             Err(e) => {
-                self.log(LogLevel::Warn, &format!("{key}: KV read failed, treating as a miss: {e}"));
+                self.log(
+                    LogLevel::Warn,
+                    &format!("{key}: KV read failed, treating as a miss: {e}"),
+                );
                 None
             }
         };
-        if let Some(entry) = entry {
+        let found = match self
+            .shared
+            .recent
+            .newer_than(&key, entry.as_ref().map(|e| e.meta.stored_at))
+        {
+            Some(newer) => Some(newer),
+            None => entry.map(|e| (e.meta.clone(), Rc::new(Fragment::from_entry(e, &key)))),
+        };
+        if let Some((meta, frag)) = found {
             let now = self.ports.clock.now_ms().max(now);
-            let age = Some(entry.meta.age_s(now));
-            match entry.meta.classify(now) {
+            let age = Some(meta.age_s(now));
+            match meta.classify(now) {
                 Freshness::Fresh => {
                     let early = cache.xfetch_beta > 0.0
-                        && xfetch_due(&entry.meta, now, cache.xfetch_beta, self.ports.rng.next_f64());
+                        && xfetch_due(&meta, now, cache.xfetch_beta, self.ports.rng.next_f64());
                     let status = if early && self.start_refresh(&key, url, &policy, now) {
                         CacheStatus::Refresh
                     } else {
                         CacheStatus::Hit
                     };
-                    return Lookup::ready(status, age, false, Ok(Rc::new(Fragment::from_entry(entry, &key))));
+                    return Lookup::ready(status, age, false, Ok(frag));
                 }
                 Freshness::Stale => {
                     self.start_refresh(&key, url, &policy, now);
-                    return Lookup::ready(
-                        CacheStatus::Stale,
-                        age,
-                        false,
-                        Ok(Rc::new(Fragment::from_entry(entry, &key))),
-                    );
+                    return Lookup::ready(CacheStatus::Stale, age, false, Ok(frag));
                 }
                 Freshness::Expired => {}
             }
@@ -459,7 +523,12 @@ impl Loader {
             return Err(LoadError::Status(resp.status));
         }
         let now = self.ports.clock.now_ms();
-        Ok(Rc::new(Fragment::from_response(&resp, now, None, policy.pass_set_cookie)))
+        Ok(Rc::new(Fragment::from_response(
+            &resp,
+            now,
+            None,
+            policy.pass_set_cookie,
+        )))
     }
 
     /// The origin request for `url`. Credentials (`Cookie`, `Authorization`)
@@ -539,13 +608,24 @@ impl Loader {
                 let job = fetch_and_store(self.clone(), guard, req, policy.clone());
                 self.ports.background.spawn(Box::pin(job));
                 // The fetch has its own timeout; allow a little for the write-back.
-                (CacheStatus::Miss, handle, now + u64::from(policy.timeout_ms) + 1_000)
+                (
+                    CacheStatus::Miss,
+                    handle,
+                    now + u64::from(policy.timeout_ms) + 1_000,
+                )
             }
             Join::Follower(handle) => match cache.cold {
                 ColdPolicy::Fail { retry_after_s } => {
-                    return Lookup::ready(CacheStatus::Error, None, false, Err(LoadError::ColdBusy { retry_after_s }))
+                    return Lookup::ready(
+                        CacheStatus::Error,
+                        None,
+                        false,
+                        Err(LoadError::ColdBusy { retry_after_s }),
+                    )
                 }
-                ColdPolicy::Wait { timeout_ms } => (CacheStatus::Coalesced, handle, now + u64::from(timeout_ms)),
+                ColdPolicy::Wait { timeout_ms } => {
+                    (CacheStatus::Coalesced, handle, now + u64::from(timeout_ms))
+                }
             },
         };
         let this = self.clone();
@@ -558,13 +638,19 @@ impl Loader {
                     Err(e) => (CacheStatus::Error, Err(e)),
                     Ok(outcome) => match &*outcome {
                         Outcome::Shared(f) => (status, Ok(Rc::clone(f))),
-                        Outcome::Personal(f) if status == CacheStatus::Miss => (CacheStatus::Bypass, Ok(Rc::clone(f))),
+                        Outcome::Personal(f) if status == CacheStatus::Miss => {
+                            (CacheStatus::Bypass, Ok(Rc::clone(f)))
+                        }
                         Outcome::Personal(_) => {
                             // Someone else's personal answer: fetch our own.
                             let mut own = policy.clone();
                             own.cache = None;
                             let r = this.fetch_direct(&url, &own).await;
-                            let s = if r.is_ok() { CacheStatus::Bypass } else { CacheStatus::Error };
+                            let s = if r.is_ok() {
+                                CacheStatus::Bypass
+                            } else {
+                                CacheStatus::Error
+                            };
                             (s, r)
                         }
                         Outcome::Failed(e) => (CacheStatus::Error, Err(e.clone())),
@@ -576,7 +662,11 @@ impl Loader {
 
     /// Polls a flight with this request's own timer until it has an outcome
     /// or `deadline` passes.
-    async fn wait(&self, handle: &FlightHandle<Outcome>, deadline: u64) -> Result<Rc<Outcome>, LoadError> {
+    async fn wait(
+        &self,
+        handle: &FlightHandle<Outcome>,
+        deadline: u64,
+    ) -> Result<Rc<Outcome>, LoadError> {
         let started = self.ports.clock.now_ms();
         loop {
             if let Some(o) = handle.outcome() {
@@ -600,7 +690,12 @@ impl Loader {
 }
 
 /// The leader's job: fetch, publish the outcome, then write the entry back.
-async fn fetch_and_store(loader: Loader, guard: LeaderGuard<Outcome>, req: OriginRequest, policy: Policy) {
+async fn fetch_and_store(
+    loader: Loader,
+    guard: LeaderGuard<Outcome>,
+    req: OriginRequest,
+    policy: Policy,
+) {
     let ports = loader.ports.clone();
     let shared = Rc::clone(&loader.shared);
     let key = guard.key().to_owned();
@@ -615,8 +710,13 @@ async fn fetch_and_store(loader: Loader, guard: LeaderGuard<Outcome>, req: Origi
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            let delay = shared.backoff.record_failure(&key, now, ports.rng.next_f64());
-            ports.log.log(LogLevel::Warn, &format!("{url}: refresh failed ({e}); next attempt in {delay} ms"));
+            let delay = shared
+                .backoff
+                .record_failure(&key, now, ports.rng.next_f64());
+            ports.log.log(
+                LogLevel::Warn,
+                &format!("{url}: refresh failed ({e}); next attempt in {delay} ms"),
+            );
             guard.complete(Outcome::Failed(LoadError::Origin(e)));
             return;
         }
@@ -630,7 +730,9 @@ async fn fetch_and_store(loader: Loader, guard: LeaderGuard<Outcome>, req: Origi
     };
     match decide(resp.status, headers, &cache.route) {
         Decision::Failure => {
-            let delay = shared.backoff.record_failure(&key, now, ports.rng.next_f64());
+            let delay = shared
+                .backoff
+                .record_failure(&key, now, ports.rng.next_f64());
             ports.log.log(
                 LogLevel::Warn,
                 &format!("{url}: origin answered {}; keeping any stored copy; next attempt in {delay} ms", resp.status),
@@ -641,7 +743,10 @@ async fn fetch_and_store(loader: Loader, guard: LeaderGuard<Outcome>, req: Origi
             shared.backoff.record_success(&key);
             let frag = Rc::new(Fragment::from_response(&resp, now, None, false));
             if why.is_personal() {
-                ports.log.log(LogLevel::Info, &format!("{url}: not cached ({})", why.as_str()));
+                ports.log.log(
+                    LogLevel::Info,
+                    &format!("{url}: not cached ({})", why.as_str()),
+                );
                 guard.complete(Outcome::Personal(frag));
             } else {
                 guard.complete(Outcome::Shared(frag));
@@ -651,29 +756,46 @@ async fn fetch_and_store(loader: Loader, guard: LeaderGuard<Outcome>, req: Origi
             shared.backoff.record_success(&key);
             let soft_ms = jittered_ms(soft_s, cache.jitter, ports.rng.next_f64());
             let hard_ms = jittered_ms(hard_s, cache.jitter, ports.rng.next_f64()).max(soft_ms);
-            let mut meta = EntryMeta::new(now, now + soft_ms, now + hard_ms, resp.status, fetch_ms).with_headers(
-                resp.header("content-type"),
-                resp.header("etag"),
-                resp.header("last-modified"),
-                cache_control.as_deref(),
-            );
-            meta.esi = surrogate.as_deref().is_some_and(|v| parse_directives(v).esi);
-            let frag = Fragment::from_response(&resp, now, Some(&key), false);
-            // Publish before writing: waiting requests need the bytes, not the write.
-            guard.complete(Outcome::Shared(Rc::new(frag)));
+            let mut meta = EntryMeta::new(now, now + soft_ms, now + hard_ms, resp.status, fetch_ms)
+                .with_headers(
+                    resp.header("content-type"),
+                    resp.header("etag"),
+                    resp.header("last-modified"),
+                    cache_control.as_deref(),
+                );
+            meta.esi = surrogate
+                .as_deref()
+                .is_some_and(|v| parse_directives(v).esi);
+            let frag = Rc::new(Fragment::from_response(&resp, now, Some(&key), false));
+            shared.recent.remember(&key, &meta, &frag);
+            // Publish before writing: waiting requests need the bytes, not the
+            // write. The flight stays open until the write is done so that
+            // requests arriving meanwhile join it rather than fetch again.
+            guard.publish(Outcome::Shared(frag));
             write_back(&loader, &key, resp.body, meta, hard_ms, started).await;
+            drop(guard);
         }
     }
 }
 
 /// Writes an entry, at most once per second per key from this isolate, and
 /// not at all if another isolate stored a newer copy while we fetched.
-async fn write_back(loader: &Loader, key: &str, body: Vec<u8>, meta: EntryMeta, hard_ms: u64, started: u64) {
+async fn write_back(
+    loader: &Loader,
+    key: &str,
+    body: Vec<u8>,
+    meta: EntryMeta,
+    hard_ms: u64,
+    started: u64,
+) {
     let ports = &loader.ports;
     let now = ports.clock.now_ms();
     {
         let mut last = loader.shared.last_write.borrow_mut();
-        if last.get(key).is_some_and(|t| now.saturating_sub(*t) < 1_000) {
+        if last
+            .get(key)
+            .is_some_and(|t| now.saturating_sub(*t) < 1_000)
+        {
             return;
         }
         if last.len() > 10_000 {
@@ -689,7 +811,13 @@ async fn write_back(loader: &Loader, key: &str, body: Vec<u8>, meta: EntryMeta, 
     // KV refuses expirationTtl below 60 s; the soft/hard deadlines in the
     // metadata are what freshness uses, so a longer KV life is harmless.
     let ttl_s = hard_ms.div_ceil(1000).max(60);
-    if let Err(e) = ports.store.put(key, StoredEntry { body, meta }, ttl_s).await {
-        ports.log.log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
+    if let Err(e) = ports
+        .store
+        .put(key, StoredEntry { body, meta }, ttl_s)
+        .await
+    {
+        ports
+            .log
+            .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
     }
 }

@@ -76,7 +76,10 @@ pub async fn handle(loader: Loader) -> Reply {
     let shell = match shell {
         Ok(s) => s,
         Err(e) => {
-            loader.ports().log.log(LogLevel::Error, &format!("{}: page shell failed: {e}", origin_url));
+            loader.ports().log.log(
+                LogLevel::Error,
+                &format!("{}: page shell failed: {e}", origin_url),
+            );
             return load_error_reply(&e, "page shell");
         }
     };
@@ -99,7 +102,10 @@ pub async fn handle(loader: Loader) -> Reply {
         if let Some(cc) = &shell.cache_control {
             headers.push(("cache-control".into(), cc.clone()));
         }
-        headers.push((STATUS_HEADER.into(), status_header(std::slice::from_ref(&shell_report))));
+        headers.push((
+            STATUS_HEADER.into(),
+            status_header(std::slice::from_ref(&shell_report)),
+        ));
         Reply::Full {
             status: shell.status,
             headers,
@@ -114,7 +120,10 @@ pub async fn handle(loader: Loader) -> Reply {
         return passthrough(headers);
     }
     for w in template.warnings() {
-        loader.ports().log.log(LogLevel::Warn, &format!("{}: ESI: {w}", origin_url));
+        loader
+            .ports()
+            .log
+            .log(LogLevel::Warn, &format!("{}: ESI: {w}", origin_url));
     }
     let mut page = Page::prepare(loader.clone(), template, origin_url.clone()).await;
     let mut first = Vec::new();
@@ -128,7 +137,10 @@ pub async fn handle(loader: Loader) -> Reply {
                 }
             }
             Some(Chunk::Failed(e)) => {
-                loader.ports().log.log(LogLevel::Error, &format!("{}: {e}", origin_url));
+                loader
+                    .ports()
+                    .log
+                    .log(LogLevel::Error, &format!("{}: {e}", origin_url));
                 return include_error_reply(&e);
             }
         }
@@ -154,20 +166,29 @@ pub async fn handle(loader: Loader) -> Reply {
 fn load_error_reply(e: &LoadError, what: &str) -> Reply {
     match e {
         LoadError::ColdBusy { retry_after_s } => {
-            let mut r = Reply::error(503, &format!("fragcache: {what} is being fetched; retry shortly"));
+            let mut r = Reply::error(
+                503,
+                &format!("fragcache: {what} is being fetched; retry shortly"),
+            );
             if let Reply::Full { headers, .. } = &mut r {
                 headers.push(("retry-after".into(), retry_after_s.to_string()));
             }
             r
         }
-        other => Reply::error(502, &format!("fragcache: {what} could not be loaded: {other}")),
+        other => Reply::error(
+            502,
+            &format!("fragcache: {what} could not be loaded: {other}"),
+        ),
     }
 }
 
 fn include_error_reply(e: &IncludeError) -> Reply {
     match e {
         IncludeError::Load { error, .. } => load_error_reply(error, "a fragment of this page"),
-        other => Reply::error(502, &format!("fragcache: a fragment of this page failed: {other}")),
+        other => Reply::error(
+            502,
+            &format!("fragcache: a fragment of this page failed: {other}"),
+        ),
     }
 }
 
@@ -193,7 +214,8 @@ pub fn server_timing(reports: &[FragmentReport]) -> String {
         if i > 0 {
             out.push_str(", ");
         }
-        let desc = format!("{} {}", header_safe(&r.path), r.status.as_str()).replace(['"', '\\'], "");
+        let desc =
+            format!("{} {}", header_safe(&r.path), r.status.as_str()).replace(['"', '\\'], "");
         let _ = write!(out, "frag{i};desc=\"{desc}\";dur={}", r.ms);
     }
     out
@@ -202,11 +224,20 @@ pub fn server_timing(reports: &[FragmentReport]) -> String {
 /// Keeps header values printable ASCII without separators that would break parsing.
 fn header_safe(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() && c != ',' && c != '"' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != ',' && c != '"' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 /// Whether the status means the body came from the cache.
 pub fn served_from_cache(s: CacheStatus) -> bool {
-    matches!(s, CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Refresh)
+    matches!(
+        s,
+        CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Refresh
+    )
 }

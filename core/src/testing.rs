@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use crate::ports::{
-    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError, OriginRequest,
-    OriginResponse, Ports, Rng, StoreError, StoredEntry,
+    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
+    OriginRequest, OriginResponse, Ports, Rng, StoreError, StoredEntry,
 };
 
 /// Wakes a task by pushing its id on the ready queue.
@@ -149,7 +149,10 @@ impl Future for Sleep {
                 id
             }
         };
-        self.clock.wakers.borrow_mut().insert(id, cx.waker().clone());
+        self.clock
+            .wakers
+            .borrow_mut()
+            .insert(id, cx.waker().clone());
         Poll::Pending
     }
 }
@@ -175,7 +178,11 @@ pub struct SeededRng(Cell<u64>);
 impl SeededRng {
     /// A generator from `seed` (0 is replaced by a fixed non-zero value).
     pub fn new(seed: u64) -> Self {
-        SeededRng(Cell::new(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed }))
+        SeededRng(Cell::new(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        }))
     }
 }
 
@@ -253,7 +260,9 @@ impl MemStore {
     /// Stores an entry directly (test set-up).
     pub fn insert(&self, key: &str, entry: StoredEntry, ttl_s: u64) {
         let exp = self.clock.now.get() + ttl_s * 1000;
-        self.entries.borrow_mut().insert(key.to_owned(), (entry, exp));
+        self.entries
+            .borrow_mut()
+            .insert(key.to_owned(), (entry, exp));
     }
 }
 
@@ -270,12 +279,19 @@ impl FragmentStore for MemStorePort {
         };
         Box::pin(std::future::ready(r))
     }
-    fn put(&self, key: &str, entry: StoredEntry, ttl_s: u64) -> LocalFuture<Result<(), StoreError>> {
+    fn put(
+        &self,
+        key: &str,
+        entry: StoredEntry,
+        ttl_s: u64,
+    ) -> LocalFuture<Result<(), StoreError>> {
         let s = &self.0;
         let r = if s.fail_puts.get() {
             Err(StoreError("injected write failure".into()))
         } else if ttl_s < 60 {
-            Err(StoreError(format!("expirationTtl {ttl_s} is below KV's minimum of 60")))
+            Err(StoreError(format!(
+                "expirationTtl {ttl_s} is below KV's minimum of 60"
+            )))
         } else {
             s.puts.set(s.puts.get() + 1);
             s.insert(key, entry, ttl_s);
@@ -383,13 +399,19 @@ impl Origin for OriginPort {
         Box::pin(async move {
             let timeout = u64::from(req.timeout_ms);
             let (latency, result) = match script {
-                None => (0, Ok(OriginResponse {
-                    status: 404,
-                    headers: Vec::new(),
-                    body: b"not found".to_vec(),
-                })),
+                None => (
+                    0,
+                    Ok(OriginResponse {
+                        status: 404,
+                        headers: Vec::new(),
+                        body: b"not found".to_vec(),
+                    }),
+                ),
                 Some(Script::Hang) => (u64::MAX, Err(OriginError::Timeout(req.timeout_ms))),
-                Some(Script::Reset { latency_ms }) => (latency_ms, Err(OriginError::Network("connection reset".into()))),
+                Some(Script::Reset { latency_ms }) => (
+                    latency_ms,
+                    Err(OriginError::Network("connection reset".into())),
+                ),
                 Some(Script::Respond {
                     status,
                     headers,
@@ -402,11 +424,20 @@ impl Origin for OriginPort {
                         *n += 1;
                         *n
                     };
-                    let body = String::from_utf8_lossy(&body).replace("{n}", &n.to_string()).into_bytes();
+                    let body = String::from_utf8_lossy(&body)
+                        .replace("{n}", &n.to_string())
+                        .into_bytes();
                     if body.len() > req.max_body_bytes {
                         (latency_ms, Err(OriginError::TooLarge(req.max_body_bytes)))
                     } else {
-                        (latency_ms, Ok(OriginResponse { status, headers, body }))
+                        (
+                            latency_ms,
+                            Ok(OriginResponse {
+                                status,
+                                headers,
+                                body,
+                            }),
+                        )
                     }
                 }
             };
@@ -515,6 +546,10 @@ impl Sim {
             polls += self.exec.run_ready();
             assert!(polls < MAX_POLLS, "simulation did not settle (livelock?)");
             if self.exec.live.get() == 0 {
+                if until != u64::MAX {
+                    self.clock.now.set(self.clock.now.get().max(until));
+                    self.clock.fire_due();
+                }
                 return;
             }
             match self.clock.next_timer() {

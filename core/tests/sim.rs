@@ -115,10 +115,16 @@ fn cold_burst_of_1000_makes_one_origin_fetch() {
     let results: Vec<_> = slots.iter().map(take).collect();
     assert!(results.iter().all(|(_, b, _)| b.as_deref() == Ok("A")));
     let misses = results.iter().filter(|r| r.0 == CacheStatus::Miss).count();
-    let coalesced = results.iter().filter(|r| r.0 == CacheStatus::Coalesced).count();
+    let coalesced = results
+        .iter()
+        .filter(|r| r.0 == CacheStatus::Coalesced)
+        .count();
     assert_eq!((misses, coalesced), (1, 999));
     // Everyone is answered within one poll interval of the origin's answer.
-    assert!(results.iter().all(|r| r.2 <= start + 300 + 10), "slow followers");
+    assert!(
+        results.iter().all(|r| r.2 <= start + 300 + 10),
+        "slow followers"
+    );
     assert_eq!(w.sim.store.puts.get(), 1);
     assert!(w.shared.flights.is_empty(), "flight entry removed");
 }
@@ -149,9 +155,10 @@ fn stale_burst_is_served_at_once_and_refreshed_once() {
 fn a_mix_of_keys_makes_one_fetch_per_key() {
     let w = World::new(3);
     for i in 0..10u64 {
-        w.sim
-            .origin
-            .script(&format!("/f/k{i}"), Script::ok(&format!("body{i}"), 50 + i * 20));
+        w.sim.origin.script(
+            &format!("/f/k{i}"),
+            Script::ok(&format!("body{i}"), 50 + i * 20),
+        );
     }
     let slots: Vec<_> = (0..1000)
         .map(|i| (i % 10, w.load(&format!("/f/k{}", i % 10))))
@@ -343,7 +350,13 @@ fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
                 body,
             } => {
                 let t = clock.now_ms() - start;
-                (status, headers, String::from_utf8_lossy(&body).into_owned(), t, t)
+                (
+                    status,
+                    headers,
+                    String::from_utf8_lossy(&body).into_owned(),
+                    t,
+                    t,
+                )
             }
             Reply::Stream {
                 status,
@@ -359,7 +372,13 @@ fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
                     }
                 }
                 let total = clock.now_ms() - start;
-                (status, headers, String::from_utf8_lossy(&body).into_owned(), ttfb, total)
+                (
+                    status,
+                    headers,
+                    String::from_utf8_lossy(&body).into_owned(),
+                    ttfb,
+                    total,
+                )
             }
             Reply::Pass(u) => (0, Vec::new(), u.to_string(), 0, 0),
         }
@@ -440,7 +459,10 @@ fn cold_page_time_is_the_slowest_fragment_not_the_sum() {
     w.sim.run();
     let (_, _, body, _, total) = take(&p);
     assert_eq!(body, "0123456789");
-    assert!(total <= 100 + 2 * 10, "took {total} ms for ten 100 ms fragments");
+    assert!(
+        total <= 100 + 2 * 10,
+        "took {total} ms for ten 100 ms fragments"
+    );
 }
 
 #[test]

@@ -215,6 +215,8 @@ export async function startOrigin() {
       return total;
     },
 
+    // Routes and fail() modes stay: a test re-arms counters between phases
+    // without re-describing the origin.
     reset() {
       records.clear();
       total = 0;

@@ -94,7 +94,14 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_cap_within_jitter_band() {
-        for (n, ceiling) in [(1, 1000), (2, 2000), (3, 4000), (6, 32_000), (7, 60_000), (40, 60_000)] {
+        for (n, ceiling) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (6, 32_000),
+            (7, 60_000),
+            (40, 60_000),
+        ] {
             let lo = delay_ms(n, 0.0);
             let hi = delay_ms(n, 0.999_999);
             assert_eq!(lo, ceiling / 2, "failure {n}");

@@ -160,6 +160,15 @@ impl<T> LeaderGuard<T> {
         }
     }
 
+    /// Publishes the outcome to followers without ending the flight: requests
+    /// that arrive meanwhile still join it (and see the outcome at once)
+    /// instead of starting another fetch. Used while the write-back runs.
+    pub fn publish(&self, outcome: T) -> Rc<T> {
+        let outcome = Rc::new(outcome);
+        *self.cell.outcome.borrow_mut() = Some(Rc::clone(&outcome));
+        outcome
+    }
+
     /// Publishes the outcome to followers and ends the flight.
     pub fn complete(mut self, outcome: T) -> Rc<T> {
         let outcome = Rc::new(outcome);
@@ -196,12 +205,18 @@ mod tests {
             .collect();
         assert!(followers.iter().all(|h| h.outcome().is_none()));
         assert!(f.in_flight("k"));
-        lead.complete(7);
+        lead.publish(7);
+        assert!(f.in_flight("k"), "published but still open");
+        let Join::Follower(late) = f.join("k", 3) else {
+            panic!("a late joiner follows the open flight")
+        };
+        assert_eq!(late.outcome().as_deref(), Some(&7));
+        drop(lead);
         assert!(!f.in_flight("k"));
         assert!(followers.iter().all(|h| h.outcome().as_deref() == Some(&7)));
         assert_eq!(followers[0].started_at(), 1);
         // The next load of the key starts a fresh flight.
-        assert!(matches!(f.join("k", 3), Join::Leader(_)));
+        assert!(matches!(f.join("k", 4), Join::Leader(_)));
     }
 
     #[test]

@@ -17,7 +17,13 @@ use crate::url::Url;
 pub const MAX_PLAIN_KEY: usize = 400;
 
 /// The cache key of `url` under route `route_id` for `req`.
-pub fn cache_key(kind: &str, route_id: usize, url: &Url, vary: &Vary, req: &ClientRequest) -> String {
+pub fn cache_key(
+    kind: &str,
+    route_id: usize,
+    url: &Url,
+    vary: &Vary,
+    req: &ClientRequest,
+) -> String {
     let mut key = format!("{kind}{route_id}:{}", url.origin());
     key.push_str(url.path());
     if let Some(q) = url.query() {
@@ -38,7 +44,10 @@ pub fn cache_key(kind: &str, route_id: usize, url: &Url, vary: &Vary, req: &Clie
         variants.push(format!("h.{name}={v}"));
     }
     for name in &vary.query {
-        variants.push(format!("q.{name}={}", req.query_param(name).unwrap_or_default()));
+        variants.push(format!(
+            "q.{name}={}",
+            req.query_param(name).unwrap_or_default()
+        ));
     }
     if vary.country {
         variants.push(format!(
@@ -67,7 +76,9 @@ pub fn cache_key(kind: &str, route_id: usize, url: &Url, vary: &Vary, req: &Clie
 pub fn hash128(bytes: &[u8]) -> u128 {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes.iter().fold(OFFSET, |h, b| (h ^ u128::from(*b)).wrapping_mul(PRIME))
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u128::from(*b)).wrapping_mul(PRIME))
 }
 
 #[cfg(test)]
@@ -81,10 +92,28 @@ mod tests {
     #[test]
     fn query_order_does_not_matter() {
         let none = Vary::default();
-        let a = cache_key("f", 1, &Url::parse("http://o.test/x?a=1&b=2").unwrap(), &none, &req(""));
-        let b = cache_key("f", 1, &Url::parse("http://o.test/x?b=2&a=1").unwrap(), &none, &req(""));
+        let a = cache_key(
+            "f",
+            1,
+            &Url::parse("http://o.test/x?a=1&b=2").unwrap(),
+            &none,
+            &req(""),
+        );
+        let b = cache_key(
+            "f",
+            1,
+            &Url::parse("http://o.test/x?b=2&a=1").unwrap(),
+            &none,
+            &req(""),
+        );
         assert_eq!(a, b);
-        let c = cache_key("f", 2, &Url::parse("http://o.test/x?b=2&a=1").unwrap(), &none, &req(""));
+        let c = cache_key(
+            "f",
+            2,
+            &Url::parse("http://o.test/x?b=2&a=1").unwrap(),
+            &none,
+            &req(""),
+        );
         assert_ne!(a, c, "routes do not share entries");
     }
 
@@ -103,17 +132,24 @@ mod tests {
         let r2 = req("page=2&sort=asc")
             .with_header("cookie", "currency=EUR; session=bob")
             .with_header("accept-language", "en-GB");
-        assert_eq!(cache_key("f", 0, &url, &vary, &r1), cache_key("f", 0, &url, &vary, &r2));
-        let r3 = req("sort=asc").with_header("cookie", "currency=USD").with_header("accept-language", "en-gb");
-        assert_ne!(cache_key("f", 0, &url, &vary, &r1), cache_key("f", 0, &url, &vary, &r3));
+        assert_eq!(
+            cache_key("f", 0, &url, &vary, &r1),
+            cache_key("f", 0, &url, &vary, &r2)
+        );
+        let r3 = req("sort=asc")
+            .with_header("cookie", "currency=USD")
+            .with_header("accept-language", "en-gb");
+        assert_ne!(
+            cache_key("f", 0, &url, &vary, &r1),
+            cache_key("f", 0, &url, &vary, &r3)
+        );
         assert!(!cache_key("f", 0, &url, &vary, &r1).contains("alice"));
     }
 
     #[test]
     fn long_keys_are_hashed_and_bounded() {
-        let url = Url::parse(&format!("http://o.test/{}", "é".repeat(400))).unwrap_or_else(|_| {
-            Url::parse(&format!("http://o.test/{}", "a".repeat(800))).unwrap()
-        });
+        let url = Url::parse(&format!("http://o.test/{}", "é".repeat(400)))
+            .unwrap_or_else(|_| Url::parse(&format!("http://o.test/{}", "a".repeat(800))).unwrap());
         let k = cache_key("f", 0, &url, &Vary::default(), &req(""));
         assert!(k.len() <= 512, "{}", k.len());
         let url2 = Url::parse(&format!("http://o.test/{}b", "a".repeat(800))).unwrap();

@@ -104,7 +104,10 @@ fn parse_secs(s: &str) -> Option<u32> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(s.parse::<u64>().map_or(u32::MAX, |v| v.min(u64::from(u32::MAX)) as u32))
+    Some(
+        s.parse::<u64>()
+            .map_or(u32::MAX, |v| v.min(u64::from(u32::MAX)) as u32),
+    )
 }
 
 /// The response headers the storage decision looks at.
@@ -186,7 +189,10 @@ pub enum Decision {
 
 /// Decides whether and how long to store a response.
 pub fn decide(status: u16, headers: ResponseHeaders<'_>, route: &RoutePolicy) -> Decision {
-    let cc = headers.cache_control.map(parse_directives).unwrap_or_default();
+    let cc = headers
+        .cache_control
+        .map(parse_directives)
+        .unwrap_or_default();
     let sc = headers
         .surrogate_control
         .map(parse_directives)
@@ -208,7 +214,9 @@ pub fn decide(status: u16, headers: ResponseHeaders<'_>, route: &RoutePolicy) ->
         404 | 410 if route.negative_ttl > 0 => {
             return Decision::Store {
                 soft_s: route.negative_ttl,
-                hard_s: route.negative_ttl.max(route.hard_ttl.min(route.negative_ttl * 6)),
+                hard_s: route
+                    .negative_ttl
+                    .max(route.hard_ttl.min(route.negative_ttl * 6)),
             }
         }
         _ => return Decision::Pass(Uncacheable::Status(status)),
@@ -290,7 +298,11 @@ mod tests {
 
     #[test]
     fn personal_responses_are_never_stored() {
-        for h in [cc("private"), cc("public, no-store"), cc("max-age=60, private=\"x\"")] {
+        for h in [
+            cc("private"),
+            cc("public, no-store"),
+            cc("max-age=60, private=\"x\""),
+        ] {
             assert!(matches!(decide(200, h, &HONOR), Decision::Pass(u) if u.is_personal()));
         }
         let cookie = ResponseHeaders {
@@ -298,12 +310,18 @@ mod tests {
             cache_control: Some("public, max-age=600"),
             ..Default::default()
         };
-        assert_eq!(decide(200, cookie, &ROUTE), Decision::Pass(Uncacheable::SetCookie));
+        assert_eq!(
+            decide(200, cookie, &ROUTE),
+            Decision::Pass(Uncacheable::SetCookie)
+        );
         let sc = ResponseHeaders {
             surrogate_control: Some("no-store"),
             ..Default::default()
         };
-        assert_eq!(decide(200, sc, &ROUTE), Decision::Pass(Uncacheable::NoStore));
+        assert_eq!(
+            decide(200, sc, &ROUTE),
+            Decision::Pass(Uncacheable::NoStore)
+        );
     }
 
     #[test]
@@ -311,34 +329,102 @@ mod tests {
         let none = ResponseHeaders::default();
         assert_eq!(decide(500, none, &ROUTE), Decision::Failure);
         assert_eq!(decide(503, cc("private"), &ROUTE), Decision::Failure);
-        assert_eq!(decide(200, none, &ROUTE), Decision::Store { soft_s: 30, hard_s: 3600 });
-        assert_eq!(decide(404, none, &ROUTE), Decision::Store { soft_s: 10, hard_s: 60 });
-        assert_eq!(decide(302, none, &ROUTE), Decision::Pass(Uncacheable::Status(302)));
-        assert_eq!(decide(403, none, &ROUTE), Decision::Pass(Uncacheable::Status(403)));
-        let no_neg = RoutePolicy { negative_ttl: 0, ..ROUTE };
-        assert_eq!(decide(410, none, &no_neg), Decision::Pass(Uncacheable::Status(410)));
+        assert_eq!(
+            decide(200, none, &ROUTE),
+            Decision::Store {
+                soft_s: 30,
+                hard_s: 3600
+            }
+        );
+        assert_eq!(
+            decide(404, none, &ROUTE),
+            Decision::Store {
+                soft_s: 10,
+                hard_s: 60
+            }
+        );
+        assert_eq!(
+            decide(302, none, &ROUTE),
+            Decision::Pass(Uncacheable::Status(302))
+        );
+        assert_eq!(
+            decide(403, none, &ROUTE),
+            Decision::Pass(Uncacheable::Status(403))
+        );
+        let no_neg = RoutePolicy {
+            negative_ttl: 0,
+            ..ROUTE
+        };
+        assert_eq!(
+            decide(410, none, &no_neg),
+            Decision::Pass(Uncacheable::Status(410))
+        );
     }
 
     #[test]
     fn origin_headers_only_when_honoured() {
-        assert_eq!(decide(200, cc("max-age=5"), &ROUTE), Decision::Store { soft_s: 30, hard_s: 3600 });
-        assert_eq!(decide(200, cc("max-age=5"), &HONOR), Decision::Store { soft_s: 5, hard_s: 3600 });
         assert_eq!(
-            decide(200, cc("max-age=5, s-maxage=50, stale-while-revalidate=100"), &HONOR),
-            Decision::Store { soft_s: 50, hard_s: 150 }
+            decide(200, cc("max-age=5"), &ROUTE),
+            Decision::Store {
+                soft_s: 30,
+                hard_s: 3600
+            }
         );
         assert_eq!(
-            decide(200, cc("max-age=5, stale-if-error=900, stale-while-revalidate=100"), &HONOR),
-            Decision::Store { soft_s: 5, hard_s: 905 }
+            decide(200, cc("max-age=5"), &HONOR),
+            Decision::Store {
+                soft_s: 5,
+                hard_s: 3600
+            }
+        );
+        assert_eq!(
+            decide(
+                200,
+                cc("max-age=5, s-maxage=50, stale-while-revalidate=100"),
+                &HONOR
+            ),
+            Decision::Store {
+                soft_s: 50,
+                hard_s: 150
+            }
+        );
+        assert_eq!(
+            decide(
+                200,
+                cc("max-age=5, stale-if-error=900, stale-while-revalidate=100"),
+                &HONOR
+            ),
+            Decision::Store {
+                soft_s: 5,
+                hard_s: 905
+            }
         );
         let sc = ResponseHeaders {
             cache_control: Some("max-age=1"),
             surrogate_control: Some("max-age=60+30"),
             set_cookie: false,
         };
-        assert_eq!(decide(200, sc, &HONOR), Decision::Store { soft_s: 60, hard_s: 90 });
-        assert_eq!(decide(200, cc("max-age=0"), &HONOR), Decision::Pass(Uncacheable::NoCache));
-        assert_eq!(decide(200, cc("no-cache"), &HONOR), Decision::Pass(Uncacheable::NoCache));
-        assert_eq!(decide(200, cc("no-cache"), &ROUTE), Decision::Store { soft_s: 30, hard_s: 3600 });
+        assert_eq!(
+            decide(200, sc, &HONOR),
+            Decision::Store {
+                soft_s: 60,
+                hard_s: 90
+            }
+        );
+        assert_eq!(
+            decide(200, cc("max-age=0"), &HONOR),
+            Decision::Pass(Uncacheable::NoCache)
+        );
+        assert_eq!(
+            decide(200, cc("no-cache"), &HONOR),
+            Decision::Pass(Uncacheable::NoCache)
+        );
+        assert_eq!(
+            decide(200, cc("no-cache"), &ROUTE),
+            Decision::Store {
+                soft_s: 30,
+                hard_s: 3600
+            }
+        );
     }
 }

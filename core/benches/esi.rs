@@ -1,0 +1,126 @@
+//! Criterion benchmarks of the hot paths: compiling a 20 KB shell, evaluating
+//! it for a request, and serving a warm page of 10 cached fragments end to
+//! end through the real loader and assembler (on the in-memory fakes).
+//!
+//! Run with `cargo bench -p fragcache-core`.
+
+use std::hint::black_box;
+use std::rc::Rc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use fragcache_core::config::Config;
+use fragcache_core::esi::{RequestVars, Template};
+use fragcache_core::loader::{Loader, Shared};
+use fragcache_core::request::ClientRequest;
+use fragcache_core::serve::{handle, Reply};
+use fragcache_core::testing::{Script, Sim};
+use fragcache_core::url::Url;
+
+/// A realistic 20 KB shell: mostly markup, 10 includes, 5 variables and 2
+/// choose blocks.
+fn shell() -> Vec<u8> {
+    let mut s = String::from("<!doctype html><html><head><title>Shop</title></head><body>\n");
+    let filler = "<div class=\"card\"><p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p></div>\n";
+    for i in 0..10 {
+        s.push_str(&format!(
+            "<section id=\"s{i}\"><esi:include src=\"/f/{i}\"/></section>\n"
+        ));
+        for _ in 0..20 {
+            s.push_str(filler);
+        }
+        if i == 3 || i == 7 {
+            s.push_str(
+                "<esi:choose><esi:when test=\"$(HTTP_COOKIE{tier}) == 'gold'\">gold</esi:when>\
+                 <esi:when test=\"$(QUERY_STRING{x}) > 3 &amp; $(HTTP_HOST) != 'a'\">x</esi:when>\
+                 <esi:otherwise>plain</esi:otherwise></esi:choose>\n",
+            );
+        }
+        if i % 2 == 0 {
+            s.push_str("<esi:vars><p>Hi $(HTTP_COOKIE{name}|'guest')</p></esi:vars>\n");
+        }
+    }
+    s.push_str("</body></html>\n");
+    s.into_bytes()
+}
+
+fn vars() -> RequestVars {
+    RequestVars {
+        host: Some("shop.test".into()),
+        cookie: Some("name=alice; tier=gold".into()),
+        query_string: Some("x=5".into()),
+        ..RequestVars::default()
+    }
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let shell = shell();
+    let mut g = c.benchmark_group("esi");
+    g.throughput(Throughput::Bytes(shell.len() as u64));
+    g.bench_function("compile 20KB shell", |b| {
+        b.iter(|| Template::compile(black_box(&shell)))
+    });
+    let template = Template::compile(&shell);
+    let v = vars();
+    g.bench_function("evaluate 20KB shell", |b| {
+        b.iter(|| template.evaluate(black_box(&v)))
+    });
+    g.finish();
+}
+
+fn bench_warm_page(c: &mut Criterion) {
+    let sim = Sim::new(1);
+    let config = Rc::new(
+        Config::from_json_str(
+            r#"{ "origin": "http://origin.test",
+                 "pages": [ { "path": "/", "soft_ttl": 600, "hard_ttl": 3600 } ],
+                 "fragments": [ { "path": "/f/*", "soft_ttl": 600, "hard_ttl": 3600, "xfetch_beta": 0 } ] }"#,
+        )
+        .expect("valid"),
+    );
+    sim.origin.script(
+        "/",
+        Script::ok(&String::from_utf8(shell()).expect("utf-8"), 0),
+    );
+    for i in 0..10 {
+        sim.origin.script(
+            &format!("/f/{i}"),
+            Script::ok(&"<li>item</li>".repeat(40), 0),
+        );
+    }
+    let shared = Shared::new();
+    let serve = || {
+        let req = ClientRequest::new(Url::parse("http://shop.test/").expect("url"))
+            .with_header("cookie", "name=alice; tier=gold");
+        let loader = Loader::new(
+            sim.ports(),
+            Rc::clone(&shared),
+            Rc::clone(&config),
+            Rc::new(req),
+        );
+        sim.block_on(async move {
+            match handle(loader).await {
+                Reply::Stream {
+                    first, mut page, ..
+                } => {
+                    let mut n = first.len();
+                    while let Some(fragcache_core::assemble::Chunk::Bytes(b)) =
+                        page.next_chunk().await
+                    {
+                        n += b.len();
+                    }
+                    n
+                }
+                _ => 0,
+            }
+        })
+    };
+    // Warm the cache (shell and fragments), then measure hits only.
+    serve();
+    let size = serve();
+    assert!(size > 20_000, "warm page assembled ({size} bytes)");
+    c.bench_function("warm page, 10 cached fragments", |b| b.iter(serve));
+}
+
+criterion_group!(benches, bench_compile, bench_warm_page);
+criterion_main!(benches);

@@ -1,0 +1,733 @@
+//! The tree builder: turns the lexer's events (text, tags, variable
+//! references, `<!--esi` markers) into compiled [`Node`]s.
+//!
+//! Open block elements live on a stack of frames. Closing a frame turns it
+//! into a node of its parent, so the tree is built in one pass, without
+//! recursion, and its depth is bounded by [`MAX_DEPTH`].
+//!
+//! # Malformed input
+//!
+//! Nothing here fails: every problem becomes a [`Warning`] and a
+//! well-defined fallback.
+//!
+//! - Unknown `esi:` elements: the tag is dropped, content kept.
+//! - A stray end tag (nothing of that name open): dropped. A mismatched end
+//!   tag closes every element opened after the matching one (each with a
+//!   warning), then the matching one.
+//! - Block elements still open at end of input are closed there.
+//! - `esi:when`/`esi:otherwise` outside `esi:choose`, `esi:except` outside
+//!   `esi:try`, and a second `esi:otherwise`/`esi:attempt`/`esi:except`:
+//!   dropped with their content (it was meant to be shown only under a
+//!   condition that cannot be established). `esi:attempt` outside
+//!   `esi:try`: tag dropped, content kept (it is what a try would show).
+//! - Text directly inside `esi:choose` or `esi:try` is ignored; other ESI
+//!   elements there are ignored with a warning. `esi:vars` and `<!--esi`
+//!   are transparent here: a `when` inside `<esi:choose><esi:vars>` counts.
+//! - Block elements nested deeper than [`MAX_DEPTH`]: the tag is dropped
+//!   (content kept) and its end tag is matched and dropped too.
+//! - A malformed `test` compiles to "always false".
+//! - At most [`MAX_WARNINGS`] warnings are kept.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::expr::{self, Expr};
+use super::lexer::Tag;
+use super::vars::{parse_var_at, VarName, VarRef};
+use super::{RequestVars, Warning};
+
+/// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
+/// honoured; deeper start tags are dropped with a warning.
+pub const MAX_DEPTH: usize = 128;
+
+/// Warnings kept per template; the rest are counted in a last warning.
+pub(crate) const MAX_WARNINGS: usize = 100;
+
+/// A compiled piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// Bytes of the source, output verbatim.
+    Literal(Range<usize>),
+    /// A variable in `esi:vars` content (HTML-escaped on output).
+    Var(VarRef),
+    Include {
+        src: AttrTpl,
+        alt: Option<AttrTpl>,
+        onerror_continue: bool,
+    },
+    Choose {
+        whens: Vec<(Expr, Vec<Node>)>,
+        otherwise: Vec<Node>,
+    },
+    Try {
+        attempt: Vec<Node>,
+        except: Vec<Node>,
+    },
+    /// Index into the template's inline definitions.
+    Inline(usize),
+}
+
+/// The body of one `esi:inline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InlineDef {
+    pub(crate) body: Vec<Node>,
+}
+
+/// An attribute value with variables (`src`, `alt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttrTpl {
+    pub(crate) parts: Vec<AttrPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AttrPart {
+    Lit(String),
+    Var(VarRef),
+}
+
+impl AttrTpl {
+    /// Splits an entity-decoded attribute value into literal text and
+    /// variable references. A `$` that does not start a valid reference is
+    /// literal.
+    pub(crate) fn parse(value: &[u8]) -> AttrTpl {
+        let mut parts = Vec::new();
+        let mut lit_start = 0;
+        let mut i = 0;
+        while let Some(k) = memchr::memchr(b'$', &value[i..]) {
+            let at = i + k;
+            match parse_var_at(value, at) {
+                Some((var, end)) => {
+                    if lit_start < at {
+                        parts.push(AttrPart::Lit(url_text(&value[lit_start..at])));
+                    }
+                    parts.push(AttrPart::Var(var));
+                    lit_start = end;
+                    i = end;
+                }
+                None => i = at + 1,
+            }
+        }
+        if lit_start < value.len() {
+            parts.push(AttrPart::Lit(url_text(&value[lit_start..])));
+        }
+        AttrTpl { parts }
+    }
+
+    /// The value for this request; variables are percent-encoded.
+    pub(crate) fn render(&self, vars: &RequestVars) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                AttrPart::Lit(s) => out.push_str(s),
+                AttrPart::Var(v) => v.write_url(vars, &mut out),
+            }
+        }
+        out
+    }
+
+    fn vars(&self) -> impl Iterator<Item = &VarRef> {
+        self.parts.iter().filter_map(|p| match p {
+            AttrPart::Var(v) => Some(v),
+            AttrPart::Lit(_) => None,
+        })
+    }
+}
+
+/// Bytes meant for a URL as a `String`: invalid UTF-8 is percent-encoded
+/// rather than replaced, so the URL keeps the bytes the author wrote.
+pub(crate) fn url_text(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// ESI elements, plus the `<!--esi` marker, which nests like one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Elem {
+    Include,
+    Comment,
+    Remove,
+    Vars,
+    Choose,
+    When,
+    Otherwise,
+    Try,
+    Attempt,
+    Except,
+    Inline,
+    Marker,
+}
+
+impl Elem {
+    pub(crate) fn from_name(name: &[u8]) -> Option<Elem> {
+        Some(match name {
+            b"include" => Elem::Include,
+            b"comment" => Elem::Comment,
+            b"remove" => Elem::Remove,
+            b"vars" => Elem::Vars,
+            b"choose" => Elem::Choose,
+            b"when" => Elem::When,
+            b"otherwise" => Elem::Otherwise,
+            b"try" => Elem::Try,
+            b"attempt" => Elem::Attempt,
+            b"except" => Elem::Except,
+            b"inline" => Elem::Inline,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Elem::Include => "esi:include",
+            Elem::Comment => "esi:comment",
+            Elem::Remove => "esi:remove",
+            Elem::Vars => "esi:vars",
+            Elem::Choose => "esi:choose",
+            Elem::When => "esi:when",
+            Elem::Otherwise => "esi:otherwise",
+            Elem::Try => "esi:try",
+            Elem::Attempt => "esi:attempt",
+            Elem::Except => "esi:except",
+            Elem::Inline => "esi:inline",
+            Elem::Marker => "<!--esi",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Root,
+    /// `esi:vars` and `<!--esi`: content goes to the parent.
+    Transparent,
+    /// Tag ignored, content goes to the parent.
+    Keep,
+    /// Content dropped.
+    Discard,
+    Choose {
+        whens: Vec<(Expr, Vec<Node>)>,
+        otherwise: Option<Vec<Node>>,
+    },
+    When(Expr),
+    Otherwise,
+    Try {
+        attempt: Option<Vec<Node>>,
+        except: Option<Vec<Node>>,
+    },
+    Attempt,
+    Except,
+    Inline(Option<String>),
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: Kind,
+    /// `None` only for the root.
+    elem: Option<Elem>,
+    start: usize,
+    children: Vec<Node>,
+}
+
+/// Builds the node tree from lexer events.
+#[derive(Debug)]
+pub(crate) struct Builder {
+    stack: Vec<Frame>,
+    /// Elements opened beyond [`MAX_DEPTH`], so that their end tags can be
+    /// recognised and dropped.
+    overflow: Vec<Elem>,
+    inlines: Vec<InlineDef>,
+    inline_index: HashMap<String, usize>,
+    warnings: Vec<Warning>,
+    suppressed: usize,
+    vars_depth: usize,
+    marker_depth: usize,
+}
+
+/// What [`Builder::finish`] hands to the template.
+pub(crate) struct Built {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) inlines: Vec<InlineDef>,
+    pub(crate) inline_index: HashMap<String, usize>,
+    pub(crate) warnings: Vec<Warning>,
+}
+
+fn push_merged(v: &mut Vec<Node>, node: Node) {
+    if let (Some(Node::Literal(prev)), Node::Literal(r)) = (v.last_mut(), &node) {
+        if prev.end == r.start {
+            prev.end = r.end;
+            return;
+        }
+    }
+    v.push(node);
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            stack: vec![Frame {
+                kind: Kind::Root,
+                elem: None,
+                start: 0,
+                children: Vec::new(),
+            }],
+            overflow: Vec::new(),
+            inlines: Vec::new(),
+            inline_index: HashMap::new(),
+            warnings: Vec::new(),
+            suppressed: 0,
+            vars_depth: 0,
+            marker_depth: 0,
+        }
+    }
+}
+
+impl Builder {
+    /// Whether text is currently inside `esi:vars` (variables substituted).
+    pub(crate) fn in_vars(&self) -> bool {
+        self.vars_depth > 0
+    }
+
+    /// Whether a `<!--esi` marker is open (so `-->` closes it).
+    pub(crate) fn in_marker(&self) -> bool {
+        self.marker_depth > 0
+    }
+
+    pub(crate) fn warn(&mut self, offset: usize, message: impl Into<String>) {
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(Warning {
+                offset,
+                message: message.into(),
+            });
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    fn warn_unknown_var(&mut self, var: &VarRef, offset: usize) {
+        if var.name == VarName::Unknown {
+            let msg = format!("unknown variable `{}` (always empty)", var.raw_name);
+            self.warn(offset, msg);
+        }
+    }
+
+    /// Literal source bytes.
+    pub(crate) fn text(&mut self, r: Range<usize>) {
+        if !r.is_empty() {
+            self.add_node(Node::Literal(r));
+        }
+    }
+
+    /// A variable reference in `esi:vars` content.
+    pub(crate) fn var(&mut self, var: VarRef, offset: usize) {
+        self.warn_unknown_var(&var, offset);
+        self.add_node(Node::Var(var));
+    }
+
+    /// `<!--esi`.
+    pub(crate) fn marker_open(&mut self, offset: usize) {
+        self.open(Elem::Marker, Kind::Transparent, offset);
+    }
+
+    /// `-->` while a marker is open.
+    pub(crate) fn marker_close(&mut self, offset: usize) {
+        self.close(Elem::Marker, offset);
+    }
+
+    fn add_node(&mut self, node: Node) {
+        let Some(top) = self.stack.last_mut() else {
+            return;
+        };
+        match top.kind {
+            // Only branch elements count inside these.
+            Kind::Choose { .. } | Kind::Try { .. } | Kind::Discard => {}
+            _ => push_merged(&mut top.children, node),
+        }
+    }
+
+    /// Index of the innermost frame that is not transparent.
+    fn container(&self) -> usize {
+        self.stack
+            .iter()
+            .rposition(|f| !matches!(f.kind, Kind::Transparent))
+            .unwrap_or(0)
+    }
+
+    /// An ESI start tag. Returns true when the lexer must skip the content
+    /// of an `esi:remove`.
+    pub(crate) fn start_tag(&mut self, tag: &Tag<'_>) -> bool {
+        let off = tag.start;
+        let Some(elem) = Elem::from_name(tag.name) else {
+            let msg = format!(
+                "unknown element `esi:{}` dropped (content kept)",
+                String::from_utf8_lossy(tag.name)
+            );
+            self.warn(off, msg);
+            return false;
+        };
+        let container = self.container();
+        let in_branch_parent = matches!(
+            self.stack[container].kind,
+            Kind::Choose { .. } | Kind::Try { .. }
+        );
+        // Branches, the transparent `vars`, and elements that output nothing.
+        let allowed_there = matches!(
+            elem,
+            Elem::When
+                | Elem::Otherwise
+                | Elem::Attempt
+                | Elem::Except
+                | Elem::Vars
+                | Elem::Comment
+                | Elem::Remove
+        );
+        if in_branch_parent && !allowed_there {
+            let parent = self.stack[container].elem.map_or("", Elem::as_str);
+            let msg = format!("`{}` directly inside `{parent}` is ignored", elem.as_str());
+            self.warn(off, msg);
+        }
+        match elem {
+            Elem::Include => {
+                self.include(tag);
+                false
+            }
+            Elem::Comment => false,
+            Elem::Remove => !tag.self_closing,
+            _ => {
+                let kind = self.block_kind(elem, tag, container);
+                if self.open(elem, kind, off) && tag.self_closing {
+                    self.close_top();
+                }
+                false
+            }
+        }
+    }
+
+    fn block_kind(&mut self, elem: Elem, tag: &Tag<'_>, container: usize) -> Kind {
+        let off = tag.start;
+        #[derive(Clone, Copy)]
+        enum Parent {
+            Choose { has_otherwise: bool },
+            Try { has_attempt: bool, has_except: bool },
+            Other,
+        }
+        let parent = match &self.stack[container].kind {
+            Kind::Choose { otherwise, .. } => Parent::Choose {
+                has_otherwise: otherwise.is_some(),
+            },
+            Kind::Try { attempt, except } => Parent::Try {
+                has_attempt: attempt.is_some(),
+                has_except: except.is_some(),
+            },
+            _ => Parent::Other,
+        };
+        let (kind, problem) = match (elem, parent) {
+            (Elem::Vars, _) => (Kind::Transparent, None),
+            (Elem::Choose, _) => (
+                Kind::Choose {
+                    whens: Vec::new(),
+                    otherwise: None,
+                },
+                None,
+            ),
+            (Elem::Try, _) => (
+                Kind::Try {
+                    attempt: None,
+                    except: None,
+                },
+                None,
+            ),
+            (Elem::When, Parent::Choose { .. }) => (Kind::When(self.test(tag)), None),
+            (
+                Elem::Otherwise,
+                Parent::Choose {
+                    has_otherwise: false,
+                },
+            ) => (Kind::Otherwise, None),
+            (Elem::Otherwise, Parent::Choose { .. }) => {
+                (Kind::Discard, Some("repeated in one `esi:choose`; dropped"))
+            }
+            (Elem::When | Elem::Otherwise, _) => {
+                (Kind::Discard, Some("outside `esi:choose`; dropped"))
+            }
+            (
+                Elem::Attempt,
+                Parent::Try {
+                    has_attempt: false, ..
+                },
+            ) => (Kind::Attempt, None),
+            (
+                Elem::Except,
+                Parent::Try {
+                    has_except: false, ..
+                },
+            ) => (Kind::Except, None),
+            (Elem::Attempt | Elem::Except, Parent::Try { .. }) => {
+                (Kind::Discard, Some("repeated in one `esi:try`; dropped"))
+            }
+            (Elem::Attempt, _) => (
+                Kind::Keep,
+                Some("outside `esi:try`; tag dropped, content kept"),
+            ),
+            (Elem::Except, _) => (Kind::Discard, Some("outside `esi:try`; dropped")),
+            (Elem::Inline, _) => {
+                let name = tag
+                    .attr(b"name")
+                    .map(|n| url_text(n.trim_ascii()))
+                    .filter(|n| !n.is_empty());
+                if name.is_none() {
+                    self.warn(
+                        off,
+                        "`esi:inline` without `name`: content output in place only",
+                    );
+                }
+                (Kind::Inline(name), None)
+            }
+            // Not block elements; `start_tag` never sends them here.
+            (Elem::Include | Elem::Comment | Elem::Remove | Elem::Marker, _) => (Kind::Keep, None),
+        };
+        if let Some(p) = problem {
+            self.warn(off, format!("`{}` {p}", elem.as_str()));
+        }
+        kind
+    }
+
+    fn test(&mut self, tag: &Tag<'_>) -> Expr {
+        let off = tag.start;
+        let Some(src) = tag.attr(b"test") else {
+            self.warn(off, "`esi:when` without `test` is always false");
+            return Expr::Const(false);
+        };
+        match expr::compile(&String::from_utf8_lossy(src)) {
+            Ok(e) => {
+                let mut unknown = Vec::new();
+                e.for_each_var(&mut |v| {
+                    if v.name == VarName::Unknown {
+                        unknown.push(v.clone());
+                    }
+                });
+                for v in &unknown {
+                    self.warn_unknown_var(v, off);
+                }
+                e
+            }
+            Err(why) => {
+                self.warn(
+                    off,
+                    format!("malformed test expression ({why}): always false"),
+                );
+                Expr::Const(false)
+            }
+        }
+    }
+
+    fn include(&mut self, tag: &Tag<'_>) {
+        let off = tag.start;
+        let Some(src) = tag
+            .attr(b"src")
+            .map(<[u8]>::trim_ascii)
+            .filter(|s| !s.is_empty())
+        else {
+            self.warn(off, "`esi:include` without `src` dropped");
+            return;
+        };
+        let src = AttrTpl::parse(src);
+        let alt = tag
+            .attr(b"alt")
+            .map(<[u8]>::trim_ascii)
+            .filter(|s| !s.is_empty())
+            .map(AttrTpl::parse);
+        let onerror_continue = tag.attr(b"onerror").map(<[u8]>::trim_ascii) == Some(b"continue");
+        let vars: Vec<VarRef> = src
+            .vars()
+            .chain(alt.iter().flat_map(AttrTpl::vars))
+            .cloned()
+            .collect();
+        for v in &vars {
+            self.warn_unknown_var(v, off);
+        }
+        self.add_node(Node::Include {
+            src,
+            alt,
+            onerror_continue,
+        });
+    }
+
+    /// Pushes a frame; false when the depth limit refused it.
+    fn open(&mut self, elem: Elem, kind: Kind, offset: usize) -> bool {
+        if self.stack.len() > MAX_DEPTH {
+            let msg = format!(
+                "`{}` nested deeper than {MAX_DEPTH}: tag dropped, content kept",
+                elem.as_str()
+            );
+            self.warn(offset, msg);
+            self.overflow.push(elem);
+            return false;
+        }
+        match elem {
+            Elem::Vars => self.vars_depth += 1,
+            Elem::Marker => self.marker_depth += 1,
+            _ => {}
+        }
+        self.stack.push(Frame {
+            kind,
+            elem: Some(elem),
+            start: offset,
+            children: Vec::new(),
+        });
+        true
+    }
+
+    /// An ESI end tag `</esi:NAME>`.
+    pub(crate) fn end_tag(&mut self, name: &[u8], offset: usize) {
+        match Elem::from_name(name) {
+            None => {
+                let msg = format!(
+                    "unknown end tag `</esi:{}>` dropped",
+                    String::from_utf8_lossy(name)
+                );
+                self.warn(offset, msg);
+            }
+            // Empty elements may be written with an end tag; it means nothing.
+            Some(Elem::Include | Elem::Comment) => {}
+            Some(elem) => self.close(elem, offset),
+        }
+    }
+
+    fn close(&mut self, elem: Elem, offset: usize) {
+        if let Some(i) = self.overflow.iter().rposition(|&e| e == elem) {
+            self.overflow.truncate(i);
+            return;
+        }
+        let Some(j) = self.stack.iter().rposition(|f| f.elem == Some(elem)) else {
+            let msg = format!("stray end of `{}` dropped", elem.as_str());
+            self.warn(offset, msg);
+            return;
+        };
+        // Whatever overflowed was opened inside the frames being closed.
+        self.overflow.clear();
+        while self.stack.len() > j + 1 {
+            if let Some(top) = self.stack.last() {
+                let msg = format!(
+                    "`{}` not closed before the end of `{}`; closed there",
+                    top.elem.map_or("", Elem::as_str),
+                    elem.as_str()
+                );
+                let start = top.start;
+                self.warn(start, msg);
+            }
+            self.close_top();
+        }
+        self.close_top();
+    }
+
+    fn close_top(&mut self) {
+        if self.stack.len() <= 1 {
+            return;
+        }
+        let Some(f) = self.stack.pop() else {
+            return;
+        };
+        match f.elem {
+            Some(Elem::Vars) => self.vars_depth -= 1,
+            Some(Elem::Marker) => self.marker_depth -= 1,
+            _ => {}
+        }
+        let c = self.container();
+        match f.kind {
+            Kind::Root | Kind::Discard => {}
+            Kind::Transparent | Kind::Keep => {
+                for n in f.children {
+                    self.add_node(n);
+                }
+            }
+            Kind::Choose { whens, otherwise } => self.add_node(Node::Choose {
+                whens,
+                otherwise: otherwise.unwrap_or_default(),
+            }),
+            Kind::Try { attempt, except } => self.add_node(Node::Try {
+                attempt: attempt.unwrap_or_default(),
+                except: except.unwrap_or_default(),
+            }),
+            // The branch kinds were only created with the right container
+            // below them, and frames below do not change while they are open.
+            Kind::When(e) => {
+                if let Kind::Choose { whens, .. } = &mut self.stack[c].kind {
+                    whens.push((e, f.children));
+                }
+            }
+            Kind::Otherwise => {
+                if let Kind::Choose { otherwise, .. } = &mut self.stack[c].kind {
+                    otherwise.get_or_insert(f.children);
+                }
+            }
+            Kind::Attempt => {
+                if let Kind::Try { attempt, .. } = &mut self.stack[c].kind {
+                    attempt.get_or_insert(f.children);
+                }
+            }
+            Kind::Except => {
+                if let Kind::Try { except, .. } = &mut self.stack[c].kind {
+                    except.get_or_insert(f.children);
+                }
+            }
+            Kind::Inline(name) => {
+                let idx = self.inlines.len();
+                self.inlines.push(InlineDef { body: f.children });
+                if let Some(name) = name {
+                    match self.inline_index.entry(name) {
+                        Entry::Occupied(e) => {
+                            let msg = format!(
+                                "duplicate `esi:inline` name {:?}; the first wins",
+                                e.key()
+                            );
+                            self.warn(f.start, msg);
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert(idx);
+                        }
+                    }
+                }
+                self.add_node(Node::Inline(idx));
+            }
+        }
+    }
+
+    /// Closes everything still open and hands over the result.
+    pub(crate) fn finish(mut self) -> Built {
+        while self.stack.len() > 1 {
+            if let Some(top) = self.stack.last() {
+                let msg = format!(
+                    "`{}` not closed by the end of input; closed there",
+                    top.elem.map_or("", Elem::as_str)
+                );
+                let start = top.start;
+                self.warn(start, msg);
+            }
+            self.close_top();
+        }
+        if self.suppressed > 0 {
+            let msg = format!("{} further warnings suppressed", self.suppressed);
+            let offset = self.warnings.last().map_or(0, |w| w.offset);
+            self.warnings.push(Warning {
+                offset,
+                message: msg,
+            });
+        }
+        let nodes = self
+            .stack
+            .pop()
+            .map(|root| root.children)
+            .unwrap_or_default();
+        Built {
+            nodes,
+            inlines: self.inlines,
+            inline_index: self.inline_index,
+            warnings: self.warnings,
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! `esi:when test="…"` expressions: compiled once into an AST, evaluated per
+//! request.
+//!
+//! # Grammar
+//!
+//! ```text
+//! or      := and ( ('|' | '||') and )*
+//! and     := cmp ( ('&' | '&&') cmp )*
+//! cmp     := unary [ ('==' | '!=' | '<' | '>' | '<=' | '>=') unary ]
+//! unary   := '!' unary | '(' or ')' | operand
+//! operand := 'single-quoted' | "double-quoted" | number | $(VARIABLE…)
+//! ```
+//!
+//! So `!` binds tightest, then comparisons, then `&`, then `|`. Comparisons
+//! do not chain (`a == b == c` is malformed). In quoted literals a backslash
+//! escapes a following quote or backslash and is literal otherwise.
+//!
+//! # Semantics
+//!
+//! Variables are looked up raw (no escaping: the value is never output).
+//! A comparison is numeric when both sides are numbers (`-?digits[.digits]`),
+//! otherwise a byte-wise string comparison; booleans compare as `true` /
+//! `false`. A bare operand is true when it is non-empty and not `false`.
+//!
+//! # Malformed input
+//!
+//! Any syntax error, and nesting of `(` or `!` deeper than [`MAX_DEPTH`],
+//! makes [`compile`] return an error; the caller turns that into an
+//! expression that is always false plus a warning. `&`/`|` chains are n-ary
+//! nodes, so even a very long chain cannot make evaluation recurse deeply.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+
+use super::vars::{parse_var_at, VarRef};
+use super::RequestVars;
+
+/// Deepest nesting of parentheses and `!` accepted.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+}
+
+/// A compiled test expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Expr {
+    /// What a malformed expression compiles to (as `Const(false)`).
+    Const(bool),
+    Literal(String),
+    Var(VarRef),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    LParen,
+    RParen,
+    Not,
+    And,
+    Or,
+    Cmp(CmpOp),
+    Lit(String),
+    Var(VarRef),
+}
+
+fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
+    let b = src.as_bytes();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        let (tok, len) = match c {
+            b' ' | b'\t' | b'\r' | b'\n' => {
+                i += 1;
+                continue;
+            }
+            b'(' => (Tok::LParen, 1),
+            b')' => (Tok::RParen, 1),
+            b'!' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ne), 2),
+            b'!' => (Tok::Not, 1),
+            b'&' if next == Some(b'&') => (Tok::And, 2),
+            b'&' => (Tok::And, 1),
+            b'|' if next == Some(b'|') => (Tok::Or, 2),
+            b'|' => (Tok::Or, 1),
+            b'=' if next == Some(b'=') => (Tok::Cmp(CmpOp::Eq), 2),
+            b'<' if next == Some(b'=') => (Tok::Cmp(CmpOp::Le), 2),
+            b'<' => (Tok::Cmp(CmpOp::Lt), 1),
+            b'>' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ge), 2),
+            b'>' => (Tok::Cmp(CmpOp::Gt), 1),
+            b'\'' | b'"' => {
+                let (lit, end) = quoted(src, i)?;
+                toks.push(Tok::Lit(lit));
+                i = end;
+                continue;
+            }
+            b'$' => {
+                let (var, end) =
+                    parse_var_at(b, i).ok_or_else(|| format!("bad variable at {i}"))?;
+                toks.push(Tok::Var(var));
+                i = end;
+                continue;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = number_end(b, i).ok_or_else(|| format!("bad number at {i}"))?;
+                toks.push(Tok::Lit(src[i..end].to_owned()));
+                i = end;
+                continue;
+            }
+            _ => {
+                let ch = src[i..].chars().next().unwrap_or('?');
+                return Err(format!("unexpected {ch:?} at {i}"));
+            }
+        };
+        toks.push(tok);
+        i += len;
+    }
+    Ok(toks)
+}
+
+/// A quoted literal starting at `src[start]` (the quote). Returns the
+/// unescaped text and the offset past the closing quote.
+fn quoted(src: &str, start: usize) -> Result<(String, usize), String> {
+    let b = src.as_bytes();
+    let q = b[start];
+    let mut out = Vec::new();
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            c if c == q => {
+                return Ok((String::from_utf8_lossy(&out).into_owned(), i + 1));
+            }
+            b'\\' if matches!(b.get(i + 1), Some(&n) if n == q || n == b'\\') => {
+                out.push(b[i + 1]);
+                i += 2;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Err(format!("unterminated string starting at {start}"))
+}
+
+/// End of a `-?digits[.digits]` number at `b[start]`.
+fn number_end(b: &[u8], start: usize) -> Option<usize> {
+    let digits = |from: usize| {
+        b[from..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .map_or(b.len(), |p| from + p)
+    };
+    let int_start = if b[start] == b'-' { start + 1 } else { start };
+    let mut end = digits(int_start);
+    if end == int_start {
+        return None;
+    }
+    if b.get(end) == Some(&b'.') {
+        let frac_end = digits(end + 1);
+        if frac_end == end + 1 {
+            return None;
+        }
+        end = frac_end;
+    }
+    Some(end)
+}
+
+/// The number a string spells, if it is exactly `-?digits[.digits]`.
+fn as_number(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.is_empty() || number_end(b, 0)? != b.len() {
+        return None;
+    }
+    s.parse().ok()
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    at: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.at)
+    }
+
+    fn or(&mut self, depth: usize) -> Result<Expr, String> {
+        let mut items = vec![self.and(depth)?];
+        while self.peek() == Some(&Tok::Or) {
+            self.at += 1;
+            items.push(self.and(depth)?);
+        }
+        Ok(if items.len() == 1 {
+            items.remove(0)
+        } else {
+            Expr::Or(items)
+        })
+    }
+
+    fn and(&mut self, depth: usize) -> Result<Expr, String> {
+        let mut items = vec![self.cmp(depth)?];
+        while self.peek() == Some(&Tok::And) {
+            self.at += 1;
+            items.push(self.cmp(depth)?);
+        }
+        Ok(if items.len() == 1 {
+            items.remove(0)
+        } else {
+            Expr::And(items)
+        })
+    }
+
+    fn cmp(&mut self, depth: usize) -> Result<Expr, String> {
+        let left = self.unary(depth)?;
+        let Some(&Tok::Cmp(op)) = self.peek() else {
+            return Ok(left);
+        };
+        self.at += 1;
+        let right = self.unary(depth)?;
+        if matches!(self.peek(), Some(Tok::Cmp(_))) {
+            return Err("comparisons do not chain".into());
+        }
+        Ok(Expr::Cmp(op, Box::new(left), Box::new(right)))
+    }
+
+    fn unary(&mut self, depth: usize) -> Result<Expr, String> {
+        if depth >= MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH}"));
+        }
+        let tok = self.toks.get(self.at).cloned();
+        self.at += 1;
+        match tok {
+            Some(Tok::Not) => Ok(Expr::Not(Box::new(self.unary(depth + 1)?))),
+            Some(Tok::LParen) => {
+                let inner = self.or(depth + 1)?;
+                if self.peek() != Some(&Tok::RParen) {
+                    return Err("missing `)`".into());
+                }
+                self.at += 1;
+                Ok(inner)
+            }
+            Some(Tok::Lit(s)) => Ok(Expr::Literal(s)),
+            Some(Tok::Var(v)) => Ok(Expr::Var(v)),
+            Some(other) => Err(format!("unexpected {other:?}")),
+            None => Err("unexpected end of expression".into()),
+        }
+    }
+}
+
+/// Compiles a test expression (already entity-decoded).
+pub(crate) fn compile(src: &str) -> Result<Expr, String> {
+    let toks = tokenize(src)?;
+    if toks.is_empty() {
+        return Err("empty expression".into());
+    }
+    let mut p = Parser { toks, at: 0 };
+    let e = p.or(0)?;
+    if p.at != p.toks.len() {
+        return Err(format!("unexpected {:?}", p.toks[p.at]));
+    }
+    Ok(e)
+}
+
+enum Val<'a> {
+    Bool(bool),
+    Str(Cow<'a, str>),
+}
+
+impl Val<'_> {
+    fn truthy(&self) -> bool {
+        match self {
+            Val::Bool(b) => *b,
+            Val::Str(s) => !s.is_empty() && s != "false",
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Val::Bool(true) => "true",
+            Val::Bool(false) => "false",
+            Val::Str(s) => s,
+        }
+    }
+}
+
+impl Expr {
+    /// Whether the expression holds for this request.
+    pub(crate) fn is_true(&self, vars: &RequestVars) -> bool {
+        self.val(vars).truthy()
+    }
+
+    /// Calls `f` on every variable reference in the expression.
+    pub(crate) fn for_each_var(&self, f: &mut dyn FnMut(&VarRef)) {
+        match self {
+            Expr::Const(_) | Expr::Literal(_) => {}
+            Expr::Var(v) => f(v),
+            Expr::Not(e) => e.for_each_var(f),
+            Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.for_each_var(f)),
+            Expr::Cmp(_, l, r) => {
+                l.for_each_var(f);
+                r.for_each_var(f);
+            }
+        }
+    }
+
+    fn val<'a>(&'a self, vars: &'a RequestVars) -> Val<'a> {
+        match self {
+            Expr::Const(b) => Val::Bool(*b),
+            Expr::Literal(s) => Val::Str(Cow::Borrowed(s)),
+            Expr::Var(v) => Val::Str(v.value(vars)),
+            Expr::Not(e) => Val::Bool(!e.is_true(vars)),
+            Expr::And(items) => Val::Bool(items.iter().all(|e| e.is_true(vars))),
+            Expr::Or(items) => Val::Bool(items.iter().any(|e| e.is_true(vars))),
+            Expr::Cmp(op, l, r) => {
+                let (l, r) = (l.val(vars), r.val(vars));
+                let (l, r) = (l.as_str(), r.as_str());
+                let ord = match (as_number(l), as_number(r)) {
+                    (Some(a), Some(b)) => a.partial_cmp(&b),
+                    _ => Some(l.as_bytes().cmp(r.as_bytes())),
+                };
+                Val::Bool(ord.is_some_and(|o| match op {
+                    CmpOp::Eq => o == Ordering::Equal,
+                    CmpOp::Ne => o != Ordering::Equal,
+                    CmpOp::Lt => o == Ordering::Less,
+                    CmpOp::Gt => o == Ordering::Greater,
+                    CmpOp::Le => o != Ordering::Greater,
+                    CmpOp::Ge => o != Ordering::Less,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RequestVars {
+        RequestVars {
+            cookie: Some("n=10; s=abc; f=false; e=; q=it's".into()),
+            query_string: Some("page=2&name=Ann".into()),
+            accept_language: Some("de-DE".into()),
+            user_agent: Some("Mozilla/5.0 (Macintosh)".into()),
+            ..Default::default()
+        }
+    }
+
+    fn eval(src: &str) -> Option<bool> {
+        compile(src).ok().map(|e| e.is_true(&req()))
+    }
+
+    #[test]
+    fn table() {
+        let table: &[(&str, Option<bool>)] = &[
+            ("'a' == 'a'", Some(true)),
+            ("'a' != 'a'", Some(false)),
+            ("'a'=='b'", Some(false)),
+            ("$(HTTP_COOKIE{n}) == 10", Some(true)),
+            ("$(HTTP_COOKIE{n}) == 10.0", Some(true)),
+            ("$(HTTP_COOKIE{n}) > 9", Some(true)),
+            ("$(HTTP_COOKIE{n}) > '9'", Some(true)),
+            ("'10' > '9x'", Some(false)),
+            (
+                "$(HTTP_COOKIE{n}) <= 10 & $(HTTP_COOKIE{n}) >= 10",
+                Some(true),
+            ),
+            ("$(HTTP_COOKIE{n}) < -1", Some(false)),
+            ("-1.5 < 0", Some(true)),
+            ("$(HTTP_COOKIE{s}) == 'abc'", Some(true)),
+            ("$(HTTP_COOKIE{s}) < 'abd'", Some(true)),
+            ("$(HTTP_COOKIE{q}) == 'it\\'s'", Some(true)),
+            ("$(HTTP_COOKIE{q}) == \"it's\"", Some(true)),
+            ("$(HTTP_COOKIE{s})", Some(true)),
+            ("$(HTTP_COOKIE{f})", Some(false)),
+            ("$(HTTP_COOKIE{e})", Some(false)),
+            ("$(HTTP_COOKIE{missing})", Some(false)),
+            ("$(HTTP_COOKIE{missing}) == ''", Some(true)),
+            ("$(HTTP_COOKIE{missing}|'x') == 'x'", Some(true)),
+            ("!$(HTTP_COOKIE{missing})", Some(true)),
+            ("!$(HTTP_COOKIE{s}) == 'false'", Some(true)),
+            ("!('a' == 'b')", Some(true)),
+            ("!!'x'", Some(true)),
+            ("'a'=='a' | 'a'=='b' & 'c'=='d'", Some(true)),
+            ("('a'=='a' | 'a'=='b') & 'c'=='d'", Some(false)),
+            ("'a'=='b' || 'c'=='c'", Some(true)),
+            ("'a'=='a' && 'c'=='c'", Some(true)),
+            (
+                "$(QUERY_STRING{page}) == 2 & $(QUERY_STRING{name}) == 'Ann'",
+                Some(true),
+            ),
+            ("$(HTTP_ACCEPT_LANGUAGE{de})", Some(true)),
+            ("$(HTTP_ACCEPT_LANGUAGE{en})", Some(false)),
+            ("$(HTTP_USER_AGENT{os}) == 'MAC'", Some(true)),
+            ("0", Some(true)),
+            ("'false'", Some(false)),
+            ("(((('x'))))", Some(true)),
+            // Malformed.
+            ("", None),
+            ("   ", None),
+            ("'a' = 'a'", None),
+            ("'a' == ", None),
+            ("== 'a'", None),
+            ("'a' == 'a' == 'a'", None),
+            ("('a' == 'a'", None),
+            ("'a' == 'a')", None),
+            ("'unterminated", None),
+            ("abc == 'abc'", None),
+            ("$(HTTP_COOKIE{n} == 1", None),
+            ("1.", None),
+            ("-", None),
+            ("'a' 'b'", None),
+            ("& 'a'", None),
+            ("!", None),
+            ("()", None),
+        ];
+        for (src, want) in table {
+            assert_eq!(eval(src), *want, "{src:?}");
+        }
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let ok = format!(
+            "{}'x'{}",
+            "(".repeat(MAX_DEPTH - 1),
+            ")".repeat(MAX_DEPTH - 1)
+        );
+        assert_eq!(eval(&ok), Some(true));
+        let deep = format!("{}'x'{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(compile(&deep).is_err());
+        assert!(compile(&"!".repeat(100_000)).is_err());
+        // Long flat chains are fine and evaluate without deep recursion.
+        let chain = vec!["'a'=='a'"; 50_000].join(" & ");
+        assert_eq!(eval(&chain), Some(true));
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(as_number("12"), Some(12.0));
+        assert_eq!(as_number("-0.5"), Some(-0.5));
+        for bad in ["", "1e3", "inf", "NaN", " 1", "1 ", "+1", "1.", ".5", "--1"] {
+            assert_eq!(as_number(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! ESI variables: the `$(NAME{key}|default)` reference syntax, looking a
+//! reference up in the request, and escaping the value for where it lands.
+//!
+//! # Syntax
+//!
+//! `$(` NAME [ `{` key `}` ] [ `|` default ] `)`, where NAME is
+//! `[A-Za-z0-9_]+`, the key is any run of bytes other than `}` and the
+//! forbidden bytes below, and the default is either `'quoted'` (may contain
+//! `)`, `|`, spaces) or bare (up to the `)`, trimmed). Spaces and tabs are
+//! allowed around `|` and before `)`.
+//!
+//! The bytes `$ < > ( \r \n` may not appear inside a reference, and a
+//! reference is at most [`MAX_VAR_LEN`] bytes long. Anything that breaks
+//! these rules is not a reference: the `$(` stays literal text. The
+//! restriction is what keeps the streaming lexer linear: a failed reference
+//! never contains the start of another one, so its bytes are rescanned as
+//! text at most once.
+//!
+//! # Values
+//!
+//! Unknown variable names and keys that do not apply are *undefined*; an
+//! undefined or empty value is replaced by the default (itself treated
+//! exactly like a value, including escaping), or the empty string.
+//! See the [module documentation of `esi`](super) for the variable table.
+
+use std::borrow::Cow;
+
+use super::RequestVars;
+
+/// Longest variable reference accepted, `$(` to `)` inclusive.
+pub(crate) const MAX_VAR_LEN: usize = 1024;
+
+/// The variables this processor knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VarName {
+    Cookie,
+    QueryString,
+    Host,
+    Referer,
+    UserAgent,
+    AcceptLanguage,
+    /// Any other name: always undefined.
+    Unknown,
+}
+
+impl VarName {
+    fn from_bytes(name: &[u8]) -> VarName {
+        match name {
+            b"HTTP_COOKIE" => VarName::Cookie,
+            b"QUERY_STRING" => VarName::QueryString,
+            b"HTTP_HOST" => VarName::Host,
+            b"HTTP_REFERER" => VarName::Referer,
+            b"HTTP_USER_AGENT" => VarName::UserAgent,
+            b"HTTP_ACCEPT_LANGUAGE" => VarName::AcceptLanguage,
+            _ => VarName::Unknown,
+        }
+    }
+}
+
+/// A parsed `$(…)` reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VarRef {
+    pub(crate) name: VarName,
+    /// The name as written, for warnings about unknown variables.
+    pub(crate) raw_name: String,
+    pub(crate) key: Option<String>,
+    pub(crate) default: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Right after `$(`: the first name byte is required.
+    Start,
+    Name,
+    Key,
+    AfterKey,
+    /// After `|`, possibly after whitespace.
+    DefaultStart,
+    Quoted,
+    AfterQuoted,
+    Bare,
+}
+
+/// Outcome of feeding bytes to a [`VarScanner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// The reference ends at this absolute offset (the `)`).
+    Done(usize),
+    /// Not a reference.
+    Fail,
+    /// All given bytes consumed; the reference is still open.
+    More,
+}
+
+/// A resumable recogniser for one variable reference.
+///
+/// It remembers where it stopped, so that a reference split over many
+/// chunks is scanned once in total, not once per chunk. Offsets are
+/// absolute positions in the caller's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VarScanner {
+    /// Offset of the `$`.
+    start: usize,
+    /// Next offset to look at.
+    at: usize,
+    state: State,
+    name_end: usize,
+    key: Option<(usize, usize)>,
+    default: Option<(usize, usize)>,
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn is_forbidden(b: u8) -> bool {
+    matches!(b, b'$' | b'<' | b'>' | b'(' | b'\r' | b'\n')
+}
+
+impl VarScanner {
+    /// A scanner for a reference whose `$(` starts at `start`.
+    pub(crate) fn new(start: usize) -> Self {
+        VarScanner {
+            start,
+            at: start + 2,
+            state: State::Start,
+            name_end: start + 2,
+            key: None,
+            default: None,
+        }
+    }
+
+    /// Offset of the reference's `$`.
+    pub(crate) fn start(&self) -> usize {
+        self.start
+    }
+
+    /// Continues over `buf[self.at..]`.
+    pub(crate) fn scan(&mut self, buf: &[u8]) -> Scan {
+        while self.at < buf.len() {
+            if self.at - self.start >= MAX_VAR_LEN {
+                return Scan::Fail;
+            }
+            let i = self.at;
+            let b = buf[i];
+            self.at += 1;
+            if is_forbidden(b) {
+                return Scan::Fail;
+            }
+            match self.state {
+                State::Start if is_name_byte(b) => self.state = State::Name,
+                State::Start => return Scan::Fail,
+                State::Name => match b {
+                    _ if is_name_byte(b) => {}
+                    b'{' => {
+                        self.name_end = i;
+                        self.key = Some((i + 1, i + 1));
+                        self.state = State::Key;
+                    }
+                    b'|' => {
+                        self.name_end = i;
+                        self.state = State::DefaultStart;
+                    }
+                    b')' => {
+                        self.name_end = i;
+                        return Scan::Done(i);
+                    }
+                    b' ' | b'\t' => {
+                        self.name_end = i;
+                        self.state = State::AfterKey;
+                    }
+                    _ => return Scan::Fail,
+                },
+                State::Key => match b {
+                    b'}' => {
+                        if let Some(k) = &mut self.key {
+                            k.1 = i;
+                        }
+                        self.state = State::AfterKey;
+                    }
+                    b'{' | b')' => return Scan::Fail,
+                    _ => {}
+                },
+                State::AfterKey => match b {
+                    b' ' | b'\t' => {}
+                    b'|' => self.state = State::DefaultStart,
+                    b')' => return Scan::Done(i),
+                    _ => return Scan::Fail,
+                },
+                State::DefaultStart => match b {
+                    b' ' | b'\t' => {}
+                    b'\'' => {
+                        self.default = Some((i + 1, i + 1));
+                        self.state = State::Quoted;
+                    }
+                    b')' => {
+                        self.default = Some((i, i));
+                        return Scan::Done(i);
+                    }
+                    _ => {
+                        self.default = Some((i, i + 1));
+                        self.state = State::Bare;
+                    }
+                },
+                State::Quoted => {
+                    if b == b'\'' {
+                        if let Some(d) = &mut self.default {
+                            d.1 = i;
+                        }
+                        self.state = State::AfterQuoted;
+                    }
+                }
+                State::AfterQuoted => match b {
+                    b' ' | b'\t' => {}
+                    b')' => return Scan::Done(i),
+                    _ => return Scan::Fail,
+                },
+                State::Bare => match b {
+                    b')' => {
+                        if let Some(d) = &mut self.default {
+                            d.1 = i;
+                        }
+                        return Scan::Done(i);
+                    }
+                    b'\'' => return Scan::Fail,
+                    _ => {}
+                },
+            }
+        }
+        Scan::More
+    }
+
+    /// Builds the reference after [`Scan::Done`]; `buf` is the same buffer.
+    pub(crate) fn build(&self, buf: &[u8]) -> VarRef {
+        let text = |(a, b): (usize, usize)| String::from_utf8_lossy(&buf[a..b]).into_owned();
+        let raw = &buf[self.start + 2..self.name_end];
+        let default = self.default.map(|d| {
+            let s = text(d);
+            if self.state == State::Bare {
+                s.trim().to_owned()
+            } else {
+                s
+            }
+        });
+        VarRef {
+            name: VarName::from_bytes(raw),
+            raw_name: String::from_utf8_lossy(raw).into_owned(),
+            key: self.key.map(text),
+            default,
+        }
+    }
+}
+
+/// Parses a complete reference starting at `buf[start]` (which must be the
+/// `$` of `$(`). Returns it and the offset just past its `)`.
+pub(crate) fn parse_var_at(buf: &[u8], start: usize) -> Option<(VarRef, usize)> {
+    if buf.get(start..start + 2) != Some(b"$(") {
+        return None;
+    }
+    let mut sc = VarScanner::new(start);
+    match sc.scan(buf) {
+        Scan::Done(end) => Some((sc.build(buf), end + 1)),
+        Scan::Fail | Scan::More => None,
+    }
+}
+
+impl VarRef {
+    /// The value for this request: undefined or empty values fall back to
+    /// the default, and then to the empty string.
+    pub(crate) fn value<'a>(&'a self, vars: &'a RequestVars) -> Cow<'a, str> {
+        match lookup(self, vars) {
+            Some(v) if !v.is_empty() => v,
+            _ => Cow::Borrowed(self.default.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// Appends the value HTML-escaped, for markup (`esi:vars` content).
+    pub(crate) fn write_markup(&self, vars: &RequestVars, out: &mut Vec<u8>) {
+        html_escape(&self.value(vars), out);
+    }
+
+    /// Appends the value percent-encoded, for an include `src`/`alt`.
+    pub(crate) fn write_url(&self, vars: &RequestVars, out: &mut String) {
+        let keep: fn(u8) -> bool = match (self.name, &self.key) {
+            (VarName::QueryString, None) => keep_in_query,
+            (VarName::Host, None) => keep_in_host,
+            _ => keep_in_component,
+        };
+        percent_encode(self.value(vars).as_bytes(), keep, out);
+    }
+}
+
+fn lookup<'a>(var: &VarRef, vars: &'a RequestVars) -> Option<Cow<'a, str>> {
+    let key = var.key.as_deref();
+    match (var.name, key) {
+        (VarName::Cookie, None) => vars.cookie.as_deref().map(Cow::Borrowed),
+        (VarName::Cookie, Some(k)) => cookie_value(vars.cookie.as_deref()?, k).map(Cow::Borrowed),
+        (VarName::QueryString, None) => vars.query_string.as_deref().map(Cow::Borrowed),
+        (VarName::QueryString, Some(k)) => query_value(vars.query_string.as_deref()?, k),
+        (VarName::Host, None) => vars.host.as_deref().map(Cow::Borrowed),
+        (VarName::Referer, None) => vars.referer.as_deref().map(Cow::Borrowed),
+        (VarName::UserAgent, None) => vars.user_agent.as_deref().map(Cow::Borrowed),
+        (VarName::UserAgent, Some(k)) => {
+            let ua = vars.user_agent.as_deref()?;
+            match k {
+                "browser" => Some(Cow::Borrowed(browser(ua))),
+                "os" => Some(Cow::Borrowed(os(ua))),
+                "version" => browser_version(ua).map(Cow::Borrowed),
+                _ => None,
+            }
+        }
+        (VarName::AcceptLanguage, None) => vars.accept_language.as_deref().map(Cow::Borrowed),
+        (VarName::AcceptLanguage, Some(k)) => {
+            let yes = vars
+                .accept_language
+                .as_deref()
+                .is_some_and(|h| accepts_language(h, k));
+            Some(Cow::Borrowed(if yes { "true" } else { "false" }))
+        }
+        // Keys on scalar variables, and unknown names.
+        _ => None,
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header: first occurrence,
+/// whitespace trimmed, one pair of surrounding double quotes removed
+/// (RFC 6265 allows a quoted cookie value).
+pub(crate) fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim() != name {
+            return None;
+        }
+        let v = v.trim();
+        Some(
+            v.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or(v),
+        )
+    })
+}
+
+/// The percent-decoded value of the first query parameter named `name`
+/// (names are compared after decoding). `+` means space.
+pub(crate) fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(k) == name).then(|| form_decode(v))
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding; malformed `%` sequences are
+/// kept as they are, invalid UTF-8 becomes U+FFFD.
+pub(crate) fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).and_then(|h| {
+                    let hi = (h[0] as char).to_digit(16)?;
+                    let lo = (h[1] as char).to_digit(16)?;
+                    u8::try_from(hi * 16 + lo).ok()
+                });
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `$(HTTP_USER_AGENT{browser})`: `MSIE` for Internet Explorer (including
+/// IE 11, which says `Trident/` instead of `MSIE`), `MOZILLA` for anything
+/// else that starts with `Mozilla` (all current browsers), `OTHER` otherwise.
+pub(crate) fn browser(ua: &str) -> &'static str {
+    if ua.contains("MSIE") || ua.contains("Trident/") {
+        "MSIE"
+    } else if ua.starts_with("Mozilla") {
+        "MOZILLA"
+    } else {
+        "OTHER"
+    }
+}
+
+/// `$(HTTP_USER_AGENT{version})`: for MSIE the number after `MSIE ` (or
+/// after `rv:` for IE 11), otherwise the version of the first product token
+/// (`Mozilla/5.0` → `5.0`). Undefined when there is none.
+pub(crate) fn browser_version(ua: &str) -> Option<&str> {
+    let token_end = |s: &str| s.find([';', ')', ' ']).unwrap_or(s.len());
+    let version = if let Some(i) = ua.find("MSIE ") {
+        let s = &ua[i + 5..];
+        &s[..token_end(s)]
+    } else if let (true, Some(i)) = (ua.contains("Trident/"), ua.find("rv:")) {
+        let s = &ua[i + 3..];
+        &s[..token_end(s)]
+    } else {
+        let first = ua.split_whitespace().next()?;
+        first.split_once('/')?.1
+    };
+    (!version.is_empty()).then_some(version)
+}
+
+/// `$(HTTP_USER_AGENT{os})`: `WIN`, `MAC`, `UNIX` (X11, Linux including
+/// Android, BSD, SunOS) or `OTHER`. Matching is case-sensitive so that
+/// `Darwin` is not taken for `Win`.
+pub(crate) fn os(ua: &str) -> &'static str {
+    if ua.contains("Win") {
+        "WIN"
+    } else if ua.contains("Mac") {
+        "MAC"
+    } else if ["X11", "Linux", "Unix", "UNIX", "BSD", "SunOS"]
+        .iter()
+        .any(|m| ua.contains(m))
+    {
+        "UNIX"
+    } else {
+        "OTHER"
+    }
+}
+
+/// Whether an `Accept-Language` header lists `lang`: case-insensitive, a
+/// listed `en-GB` matches `en`, and entries with `q=0` do not count.
+pub(crate) fn accepts_language(header: &str, lang: &str) -> bool {
+    let lang = lang.trim();
+    if lang.is_empty() {
+        return false;
+    }
+    header.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let tag = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f64>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        if refused || tag.len() < lang.len() {
+            return false;
+        }
+        // Bytes, not `str` slicing: `lang.len()` need not be a char boundary.
+        let (head, rest) = tag.as_bytes().split_at(lang.len());
+        head.eq_ignore_ascii_case(lang.as_bytes()) && rest.first().is_none_or(|&b| b == b'-')
+    })
+}
+
+/// HTML-escapes `s` so that it can never form a tag or end an attribute.
+pub(crate) fn html_escape(s: &str, out: &mut Vec<u8>) {
+    let b = s.as_bytes();
+    let mut last = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let rep: &[u8] = match c {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            b'\'' => b"&#39;",
+            _ => continue,
+        };
+        out.extend_from_slice(&b[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&b[last..]);
+}
+
+/// RFC 3986 unreserved characters: safe anywhere in a URL.
+fn keep_in_component(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// A whole query string keeps its structure (parameters, existing escapes).
+fn keep_in_query(b: u8) -> bool {
+    keep_in_component(b)
+        || matches!(
+            b,
+            b'&' | b'=' | b'%' | b'+' | b'/' | b'?' | b':' | b'@' | b',' | b';'
+        )
+}
+
+/// A host keeps its port and IPv6 brackets, but never `/`, `@` or `?`,
+/// which would move the request to another host or path.
+fn keep_in_host(b: u8) -> bool {
+    keep_in_component(b) || matches!(b, b':' | b'[' | b']')
+}
+
+/// Percent-encodes every byte of `s` for which `keep` is false.
+pub(crate) fn percent_encode(s: &[u8], keep: fn(u8) -> bool, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn var(s: &str) -> Option<VarRef> {
+        parse_var_at(s.as_bytes(), 0).map(|(v, end)| {
+            assert_eq!(end, s.len(), "whole input consumed: {s}");
+            v
+        })
+    }
+
+    fn req() -> RequestVars {
+        RequestVars {
+            host: Some("example.com:8080".into()),
+            referer: Some("http://ref.example/a b".into()),
+            user_agent: Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Firefox/120.0".into()),
+            accept_language: Some("en-GB,fr;q=0.5,de;q=0".into()),
+            cookie: Some("a=1; name = \"Jo\" ; evil=<esi:include src=/x/>; a=2".into()),
+            query_string: Some("x=1&q=hello+world%21&e=%3Cb%3E&flag&x=2&bad=%zz".into()),
+        }
+    }
+
+    fn val(s: &str) -> String {
+        var(s).expect(s).value(&req()).into_owned()
+    }
+
+    #[test]
+    fn syntax() {
+        let v = var("$(HTTP_COOKIE{a}|'d f')").unwrap();
+        assert_eq!(v.name, VarName::Cookie);
+        assert_eq!(v.key.as_deref(), Some("a"));
+        assert_eq!(v.default.as_deref(), Some("d f"));
+        let v = var("$(QUERY_STRING| bare default )").unwrap();
+        assert_eq!(v.key, None);
+        assert_eq!(v.default.as_deref(), Some("bare default"));
+        let v = var("$(X|'a)b|c')").unwrap();
+        assert_eq!(v.default.as_deref(), Some("a)b|c"));
+        assert_eq!(var("$(X|)").unwrap().default.as_deref(), Some(""));
+        assert_eq!(var("$(X{k} | 'y' )").unwrap().default.as_deref(), Some("y"));
+        assert_eq!(var("$(lower)").unwrap().name, VarName::Unknown);
+        for bad in [
+            "$()",
+            "$( X)",
+            "$(X",
+            "$(X{a)",
+            "$(X{a}b)",
+            "$(X|'a)",
+            "$(X|'a'b)",
+            "$(X$(Y))",
+            "$(X|a<b)",
+            "$(X{a\nb})",
+            "$(X|a'b)",
+            "$(X-Y)",
+            "(X)",
+        ] {
+            assert!(parse_var_at(bad.as_bytes(), 0).is_none(), "{bad:?}");
+        }
+        let long = format!("$(X|'{}')", "a".repeat(MAX_VAR_LEN));
+        assert!(parse_var_at(long.as_bytes(), 0).is_none());
+    }
+
+    #[test]
+    fn scanner_resumes_across_chunks() {
+        let s = b"..$(HTTP_COOKIE{a}|'x')..";
+        for cut in 2..s.len() {
+            let mut sc = VarScanner::new(2);
+            let first = sc.scan(&s[..cut]);
+            let r = if first == Scan::More {
+                sc.scan(s)
+            } else {
+                first
+            };
+            assert_eq!(r, Scan::Done(22), "cut {cut}");
+            assert_eq!(sc.build(s).default.as_deref(), Some("x"));
+        }
+    }
+
+    #[test]
+    fn every_variable() {
+        assert_eq!(val("$(HTTP_HOST)"), "example.com:8080");
+        assert_eq!(val("$(HTTP_REFERER)"), "http://ref.example/a b");
+        assert_eq!(val("$(HTTP_COOKIE{a})"), "1");
+        assert_eq!(val("$(HTTP_COOKIE{name})"), "Jo");
+        assert_eq!(val("$(HTTP_COOKIE{nope}|'dflt')"), "dflt");
+        assert!(val("$(HTTP_COOKIE)").starts_with("a=1; name"));
+        assert_eq!(val("$(QUERY_STRING{x})"), "1");
+        assert_eq!(val("$(QUERY_STRING{q})"), "hello world!");
+        assert_eq!(val("$(QUERY_STRING{e})"), "<b>");
+        assert_eq!(val("$(QUERY_STRING{flag}|yes)"), "yes");
+        assert_eq!(val("$(QUERY_STRING{bad})"), "%zz");
+        assert_eq!(val("$(QUERY_STRING{none})"), "");
+        assert!(val("$(QUERY_STRING)").starts_with("x=1&q="));
+        assert_eq!(val("$(HTTP_USER_AGENT{browser})"), "MOZILLA");
+        assert_eq!(val("$(HTTP_USER_AGENT{os})"), "WIN");
+        assert_eq!(val("$(HTTP_USER_AGENT{version})"), "5.0");
+        assert_eq!(val("$(HTTP_USER_AGENT{colour}|c)"), "c");
+        assert_eq!(val("$(HTTP_ACCEPT_LANGUAGE{en})"), "true");
+        assert_eq!(val("$(HTTP_ACCEPT_LANGUAGE{EN-gb})"), "true");
+        assert_eq!(val("$(HTTP_ACCEPT_LANGUAGE{fr})"), "true");
+        assert_eq!(val("$(HTTP_ACCEPT_LANGUAGE{de})"), "false");
+        assert_eq!(val("$(HTTP_ACCEPT_LANGUAGE{e})"), "false");
+        assert_eq!(val("$(HTTP_ACCEPT_LANGUAGE)"), "en-GB,fr;q=0.5,de;q=0");
+        assert_eq!(val("$(HTTP_HOST{x}|'k')"), "k");
+        assert_eq!(val("$(NO_SUCH_VAR)"), "");
+        assert_eq!(val("$(NO_SUCH_VAR|'d')"), "d");
+        let empty = RequestVars::default();
+        let v = var("$(HTTP_ACCEPT_LANGUAGE{en})").unwrap();
+        assert_eq!(v.value(&empty), "false");
+        let v = var("$(HTTP_USER_AGENT{browser}|'none')").unwrap();
+        assert_eq!(v.value(&empty), "none");
+    }
+
+    #[test]
+    fn user_agents() {
+        let table = [
+            (
+                "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)",
+                "MSIE",
+                "WIN",
+                Some("6.0"),
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Trident/7.0; rv:11.0) like Gecko",
+                "MSIE",
+                "WIN",
+                Some("11.0"),
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 Safari/605.1.15",
+                "MOZILLA",
+                "MAC",
+                Some("5.0"),
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+                "MOZILLA",
+                "UNIX",
+                Some("5.0"),
+            ),
+            (
+                "Mozilla/5.0 (Linux; Android 14) Chrome/120.0 Mobile",
+                "MOZILLA",
+                "UNIX",
+                Some("5.0"),
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+                "MOZILLA",
+                "MAC",
+                Some("5.0"),
+            ),
+            ("curl/8.4.0", "OTHER", "OTHER", Some("8.4.0")),
+            ("Opera/9.80 (Darwin) Presto", "OTHER", "OTHER", Some("9.80")),
+            ("Lynx (FreeBSD)", "OTHER", "UNIX", None),
+            ("", "OTHER", "OTHER", None),
+        ];
+        for (ua, b, o, v) in table {
+            assert_eq!(browser(ua), b, "{ua}");
+            assert_eq!(os(ua), o, "{ua}");
+            assert_eq!(browser_version(ua), v, "{ua}");
+        }
+    }
+
+    #[test]
+    fn accept_language_edge_cases() {
+        assert!(accepts_language("en", "en"));
+        assert!(accepts_language(" fr-CA ; q=0.8 , en", "fr"));
+        assert!(!accepts_language("english", "en"));
+        assert!(!accepts_language("en;q=0.0", "en"));
+        assert!(!accepts_language("en", ""));
+        assert!(!accepts_language("é", "e"));
+        assert!(accepts_language("zh-Hant-TW", "zh-hant"));
+    }
+
+    #[test]
+    fn escaping() {
+        let mut out = Vec::new();
+        html_escape("<esi:include src=\"/x\"/> & 'q'", &mut out);
+        assert_eq!(
+            out,
+            b"&lt;esi:include src=&quot;/x&quot;/&gt; &amp; &#39;q&#39;".to_vec()
+        );
+        let mut out = String::new();
+        percent_encode("a b/<\"'>#é".as_bytes(), keep_in_component, &mut out);
+        assert_eq!(out, "a%20b%2F%3C%22%27%3E%23%C3%A9");
+        let mut out = String::new();
+        percent_encode(b"a=1&b=%20+c/d?e:f@g,h;i x\"<#", keep_in_query, &mut out);
+        assert_eq!(out, "a=1&b=%20+c/d?e:f@g,h;i%20x%22%3C%23");
+        let mut out = String::new();
+        percent_encode(b"[::1]:80/evil@x", keep_in_host, &mut out);
+        assert_eq!(out, "[::1]:80%2Fevil%40x");
+    }
+
+    #[test]
+    fn escaped_by_sink() {
+        let r = req();
+        let evil = var("$(HTTP_COOKIE{evil})").unwrap();
+        let mut out = Vec::new();
+        evil.write_markup(&r, &mut out);
+        assert_eq!(out, b"&lt;esi:include src=/x/&gt;".to_vec());
+        let mut out = String::new();
+        evil.write_url(&r, &mut out);
+        assert_eq!(out, "%3Cesi%3Ainclude%20src%3D%2Fx%2F%3E");
+        let mut out = String::new();
+        var("$(HTTP_HOST)").unwrap().write_url(&r, &mut out);
+        assert_eq!(out, "example.com:8080");
+        let mut out = String::new();
+        var("$(QUERY_STRING)").unwrap().write_url(&r, &mut out);
+        assert_eq!(out, "x=1&q=hello+world%21&e=%3Cb%3E&flag&x=2&bad=%zz");
+        let mut out = String::new();
+        var("$(QUERY_STRING{q})").unwrap().write_url(&r, &mut out);
+        assert_eq!(out, "hello%20world%21");
+    }
+}

@@ -1,0 +1,396 @@
+//! Data-driven ESI tests: `tests/fixtures/esi/*.fixture`.
+//!
+//! # Fixture format
+//!
+//! ```text
+//! --- request                      (optional)
+//! cookie: a=1; b=2
+//! query: x=1&y=2
+//! host: example.com
+//! user-agent: Mozilla/5.0 …
+//! accept-language: en-GB,fr;q=0.5
+//! referer: http://ref.example/
+//! --- page
+//! <html>…
+//! --- fragment /fragments/a        (any number; keyed by the evaluated src)
+//! body, may contain ESI
+//! --- fragment /fragments/b status=500
+//! --- expect                       (or `--- expect-error`, empty: the page fails)
+//! …expected output…
+//! --- warnings                     (optional: one expected substring per warning)
+//! ```
+//!
+//! A section header is a line starting with `--- `; its body is the lines up
+//! to the next header, without the newline that precedes that header (or
+//! the end of the file). Bodies are bytes: invalid UTF-8 is fine.
+//!
+//! Every fixture is run on the whole page and on the page fed to the
+//! [`Compiler`] in random chunks (seeded; the seed is in the failure
+//! message), in single bytes, and, for short pages, split at every offset.
+//! The chunked runs must give the same [`Plan`] as the whole page.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use fragcache_core::esi::{Compiler, Plan, RequestVars, Segment, Template};
+
+#[derive(Debug, Default)]
+struct Fixture {
+    name: String,
+    vars: RequestVars,
+    page: Vec<u8>,
+    /// src → (status, body).
+    fragments: HashMap<String, (u16, Vec<u8>)>,
+    /// `None` for `expect-error`.
+    expect: Option<Vec<u8>>,
+    warnings: Option<Vec<String>>,
+}
+
+fn parse_fixture(path: &Path) -> Fixture {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // Offsets of every header line.
+    let mut headers = Vec::new();
+    let mut line_start = 0;
+    while line_start < data.len() {
+        let eol = data[line_start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(data.len(), |p| line_start + p);
+        if data[line_start..eol].starts_with(b"--- ") {
+            headers.push((line_start, eol));
+        }
+        line_start = eol + 1;
+    }
+    let mut fx = Fixture {
+        name: name.clone(),
+        ..Fixture::default()
+    };
+    let mut has_expect = false;
+    for (i, &(h, eol)) in headers.iter().enumerate() {
+        let header = String::from_utf8_lossy(&data[h + 4..eol]).trim().to_owned();
+        let body_start = (eol + 1).min(data.len());
+        let body_end = match headers.get(i + 1) {
+            Some(&(next, _)) => next.saturating_sub(1).max(body_start),
+            None if data.ends_with(b"\n") => (data.len() - 1).max(body_start),
+            None => data.len(),
+        };
+        let body = data[body_start..body_end].to_vec();
+        let mut words = header.split_whitespace();
+        match words.next() {
+            Some("request") => {
+                for line in String::from_utf8_lossy(&body).lines() {
+                    let Some((k, v)) = line.split_once(':') else {
+                        continue;
+                    };
+                    let v = Some(v.trim().to_owned());
+                    match k.trim() {
+                        "cookie" => fx.vars.cookie = v,
+                        "query" => fx.vars.query_string = v,
+                        "host" => fx.vars.host = v,
+                        "user-agent" => fx.vars.user_agent = v,
+                        "accept-language" => fx.vars.accept_language = v,
+                        "referer" => fx.vars.referer = v,
+                        other => panic!("{name}: unknown request field {other:?}"),
+                    }
+                }
+            }
+            Some("page") => fx.page = body,
+            Some("fragment") => {
+                let src = words
+                    .next()
+                    .unwrap_or_else(|| panic!("{name}: fragment without src"));
+                let status = words
+                    .find_map(|w| w.strip_prefix("status="))
+                    .map_or(200, |s| {
+                        s.parse()
+                            .unwrap_or_else(|_| panic!("{name}: bad status {s}"))
+                    });
+                fx.fragments.insert(src.to_owned(), (status, body));
+            }
+            Some("expect") => {
+                fx.expect = Some(body);
+                has_expect = true;
+            }
+            Some("expect-error") => has_expect = true,
+            Some("warnings") => {
+                fx.warnings = Some(
+                    String::from_utf8_lossy(&body)
+                        .lines()
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
+            other => panic!("{name}: unknown section {other:?}"),
+        }
+    }
+    assert!(has_expect, "{name}: no expect section");
+    fx
+}
+
+// ---------------------------------------------------------------------------
+// TEST-ONLY EXPANDER. It stands in for the real assembler (`assemble`) so
+// that the ESI module can be tested on its own; swap it for the assembler
+// once that exists. Rules: a fragment succeeds when present with status
+// < 400; its body is compiled and expanded recursively (depth limit 10). A
+// failed include tries `alt`, then `onerror="continue"` gives nothing,
+// otherwise the failure propagates to the enclosing `esi:try` (which then
+// outputs `except`) or fails the page.
+// ---------------------------------------------------------------------------
+
+const MAX_FRAGMENT_DEPTH: usize = 10;
+
+#[derive(Debug)]
+struct Failed;
+
+fn fetch(fx: &Fixture, src: &str, depth: usize) -> Result<Vec<u8>, Failed> {
+    if depth >= MAX_FRAGMENT_DEPTH {
+        return Err(Failed);
+    }
+    match fx.fragments.get(src) {
+        Some((status, body)) if *status < 400 => {
+            let t = Template::compile(body);
+            let mut out = Vec::new();
+            expand(&t, &t.evaluate(&fx.vars).segments, fx, depth + 1, &mut out)?;
+            Ok(out)
+        }
+        _ => Err(Failed),
+    }
+}
+
+fn expand(
+    t: &Template,
+    segments: &[Segment],
+    fx: &Fixture,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), Failed> {
+    for seg in segments {
+        match seg {
+            Segment::Literal(r) => out.extend_from_slice(&t.source()[r.clone()]),
+            Segment::Text(b) => out.extend_from_slice(b),
+            Segment::Include(inc) => {
+                let got = fetch(fx, &inc.src, depth).or_else(|e| match &inc.alt {
+                    Some(alt) => fetch(fx, alt, depth),
+                    None => Err(e),
+                });
+                match got {
+                    Ok(body) => out.extend_from_slice(&body),
+                    Err(_) if inc.onerror_continue => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Segment::Try { attempt, except } => {
+                let mut buf = Vec::new();
+                match expand(t, attempt, fx, depth, &mut buf) {
+                    Ok(()) => out.extend_from_slice(&buf),
+                    Err(_) => expand(t, except, fx, depth, out)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------- end of expander ----------------------------
+
+fn run_page(fx: &Fixture, t: &Template) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    expand(t, &t.evaluate(&fx.vars).segments, fx, 0, &mut out).ok()?;
+    Some(out)
+}
+
+fn compile_chunked(input: &[u8], cuts: &[usize]) -> Template {
+    let mut c = Compiler::new();
+    let mut last = 0;
+    for &cut in cuts {
+        c.feed(&input[last..cut]);
+        last = cut;
+    }
+    c.feed(&input[last..]);
+    c.finish()
+}
+
+/// xorshift64*: deterministic randomness without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
+    }
+}
+
+fn random_cuts(len: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
+    let max_chunk = [1, 3, 16, 100, 4096][rng.below(5)];
+    let mut cuts = Vec::new();
+    let mut at = 0;
+    loop {
+        at += 1 + rng.below(max_chunk);
+        if at >= len {
+            return cuts;
+        }
+        cuts.push(at);
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Checks that chunked compiles of `input` give the same plan as `whole`.
+fn check_chunking(label: &str, input: &[u8], vars: &RequestVars, whole: &Template) {
+    let plan: Plan = whole.evaluate(vars);
+    for seed in 1..=12u64 {
+        let t = compile_chunked(input, &random_cuts(input.len(), seed));
+        assert!(
+            t.evaluate(vars) == plan && t.warnings() == whole.warnings(),
+            "{label}: random chunks, seed {seed}"
+        );
+    }
+    let ones: Vec<usize> = (1..input.len()).collect();
+    assert!(
+        compile_chunked(input, &ones).evaluate(vars) == plan,
+        "{label}: one-byte chunks"
+    );
+    if input.len() <= 600 {
+        for cut in 0..=input.len() {
+            assert!(
+                compile_chunked(input, &[cut]).evaluate(vars) == plan,
+                "{label}: split at {cut}"
+            );
+        }
+    }
+}
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esi")
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
+        .expect("fixture directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "fixture"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| parse_fixture(p)).collect()
+}
+
+#[test]
+fn all_fixtures() {
+    let all = fixtures();
+    assert!(all.len() >= 40, "only {} fixtures found", all.len());
+    for fx in &all {
+        let name = &fx.name;
+        let t = Template::compile(&fx.page);
+        let got = run_page(fx, &t);
+        match (&fx.expect, &got) {
+            (Some(want), Some(got)) => assert!(
+                want == got,
+                "{name}: output differs\n--- want\n{}\n--- got\n{}",
+                show(want),
+                show(got)
+            ),
+            (None, None) => {}
+            (None, Some(got)) => panic!("{name}: expected an error, got\n{}", show(got)),
+            (Some(_), None) => panic!("{name}: page failed"),
+        }
+        if let Some(want) = &fx.warnings {
+            let msgs: Vec<&str> = t.warnings().iter().map(|w| w.message.as_str()).collect();
+            assert_eq!(msgs.len(), want.len(), "{name}: warnings {msgs:#?}");
+            for (m, w) in msgs.iter().zip(want) {
+                assert!(m.contains(w.as_str()), "{name}: warning {m:?} lacks {w:?}");
+            }
+        }
+        if !t.has_esi() {
+            assert_eq!(got.as_deref(), Some(&fx.page[..]), "{name}: has_esi false");
+        }
+        check_chunking(name, &fx.page, &fx.vars, &t);
+        for (src, (_, body)) in &fx.fragments {
+            let ft = Template::compile(body);
+            check_chunking(&format!("{name} fragment {src}"), body, &fx.vars, &ft);
+        }
+    }
+}
+
+#[test]
+fn fixture_parser_rules() {
+    let dir = std::env::temp_dir().join(format!("esi-fixture-parse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("x.fixture");
+    std::fs::write(
+        &path,
+        b"--- page\nline1\n\nline3\n--- fragment /a status=503\n--- fragment /b\nB\n--- expect\nE\n\n",
+    )
+    .expect("write");
+    let fx = parse_fixture(&path);
+    assert_eq!(fx.page, b"line1\n\nline3");
+    assert_eq!(fx.fragments["/a"], (503, Vec::new()));
+    assert_eq!(fx.fragments["/b"], (200, b"B".to_vec()));
+    assert_eq!(fx.expect.as_deref(), Some(&b"E\n"[..]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tags straddling the chunk boundaries a streaming body typically has
+/// (16 KiB, 64 KiB), with multi-byte UTF-8 right next to them.
+#[test]
+fn tags_straddling_stream_boundaries() {
+    let tag = "<esi:include src=\"/fragments/é\"/>".as_bytes();
+    let vars_tag = b"<esi:vars>$(HTTP_COOKIE{user})</esi:vars>";
+    let mut fx = Fixture {
+        name: "generated".into(),
+        ..Fixture::default()
+    };
+    fx.vars.cookie = Some("user=ann".into());
+    fx.fragments
+        .insert("/fragments/é".into(), (200, "[F€]".as_bytes().to_vec()));
+    for boundary in [16_384usize, 65_536] {
+        for offset_in_tag in [1, 5, 10, tag.len() - 1] {
+            let mut page = Vec::new();
+            let filler = "ü".as_bytes();
+            while page.len() + filler.len() <= boundary - offset_in_tag {
+                page.extend_from_slice(filler);
+            }
+            while page.len() < boundary - offset_in_tag {
+                page.push(b'.');
+            }
+            let at = page.len();
+            page.extend_from_slice(tag);
+            page.extend_from_slice("€".as_bytes());
+            page.extend_from_slice(vars_tag);
+            page.extend_from_slice("ü-end".as_bytes());
+            let mut want = page[..at].to_vec();
+            want.extend_from_slice("[F€]€annü-end".as_bytes());
+
+            let whole = Template::compile(&page);
+            fx.page = page.clone();
+            assert_eq!(run_page(&fx, &whole).as_deref(), Some(&want[..]));
+            for chunk in [16_384, 65_536, 4096, 1000, 7] {
+                let cuts: Vec<usize> = (chunk..page.len()).step_by(chunk).collect();
+                let t = compile_chunked(&page, &cuts);
+                assert!(
+                    t.evaluate(&fx.vars) == whole.evaluate(&fx.vars),
+                    "boundary {boundary}, offset {offset_in_tag}, chunk {chunk}"
+                );
+                assert_eq!(run_page(&fx, &t).as_deref(), Some(&want[..]));
+            }
+            for seed in 1..=4u64 {
+                let t = compile_chunked(&page, &random_cuts(page.len(), seed));
+                assert!(
+                    t.evaluate(&fx.vars) == whole.evaluate(&fx.vars),
+                    "boundary {boundary}, offset {offset_in_tag}, seed {seed}"
+                );
+            }
+        }
+    }
+}
