@@ -134,6 +134,7 @@ struct PageState {
     deadline: u64,
     reports: RefCell<Vec<FragmentReport>>,
     private: Cell<bool>,
+    set_cookies: RefCell<Vec<String>>,
 }
 
 type SegmentFuture = LocalFuture<Result<Vec<u8>, IncludeError>>;
@@ -160,6 +161,7 @@ impl Page {
             deadline: now + u64::from(config.limits.page_timeout_ms),
             reports: RefCell::new(Vec::new()),
             private: Cell::new(false),
+            set_cookies: RefCell::new(Vec::new()),
         });
         let plan: Plan = template.evaluate(&state.vars);
         let base = Rc::new(base);
@@ -179,6 +181,34 @@ impl Page {
             }
         }))
         .await;
+        // Private fragments whose Set-Cookie goes to the client must finish
+        // before the headers are sent (all of them concurrently).
+        let lookups = join_all(lookups.into_iter().map(|pre| async move {
+            match pre {
+                Some(Ok(started)) if started.lookup.wants_set_cookie => {
+                    let Started {
+                        url,
+                        report,
+                        began,
+                        lookup,
+                    } = started;
+                    Some(Ok(Started {
+                        url,
+                        report,
+                        began,
+                        lookup: lookup.settle().await,
+                    }))
+                }
+                other => other,
+            }
+        }))
+        .await;
+        for started in lookups.iter().flatten().flatten() {
+            state
+                .set_cookies
+                .borrow_mut()
+                .extend_from_slice(started.lookup.set_cookies());
+        }
         let mut stream: FuturesOrdered<SegmentFuture> = FuturesOrdered::new();
         for (seg, pre) in plan.segments.into_iter().zip(lookups) {
             stream.push_back(segment_future(
@@ -202,6 +232,12 @@ impl Page {
     /// Whether any include seen so far is user-specific.
     pub fn is_private(&self) -> bool {
         self.state.private.get()
+    }
+
+    /// `Set-Cookie` values of top-level private fragments whose route passes
+    /// them on (`pass_set_cookie`).
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.state.set_cookies.borrow().clone()
     }
 
     /// Reports for the includes seen so far.
@@ -300,21 +336,29 @@ impl PageState {
             return Err(IncludeError::Cycle(id));
         }
         let began = self.loader.ports().clock.now_ms();
+        // Take the report slot before waiting, so reports stay in document order.
+        let report = {
+            let mut reports = self.reports.borrow_mut();
+            reports.push(FragmentReport {
+                path: url.path_and_query(),
+                status: CacheStatus::Miss,
+                age_s: None,
+                ms: 0,
+                depth,
+            });
+            reports.len() - 1
+        };
         let lookup = self.loader.lookup_fragment(&url).await;
         if lookup.private {
             self.private.set(true);
         }
-        let mut reports = self.reports.borrow_mut();
-        reports.push(FragmentReport {
-            path: url.path_and_query(),
-            status: lookup.status,
-            age_s: lookup.age_s,
-            ms: 0,
-            depth,
-        });
+        if let Some(r) = self.reports.borrow_mut().get_mut(report) {
+            r.status = lookup.status;
+            r.age_s = lookup.age_s;
+        }
         Ok(Started {
             url,
-            report: reports.len() - 1,
+            report,
             began,
             lookup,
         })

@@ -404,7 +404,8 @@ pub struct FragmentRoute {
     /// that request (signed-in users get their own copy).
     pub private_if_cookie: Option<String>,
     /// Forward the origin's `Set-Cookie` to the client when the fragment is
-    /// fetched privately. Default `true`.
+    /// fetched privately. Default `false`: headers must wait for such a
+    /// fragment, so turning it on trades time to first byte for cookies.
     pub pass_set_cookie: bool,
 }
 
@@ -1127,7 +1128,7 @@ fn parse_fragment(
         .u32("timeout_ms", &TIMEOUT)?
         .unwrap_or(limits.fragment_timeout_ms);
     let forward_headers = o.names("forward_headers", forward_header)?;
-    let pass_set_cookie = o.bool("pass_set_cookie")?.unwrap_or(true);
+    let pass_set_cookie = o.bool("pass_set_cookie")?.unwrap_or(false);
 
     if private {
         // Settings for a cache that a private fragment never uses are most
@@ -1443,7 +1444,7 @@ mod tests {
         assert!(f.vary.is_empty());
         assert!(f.forward_headers.is_empty());
         assert_eq!(f.private_if_cookie, None);
-        assert!(f.pass_set_cookie);
+        assert!(!f.pass_set_cookie);
     }
 
     #[test]

@@ -351,6 +351,9 @@ pub struct Lookup {
     pub age_s: Option<u64>,
     /// Whether this fragment is user-specific (the page must be private).
     pub private: bool,
+    /// Whether the response headers must wait for this load, because its
+    /// `Set-Cookie` is to be passed to the client.
+    pub wants_set_cookie: bool,
     inner: LookupInner,
 }
 
@@ -370,7 +373,33 @@ impl Lookup {
             status,
             age_s,
             private,
+            wants_set_cookie: false,
             inner: LookupInner::Ready(r),
+        }
+    }
+
+    /// Completes a pending load now, keeping the result for [`Lookup::finish`].
+    pub async fn settle(self) -> Lookup {
+        let (status, age_s, private, wants_set_cookie) =
+            (self.status, self.age_s, self.private, self.wants_set_cookie);
+        let (status, r) = match self.inner {
+            LookupInner::Ready(r) => (status, r),
+            LookupInner::Pending(f) => f.await,
+        };
+        Lookup {
+            status,
+            age_s,
+            private,
+            wants_set_cookie,
+            inner: LookupInner::Ready(r),
+        }
+    }
+
+    /// The `Set-Cookie` values of a settled load.
+    pub fn set_cookies(&self) -> &[String] {
+        match &self.inner {
+            LookupInner::Ready(Ok(f)) => &f.set_cookies,
+            _ => &[],
         }
     }
 
@@ -504,6 +533,7 @@ impl Loader {
             status: CacheStatus::Bypass,
             age_s: None,
             private,
+            wants_set_cookie: private && policy.pass_set_cookie,
             inner: LookupInner::Pending(Box::pin(async move {
                 let result = this.fetch_direct(&url, &policy).await;
                 let status = if result.is_ok() {
@@ -633,6 +663,7 @@ impl Loader {
             status,
             age_s: None,
             private: false,
+            wants_set_cookie: false,
             inner: LookupInner::Pending(Box::pin(async move {
                 match this.wait(&handle, deadline).await {
                     Err(e) => (CacheStatus::Error, Err(e)),

@@ -24,6 +24,7 @@ fn config() -> Rc<Config> {
                          { "path": "/live" } ],
               "fragments": [
                 { "path": "/f/private", "private": true },
+                { "path": "/f/cart", "private": true, "pass_set_cookie": true },
                 { "path": "/f/fail/*", "soft_ttl": 10, "hard_ttl": 300, "cold": "fail", "retry_after": 7 },
                 { "path": "/f/neg", "soft_ttl": 10, "hard_ttl": 300, "negative_ttl": 5 },
                 { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
@@ -482,4 +483,36 @@ fn failed_first_include_fails_the_page_with_retry_after_on_cold_fail_routes() {
         assert_eq!(*status, 503);
         assert_eq!(header(headers, "retry-after"), Some("7"));
     }
+}
+
+#[test]
+fn set_cookie_of_a_private_fragment_reaches_the_client_only_when_configured() {
+    let w = World::new(17);
+    w.sim.origin.script(
+        "/live",
+        Script::ok(
+            r#"<esi:include src="/f/private"/>|<esi:include src="/f/cart"/>"#,
+            0,
+        ),
+    );
+    w.sim.origin.script(
+        "/f/private",
+        Script::ok("p", 5).header("set-cookie", "quiet=1"),
+    );
+    w.sim.origin.script(
+        "/f/cart",
+        Script::ok("c", 30).header("set-cookie", "cart=42"),
+    );
+    let p = page(&w, "/live", Some("session=s"));
+    w.sim.run();
+    let (status, headers, body, ttfb, _) = take(&p);
+    assert_eq!((status, body.as_str()), (200, "p|c"));
+    let cookies: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, vec!["cart=42"]);
+    assert!(ttfb >= 30, "headers waited for the cart fragment");
+    assert_eq!(header(&headers, "cache-control"), Some("private, no-store"));
 }

@@ -34,7 +34,7 @@ use std::ops::Range;
 
 use super::expr::{self, Expr};
 use super::lexer::Tag;
-use super::vars::{parse_var_at, VarName, VarRef};
+use super::vars::{parse_var_at, VarRef};
 use super::{RequestVars, Warning};
 
 /// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
@@ -308,11 +308,9 @@ impl Builder {
         }
     }
 
-    fn warn_unknown_var(&mut self, var: &VarRef, offset: usize) {
-        if var.name == VarName::Unknown {
-            let msg = format!("unknown variable `{}` (always empty)", var.raw_name);
-            self.warn(offset, msg);
-        }
+    fn warn_unknown_name(&mut self, name: &str, offset: usize) {
+        let msg = format!("unknown variable `{name}` (always empty)");
+        self.warn(offset, msg);
     }
 
     /// Literal source bytes.
@@ -324,7 +322,10 @@ impl Builder {
 
     /// A variable reference in `esi:vars` content.
     pub(crate) fn var(&mut self, var: VarRef, offset: usize) {
-        self.warn_unknown_var(&var, offset);
+        if let Some(name) = &var.unknown_name {
+            let name = name.clone();
+            self.warn_unknown_name(&name, offset);
+        }
         self.add_node(Node::Var(var));
     }
 
@@ -502,16 +503,12 @@ impl Builder {
             self.warn(off, "`esi:when` without `test` is always false");
             return Expr::Const(false);
         };
-        match expr::compile(&String::from_utf8_lossy(src)) {
+        match expr::compile(&String::from_utf8_lossy(&src)) {
             Ok(e) => {
                 let mut unknown = Vec::new();
-                e.for_each_var(&mut |v| {
-                    if v.name == VarName::Unknown {
-                        unknown.push(v.clone());
-                    }
-                });
-                for v in &unknown {
-                    self.warn_unknown_var(v, off);
+                e.for_each_var(&mut |v| unknown.extend(v.unknown_name.clone()));
+                for name in unknown {
+                    self.warn_unknown_name(&name, off);
                 }
                 e
             }
@@ -527,28 +524,27 @@ impl Builder {
 
     fn include(&mut self, tag: &Tag<'_>) {
         let off = tag.start;
-        let Some(src) = tag
-            .attr(b"src")
-            .map(<[u8]>::trim_ascii)
-            .filter(|s| !s.is_empty())
-        else {
+        let src = tag.attr(b"src");
+        let Some(src) = src.as_deref().map(<[u8]>::trim_ascii).filter(|s| !s.is_empty()) else {
             self.warn(off, "`esi:include` without `src` dropped");
             return;
         };
         let src = AttrTpl::parse(src);
-        let alt = tag
-            .attr(b"alt")
+        let alt = tag.attr(b"alt");
+        let alt = alt
+            .as_deref()
             .map(<[u8]>::trim_ascii)
             .filter(|s| !s.is_empty())
             .map(AttrTpl::parse);
-        let onerror_continue = tag.attr(b"onerror").map(<[u8]>::trim_ascii) == Some(b"continue");
-        let vars: Vec<VarRef> = src
+        let onerror = tag.attr(b"onerror");
+        let onerror_continue = onerror.as_deref().map(<[u8]>::trim_ascii) == Some(b"continue");
+        let unknown: Vec<String> = src
             .vars()
             .chain(alt.iter().flat_map(AttrTpl::vars))
-            .cloned()
+            .filter_map(|v| v.unknown_name.clone())
             .collect();
-        for v in &vars {
-            self.warn_unknown_var(v, off);
+        for name in unknown {
+            self.warn_unknown_name(&name, off);
         }
         self.add_node(Node::Include {
             src,

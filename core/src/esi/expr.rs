@@ -187,19 +187,22 @@ fn as_number(s: &str) -> Option<f64> {
 }
 
 struct Parser {
-    toks: Vec<Tok>,
-    at: usize,
+    toks: std::iter::Peekable<std::vec::IntoIter<Tok>>,
 }
 
 impl Parser {
-    fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.at)
+    fn peek(&mut self) -> Option<&Tok> {
+        self.toks.peek()
+    }
+
+    fn skip(&mut self) {
+        self.toks.next();
     }
 
     fn or(&mut self, depth: usize) -> Result<Expr, String> {
         let mut items = vec![self.and(depth)?];
         while self.peek() == Some(&Tok::Or) {
-            self.at += 1;
+            self.skip();
             items.push(self.and(depth)?);
         }
         Ok(if items.len() == 1 {
@@ -212,7 +215,7 @@ impl Parser {
     fn and(&mut self, depth: usize) -> Result<Expr, String> {
         let mut items = vec![self.cmp(depth)?];
         while self.peek() == Some(&Tok::And) {
-            self.at += 1;
+            self.skip();
             items.push(self.cmp(depth)?);
         }
         Ok(if items.len() == 1 {
@@ -227,7 +230,7 @@ impl Parser {
         let Some(&Tok::Cmp(op)) = self.peek() else {
             return Ok(left);
         };
-        self.at += 1;
+        self.skip();
         let right = self.unary(depth)?;
         if matches!(self.peek(), Some(Tok::Cmp(_))) {
             return Err("comparisons do not chain".into());
@@ -239,16 +242,14 @@ impl Parser {
         if depth >= MAX_DEPTH {
             return Err(format!("nested deeper than {MAX_DEPTH}"));
         }
-        let tok = self.toks.get(self.at).cloned();
-        self.at += 1;
-        match tok {
+        match self.toks.next() {
             Some(Tok::Not) => Ok(Expr::Not(Box::new(self.unary(depth + 1)?))),
             Some(Tok::LParen) => {
                 let inner = self.or(depth + 1)?;
                 if self.peek() != Some(&Tok::RParen) {
                     return Err("missing `)`".into());
                 }
-                self.at += 1;
+                self.skip();
                 Ok(inner)
             }
             Some(Tok::Lit(s)) => Ok(Expr::Literal(s)),
@@ -265,10 +266,12 @@ pub(crate) fn compile(src: &str) -> Result<Expr, String> {
     if toks.is_empty() {
         return Err("empty expression".into());
     }
-    let mut p = Parser { toks, at: 0 };
+    let mut p = Parser {
+        toks: toks.into_iter().peekable(),
+    };
     let e = p.or(0)?;
-    if p.at != p.toks.len() {
-        return Err(format!("unexpected {:?}", p.toks[p.at]));
+    if let Some(extra) = p.peek() {
+        return Err(format!("unexpected {extra:?}"));
     }
     Ok(e)
 }

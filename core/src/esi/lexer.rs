@@ -374,24 +374,92 @@ impl Lexer {
     }
 }
 
-/// A parsed ESI tag.
+/// A parsed ESI tag. Attributes are parsed on lookup: a tag has few and
+/// the compiler asks for at most three, so this saves an allocation per tag.
 #[derive(Debug)]
 pub(crate) struct Tag<'a> {
     /// Element name without the `esi:` prefix.
     pub(crate) name: &'a [u8],
-    attrs: Vec<(&'a [u8], Cow<'a, [u8]>)>,
+    /// Everything after the name, up to (not including) the `>`.
+    rest: &'a [u8],
     pub(crate) self_closing: bool,
     /// Offset of the `<`.
     pub(crate) start: usize,
 }
 
-impl Tag<'_> {
+impl<'a> Tag<'a> {
     /// The decoded value of the first attribute called `name`.
-    pub(crate) fn attr(&self, name: &[u8]) -> Option<&[u8]> {
-        self.attrs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_ref())
+    pub(crate) fn attr(&self, name: &[u8]) -> Option<Cow<'a, [u8]>> {
+        Attrs {
+            s: self.rest,
+            i: 0,
+            self_closing: false,
+        }
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| decode_entities(v))
+    }
+}
+
+/// Iterates over `(name, raw value)` pairs, leniently: unquoted values,
+/// valueless attributes, stray `=` and `/` are all accepted.
+struct Attrs<'a> {
+    s: &'a [u8],
+    i: usize,
+    /// Set when a `/` followed only by whitespace was skipped: `<x … />`.
+    /// (A `/` inside an unquoted value belongs to the value, as in HTML.)
+    self_closing: bool,
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = self.s;
+        let n = s.len();
+        let mut i = self.i;
+        loop {
+            while i < n && (s[i].is_ascii_whitespace() || s[i] == b'/' || s[i] == b'=') {
+                if s[i] == b'/' {
+                    self.self_closing = s[i + 1..].iter().all(u8::is_ascii_whitespace);
+                }
+                i += 1;
+            }
+            if i >= n {
+                self.i = n;
+                return None;
+            }
+            let name_start = i;
+            while i < n && !s[i].is_ascii_whitespace() && s[i] != b'=' && s[i] != b'/' {
+                i += 1;
+            }
+            let name = &s[name_start..i];
+            while i < n && s[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let mut value: &[u8] = b"";
+            if i < n && s[i] == b'=' {
+                i += 1;
+                while i < n && s[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                if i < n && (s[i] == b'"' || s[i] == b'\'') {
+                    let vstart = i + 1;
+                    let vend = memchr(s[i], &s[vstart..]).map_or(n, |k| vstart + k);
+                    value = &s[vstart..vend];
+                    i = (vend + 1).min(n);
+                } else {
+                    let vstart = i;
+                    while i < n && !s[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    value = &s[vstart..i];
+                }
+            }
+            if !name.is_empty() {
+                self.i = i;
+                return Some((name, value));
+            }
+        }
     }
 }
 
@@ -402,61 +470,17 @@ pub(crate) fn parse_tag(src: &[u8], start: usize, gt: usize, end_tag: bool) -> T
         .iter()
         .position(|&c| !(c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
         .unwrap_or(inner.len());
-    let name = &inner[..name_len];
-    let mut attrs = Vec::new();
-    let mut self_closing = false;
-    let mut i = name_len;
-    let n = inner.len();
-    while i < n {
-        let c = inner[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        if c == b'/' {
-            self_closing = inner[i + 1..].iter().all(u8::is_ascii_whitespace);
-            i += 1;
-            continue;
-        }
-        self_closing = false;
-        let name_start = i;
-        while i < n && !inner[i].is_ascii_whitespace() && inner[i] != b'=' && inner[i] != b'/' {
-            i += 1;
-        }
-        let attr_name = &inner[name_start..i];
-        if attr_name.is_empty() {
-            // A stray `=`.
-            i += 1;
-            continue;
-        }
-        while i < n && inner[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let mut value: &[u8] = b"";
-        if i < n && inner[i] == b'=' {
-            i += 1;
-            while i < n && inner[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            if i < n && (inner[i] == b'"' || inner[i] == b'\'') {
-                let q = inner[i];
-                let vstart = i + 1;
-                let vend = memchr(q, &inner[vstart..]).map_or(n, |k| vstart + k);
-                value = &inner[vstart..vend];
-                i = (vend + 1).min(n);
-            } else {
-                let vstart = i;
-                while i < n && !inner[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                value = &inner[vstart..i];
-            }
-        }
-        attrs.push((attr_name, decode_entities(value)));
-    }
+    let rest = &inner[name_len..];
+    let mut attrs = Attrs {
+        s: rest,
+        i: 0,
+        self_closing: false,
+    };
+    attrs.by_ref().for_each(drop);
+    let self_closing = attrs.self_closing;
     Tag {
-        name,
-        attrs,
+        name: &inner[..name_len],
+        rest,
         self_closing,
         start,
     }
@@ -526,39 +550,39 @@ mod tests {
         parse_tag(s.as_bytes(), 0, gt, s.starts_with("</"))
     }
 
-    fn attr<'a>(t: &'a Tag<'_>, n: &str) -> Option<&'a str> {
+    fn attr(t: &Tag<'_>, n: &str) -> Option<String> {
         t.attr(n.as_bytes())
-            .map(|v| std::str::from_utf8(v).unwrap())
+            .map(|v| String::from_utf8(v.into_owned()).unwrap())
     }
 
     #[test]
     fn attributes() {
         let t = tag("<esi:include src=\"/a\" alt='/b' onerror=continue/>");
         assert_eq!(t.name, b"include");
-        assert_eq!(attr(&t, "src"), Some("/a"));
-        assert_eq!(attr(&t, "alt"), Some("/b"));
+        assert_eq!(attr(&t, "src").as_deref(), Some("/a"));
+        assert_eq!(attr(&t, "alt").as_deref(), Some("/b"));
         // An unquoted value takes the `/` (as in HTML).
-        assert_eq!(attr(&t, "onerror"), Some("continue/"));
+        assert_eq!(attr(&t, "onerror").as_deref(), Some("continue/"));
         assert!(!t.self_closing);
         let t = tag("<esi:include\n\tsrc\n=\n  \"/a b\"\r\n  alt = '/c' />");
-        assert_eq!(attr(&t, "src"), Some("/a b"));
-        assert_eq!(attr(&t, "alt"), Some("/c"));
+        assert_eq!(attr(&t, "src").as_deref(), Some("/a b"));
+        assert_eq!(attr(&t, "alt").as_deref(), Some("/c"));
         assert!(t.self_closing);
         let t = tag("<esi:include src=\"/first\" src=\"/second\" checked = bogus\"x\"/>");
-        assert_eq!(attr(&t, "src"), Some("/first"));
-        assert_eq!(attr(&t, "checked"), Some("bogus\"x\"/"));
+        assert_eq!(attr(&t, "src").as_deref(), Some("/first"));
+        assert_eq!(attr(&t, "checked").as_deref(), Some("bogus\"x\"/"));
         let t = tag("<esi:vars>");
         assert_eq!(t.name, b"vars");
         assert!(!t.self_closing);
         let t = tag("<esi:when test=\"$(A) > 1 & $(B)=='x'\">");
-        assert_eq!(attr(&t, "test"), Some("$(A) > 1 & $(B)=='x'"));
+        assert_eq!(attr(&t, "test").as_deref(), Some("$(A) > 1 & $(B)=='x'"));
         let t = tag("<esi:comment text=\"a\" / >");
         assert!(t.self_closing);
         let t = tag("<esi:include = src=\"/q\" novalue/>");
-        assert_eq!(attr(&t, "src"), Some("/q"));
-        assert_eq!(attr(&t, "novalue"), Some(""));
+        assert_eq!(attr(&t, "src").as_deref(), Some("/q"));
+        assert_eq!(attr(&t, "novalue").as_deref(), Some(""));
         let t = tag("<esi:include src=\"unterminated/>");
-        assert_eq!(attr(&t, "src"), Some("unterminated/"));
+        assert_eq!(attr(&t, "src").as_deref(), Some("unterminated/"));
         let t = tag("</esi:vars >");
         assert_eq!(t.name, b"vars");
     }

@@ -61,8 +61,9 @@ impl VarName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VarRef {
     pub(crate) name: VarName,
-    /// The name as written, for warnings about unknown variables.
-    pub(crate) raw_name: String,
+    /// The name as written when it is unknown (for warnings); `None` for
+    /// known names, which saves an allocation per reference.
+    pub(crate) unknown_name: Option<String>,
     pub(crate) key: Option<String>,
     pub(crate) default: Option<String>,
 }
@@ -242,9 +243,11 @@ impl VarScanner {
                 s
             }
         });
+        let name = VarName::from_bytes(raw);
         VarRef {
-            name: VarName::from_bytes(raw),
-            raw_name: String::from_utf8_lossy(raw).into_owned(),
+            name,
+            unknown_name: (name == VarName::Unknown)
+                .then(|| String::from_utf8_lossy(raw).into_owned()),
             key: self.key.map(text),
             default,
         }
