@@ -22,7 +22,7 @@ const origin = await startOrigin();
 const worker = await startWorker({
   config: {
     origin: origin.url,
-    pages: [{ path: "/page" }],
+    pages: [{ path: "/page", soft_ttl: 60, hard_ttl: 600 }],
     fragments: [{ path: "/f/*", soft_ttl: 2, hard_ttl: 600, jitter: 0, xfetch_beta: 0 }],
   },
 });

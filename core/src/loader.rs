@@ -189,10 +189,12 @@ impl TemplateMemo {
     }
 }
 
-/// Entries this isolate fetched recently. Workers KV is eventually
-/// consistent: a read right after a write (even in the same colo) may still
-/// return the old value or nothing for up to 60 s, so a key this isolate has
-/// just refreshed is answered from here when KV lags behind.
+/// Entries this isolate has seen recently (fetched or read from KV): a
+/// per-isolate memory cache in front of KV. While a copy here is fresh it is
+/// served without a KV read; once stale, KV is asked for a newer one. It
+/// also covers for KV's eventual consistency: a read right after a write may
+/// return the old value, or nothing, for up to 60 s. Only cacheable entries
+/// ever get here; private fragments never do.
 #[derive(Default)]
 pub struct Recent {
     map: RefCell<HashMap<String, (EntryMeta, Rc<Fragment>)>>,
@@ -220,11 +222,10 @@ impl Recent {
         self.bytes.set(self.bytes.get() + size);
     }
 
-    /// The remembered copy of `key` if it is newer than `stored_at`.
-    fn newer_than(&self, key: &str, stored_at: Option<u64>) -> Option<(EntryMeta, Rc<Fragment>)> {
+    /// The remembered copy of `key`.
+    fn get(&self, key: &str) -> Option<(EntryMeta, Rc<Fragment>)> {
         let map = self.map.borrow();
-        let (meta, frag) = map.get(key)?;
-        (stored_at.is_none_or(|s| meta.stored_at > s)).then(|| (meta.clone(), Rc::clone(frag)))
+        map.get(key).map(|(m, f)| (m.clone(), Rc::clone(f)))
     }
 }
 
@@ -482,24 +483,35 @@ impl Loader {
         };
         let key = cache_key(policy.kind, policy.route_id, url, &cache.vary, &self.req);
         let now = self.ports.clock.now_ms();
-        let entry = match self.ports.store.get(&key).await {
-            Ok(e) => e.filter(|e| e.meta.version == META_VERSION),
-            Err(e) => {
-                self.log(
-                    LogLevel::Warn,
-                    &format!("{key}: KV read failed, treating as a miss: {e}"),
-                );
-                None
+        // This isolate's own copy, if still fresh, answers without a KV read;
+        // otherwise KV may hold a newer one (another isolate refreshed it).
+        let mut found = self.shared.recent.get(&key);
+        let fresh_here = found
+            .as_ref()
+            .is_some_and(|(m, _)| m.classify(now) == Freshness::Fresh);
+        if !fresh_here {
+            let entry = match self.ports.store.get(&key).await {
+                Ok(e) => e.filter(|e| e.meta.version == META_VERSION),
+                Err(e) => {
+                    self.log(
+                        LogLevel::Warn,
+                        &format!("{key}: KV read failed, treating as a miss: {e}"),
+                    );
+                    None
+                }
+            };
+            if let Some(e) = entry {
+                if found
+                    .as_ref()
+                    .is_none_or(|(m, _)| e.meta.stored_at > m.stored_at)
+                {
+                    let meta = e.meta.clone();
+                    let frag = Rc::new(Fragment::from_entry(e, &key));
+                    self.shared.recent.remember(&key, &meta, &frag);
+                    found = Some((meta, frag));
+                }
             }
-        };
-        let found = match self
-            .shared
-            .recent
-            .newer_than(&key, entry.as_ref().map(|e| e.meta.stored_at))
-        {
-            Some(newer) => Some(newer),
-            None => entry.map(|e| (e.meta.clone(), Rc::new(Fragment::from_entry(e, &key)))),
-        };
+        }
         if let Some((meta, frag)) = found {
             let now = self.ports.clock.now_ms().max(now);
             let age = Some(meta.age_s(now));

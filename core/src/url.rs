@@ -20,13 +20,17 @@
 //!   string comparison;
 //! - ports `1`–`65535`; the scheme's default port is normalised away;
 //! - paths with dot segments removed per RFC 3986 (never climbing above `/`).
-//!   Percent-encoded octets are kept exactly as written: `%2e%2e` is not `..`
-//!   here, so it cannot climb. Non-ASCII characters and the few ASCII
-//!   characters a WHATWG serialiser would escape are percent-encoded, so the
-//!   canonical form is what `fetch` sends;
+//!   Percent-encoded octets are kept exactly as written (`%2e` is not
+//!   decoded), but a segment that a WHATWG parser would read as `.` or `..`
+//!   because of them is refused (below). Non-ASCII characters and the few
+//!   ASCII characters a WHATWG serialiser would escape are percent-encoded,
+//!   so the canonical form is what `fetch` sends;
 //! - the fragment (`#…`) is dropped: it never reaches a server.
 //!
 //! What is refused: userinfo (`user@host`), backslashes before the query,
+//! path segments of dots spelled with `%2e` (`%2e`, `.%2E`, `%2e%2e` …:
+//! WHATWG `fetch` would remove them as dot segments *after* our route
+//! matching, so `/fragments/%2e%2e/admin` would reach `/admin`),
 //! control characters and whitespace anywhere, `%` or non-ASCII in the host,
 //! numeric hosts other than dotted-decimal IPv4 (`2130706433`, `0x7f.1`,
 //! `017.0.0.1`, `127.1`), empty hosts, and URLs longer than [`MAX_URL_LEN`].
@@ -77,6 +81,13 @@ pub enum UrlError {
     /// The port is not a number from 1 to 65535.
     #[error("invalid port {0:?}")]
     BadPort(String),
+    /// A path segment that is `.` or `..` once its percent-encoded dots
+    /// (`%2e`, `%2E`) are decoded, such as `%2e%2e` or `.%2E`; carries the
+    /// segment as written. A WHATWG parser (and so `fetch`) treats it as a
+    /// dot segment and removes it, which would move the request to another
+    /// path than the one routes were matched on.
+    #[error("percent-encoded dot segment {0:?} in path")]
+    EncodedDotSegment(String),
     /// An origin was expected but the URL has a path, query or fragment.
     #[error("{0:?} is not a bare origin (scheme://host[:port] without path, query or fragment)")]
     NotAnOrigin(String),
@@ -188,8 +199,10 @@ impl Url {
             // Query-only reference: same document, new query.
             self.path.clone()
         } else if before_query.starts_with('/') {
+            check_encoded_dots(before_query)?;
             remove_dot_segments(&encode(before_query, PATH_ESCAPES))
         } else {
+            check_encoded_dots(before_query)?;
             // Merge: replace everything after the base path's last '/'.
             let dir_end = self.path.rfind('/').map_or(0, |i| i + 1);
             let mut merged = String::with_capacity(dir_end + before_query.len());
@@ -470,6 +483,7 @@ fn parse_hierarchical(scheme: Scheme, rest: &str) -> Result<Url, UrlError> {
     let path = if path.is_empty() {
         "/".to_owned()
     } else {
+        check_encoded_dots(path)?;
         remove_dot_segments(&encode(path, PATH_ESCAPES))
     };
     Ok(Url {
@@ -586,8 +600,46 @@ fn encode_query(query: Option<&str>) -> Option<String> {
         .map(|q| encode(q, QUERY_ESCAPES))
 }
 
+/// Refuses a path (before dot-segment removal, and without its query) that
+/// has a segment made of one or two dots of which at least one is written
+/// `%2e` or `%2E`: WHATWG's "single-dot" and "double-dot URL path segment".
+/// Checking the raw path matters: in `/a/%2e%2e/../b` our removal would
+/// drop the `%2e%2e` segment with the `..` and keep `/a/b`, where `fetch`
+/// climbs twice and requests `/b`.
+fn check_encoded_dots(path: &str) -> Result<(), UrlError> {
+    if !path.contains('%') {
+        return Ok(());
+    }
+    for segment in path.split('/') {
+        if segment.contains('%') && is_dot_segment(segment) {
+            return Err(UrlError::EncodedDotSegment(segment.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `segment` is `.` or `..` with each dot written either literally
+/// or as `%2e`/`%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
+}
+
 /// RFC 3986 section 5.2.4, on a path that starts with `/`. Only literal `.`
-/// and `..` segments count; percent-encoded dots are ordinary characters.
+/// and `..` segments count here; segments spelled with percent-encoded
+/// dots were refused earlier ([`check_encoded_dots`]).
 fn remove_dot_segments(path: &str) -> String {
     let mut input = path;
     let mut out = String::with_capacity(path.len());
@@ -681,7 +733,7 @@ mod tests {
             ),
             (
                 "http://example.com/%2e%2e/%2E%2E/x",
-                ok("http://example.com/%2e%2e/%2E%2E/x"),
+                Err(EncodedDotSegment("%2e%2e".into())),
             ),
             (
                 "http://example.com/a/../../../etc",
@@ -803,11 +855,8 @@ mod tests {
             ("?", ok("http://origin.test/pages/index.html")),
             ("/x#frag", ok("http://origin.test/x")),
             ("/a/./b/../c", ok("http://origin.test/a/c")),
-            ("/%2e%2e/secret", ok("http://origin.test/%2e%2e/secret")),
-            (
-                "%2e%2e/%2e%2e/x",
-                ok("http://origin.test/pages/%2e%2e/%2e%2e/x"),
-            ),
+            ("/%2e%2e/secret", Err(EncodedDotSegment("%2e%2e".into()))),
+            ("%2e%2e/%2e%2e/x", Err(EncodedDotSegment("%2e%2e".into()))),
             ("./a:b", ok("http://origin.test/pages/a:b")),
             (
                 "/x?next=http://evil/",
@@ -1041,6 +1090,83 @@ mod tests {
         ] {
             let u = page.resolve(hostile).unwrap();
             assert!(!allow.allows(&u), "{hostile} resolved to {u}");
+        }
+    }
+
+    /// WHATWG reads `%2e` as `.` when it decides what a dot segment is, and
+    /// `fetch` removes such segments after our route matching: every
+    /// spelling is refused, in absolute URLs and in references alike.
+    #[test]
+    fn encoded_dot_segments_are_refused() {
+        let base = Url::parse("http://origin.test/fragments/a").unwrap();
+        let cases = [
+            ("/fragments/%2e%2e/admin", "%2e%2e"),
+            ("/fragments/%2E%2E/admin", "%2E%2E"),
+            ("/a/.%2e/b", ".%2e"),
+            ("/a/%2e./b", "%2e."),
+            ("/a/%2E./b", "%2E."),
+            ("/a/%2e/b", "%2e"),
+            ("/a/%2E", "%2E"),
+            ("/a/%2e%2e", "%2e%2e"),
+            ("/a/%2e%2e?x=1", "%2e%2e"),
+            ("/a/%2e%2e#frag", "%2e%2e"),
+            ("%2e%2e/admin", "%2e%2e"),
+            ("./%2e%2e/admin", "%2e%2e"),
+            ("x/.%2E", ".%2E"),
+            ("%2e", "%2e"),
+            // Our own removal would drop this one together with the `..`
+            // and keep `/a/b`, where `fetch` climbs twice and gets `/b`.
+            ("/a/%2e%2e/../b", "%2e%2e"),
+        ];
+        for (reference, segment) in cases {
+            let want = Err(EncodedDotSegment(segment.into()));
+            assert_eq!(base.resolve(reference), want, "resolve({reference:?})");
+            if reference.starts_with('/') {
+                let absolute = format!("http://origin.test{reference}");
+                assert_eq!(Url::parse(&absolute), want, "parse({absolute:?})");
+                let scheme_relative = format!("//origin.test{reference}");
+                assert_eq!(
+                    base.resolve(&scheme_relative),
+                    want,
+                    "resolve({scheme_relative:?})"
+                );
+            }
+        }
+        assert_eq!(
+            Origin::parse("http://origin.test/%2e"),
+            Err(EncodedDotSegment("%2e".into()))
+        );
+        assert_eq!(
+            EncodedDotSegment("%2e%2e".into()).to_string(),
+            "percent-encoded dot segment \"%2e%2e\" in path"
+        );
+    }
+
+    /// Near misses are ordinary segments for WHATWG too, and stay allowed.
+    #[test]
+    fn encoded_dots_that_are_not_dot_segments() {
+        let base = Url::parse("http://origin.test/fragments/a").unwrap();
+        let cases = [
+            ("/a/%2e%2e%2e/b", "http://origin.test/a/%2e%2e%2e/b"),
+            ("/a/.%2e./b", "http://origin.test/a/.%2e./b"),
+            ("/a/%2ex/b", "http://origin.test/a/%2ex/b"),
+            ("/a/x%2e%2e/b", "http://origin.test/a/x%2e%2e/b"),
+            ("/a/%2e%2e;x/b", "http://origin.test/a/%2e%2e;x/b"),
+            // Double-encoded: `fetch` decodes nothing, so `%252e` stays.
+            ("/a/%252e%252e/b", "http://origin.test/a/%252e%252e/b"),
+            ("/a/%2f%2e%2e/b", "http://origin.test/a/%2f%2e%2e/b"),
+            ("/a/%2/b", "http://origin.test/a/%2/b"),
+            ("/a/%2e%2e-/b", "http://origin.test/a/%2e%2e-/b"),
+            // Only the path counts: the query is never normalised.
+            ("/a?p=/%2e%2e/x", "http://origin.test/a?p=/%2e%2e/x"),
+            ("?%2e%2e", "http://origin.test/fragments/a?%2e%2e"),
+        ];
+        for (reference, want) in cases {
+            let got = base.resolve(reference).map(|u| u.to_string());
+            assert_eq!(got.as_deref(), Ok(want), "resolve({reference:?})");
+        }
+        for ok_url in ["http://origin.test/a/%2e%2e%2e", "http://origin.test/%2ex"] {
+            assert!(Url::parse(ok_url).is_ok(), "{ok_url}");
         }
     }
 

@@ -164,6 +164,10 @@ pub(crate) enum Elem {
     Marker,
 }
 
+/// Number of [`Elem`] variants.
+const ELEM_COUNT: usize = 12;
+const _: () = assert!(Elem::Marker as usize + 1 == ELEM_COUNT);
+
 impl Elem {
     pub(crate) fn from_name(name: &[u8]) -> Option<Elem> {
         Some(match name {
@@ -203,10 +207,10 @@ impl Elem {
 #[derive(Debug)]
 enum Kind {
     Root,
-    /// `esi:vars` and `<!--esi`: content goes to the parent.
+    /// `esi:vars`, `<!--esi`, a misplaced `esi:attempt`: the content
+    /// belongs to the enclosing non-transparent frame and goes straight
+    /// there, so it is never copied from frame to frame.
     Transparent,
-    /// Tag ignored, content goes to the parent.
-    Keep,
     /// Content dropped.
     Discard,
     Choose {
@@ -230,6 +234,10 @@ struct Frame {
     /// `None` only for the root.
     elem: Option<Elem>,
     start: usize,
+    /// Index of the innermost non-transparent frame at or below this one:
+    /// where content inside this frame goes.
+    container: usize,
+    /// Always empty for transparent frames.
     children: Vec<Node>,
 }
 
@@ -237,9 +245,10 @@ struct Frame {
 #[derive(Debug)]
 pub(crate) struct Builder {
     stack: Vec<Frame>,
-    /// Elements opened beyond [`MAX_DEPTH`], so that their end tags can be
-    /// recognised and dropped.
-    overflow: Vec<Elem>,
+    /// Elements opened beyond [`MAX_DEPTH`], counted per element (indexed
+    /// by `Elem as usize`), so that as many of their end tags are dropped.
+    /// Counters rather than a stack: an end tag is handled in O(1).
+    overflow: [usize; ELEM_COUNT],
     inlines: Vec<InlineDef>,
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
@@ -273,9 +282,10 @@ impl Default for Builder {
                 kind: Kind::Root,
                 elem: None,
                 start: 0,
+                container: 0,
                 children: Vec::new(),
             }],
-            overflow: Vec::new(),
+            overflow: [0; ELEM_COUNT],
             inlines: Vec::new(),
             inline_index: HashMap::new(),
             warnings: Vec::new(),
@@ -340,22 +350,20 @@ impl Builder {
     }
 
     fn add_node(&mut self, node: Node) {
-        let Some(top) = self.stack.last_mut() else {
+        let c = self.container();
+        let Some(frame) = self.stack.get_mut(c) else {
             return;
         };
-        match top.kind {
+        match frame.kind {
             // Only branch elements count inside these.
             Kind::Choose { .. } | Kind::Try { .. } | Kind::Discard => {}
-            _ => push_merged(&mut top.children, node),
+            _ => push_merged(&mut frame.children, node),
         }
     }
 
     /// Index of the innermost frame that is not transparent.
     fn container(&self) -> usize {
-        self.stack
-            .iter()
-            .rposition(|f| !matches!(f.kind, Kind::Transparent))
-            .unwrap_or(0)
+        self.stack.last().map_or(0, |f| f.container)
     }
 
     /// An ESI start tag. Returns true when the lexer must skip the content
@@ -471,7 +479,7 @@ impl Builder {
                 (Kind::Discard, Some("repeated in one `esi:try`; dropped"))
             }
             (Elem::Attempt, _) => (
-                Kind::Keep,
+                Kind::Transparent,
                 Some("outside `esi:try`; tag dropped, content kept"),
             ),
             (Elem::Except, _) => (Kind::Discard, Some("outside `esi:try`; dropped")),
@@ -489,7 +497,9 @@ impl Builder {
                 (Kind::Inline(name), None)
             }
             // Not block elements; `start_tag` never sends them here.
-            (Elem::Include | Elem::Comment | Elem::Remove | Elem::Marker, _) => (Kind::Keep, None),
+            (Elem::Include | Elem::Comment | Elem::Remove | Elem::Marker, _) => {
+                (Kind::Transparent, None)
+            }
         };
         if let Some(p) = problem {
             self.warn(off, format!("`{}` {p}", elem.as_str()));
@@ -525,7 +535,11 @@ impl Builder {
     fn include(&mut self, tag: &Tag<'_>) {
         let off = tag.start;
         let src = tag.attr(b"src");
-        let Some(src) = src.as_deref().map(<[u8]>::trim_ascii).filter(|s| !s.is_empty()) else {
+        let Some(src) = src
+            .as_deref()
+            .map(<[u8]>::trim_ascii)
+            .filter(|s| !s.is_empty())
+        else {
             self.warn(off, "`esi:include` without `src` dropped");
             return;
         };
@@ -561,7 +575,7 @@ impl Builder {
                 elem.as_str()
             );
             self.warn(offset, msg);
-            self.overflow.push(elem);
+            self.overflow[elem as usize] += 1;
             return false;
         }
         match elem {
@@ -569,10 +583,16 @@ impl Builder {
             Elem::Marker => self.marker_depth += 1,
             _ => {}
         }
+        let container = if matches!(kind, Kind::Transparent) {
+            self.container()
+        } else {
+            self.stack.len()
+        };
         self.stack.push(Frame {
             kind,
             elem: Some(elem),
             start: offset,
+            container,
             children: Vec::new(),
         });
         true
@@ -595,8 +615,8 @@ impl Builder {
     }
 
     fn close(&mut self, elem: Elem, offset: usize) {
-        if let Some(i) = self.overflow.iter().rposition(|&e| e == elem) {
-            self.overflow.truncate(i);
+        if self.overflow[elem as usize] > 0 {
+            self.overflow[elem as usize] -= 1;
             return;
         }
         let Some(j) = self.stack.iter().rposition(|f| f.elem == Some(elem)) else {
@@ -605,7 +625,7 @@ impl Builder {
             return;
         };
         // Whatever overflowed was opened inside the frames being closed.
-        self.overflow.clear();
+        self.overflow = [0; ELEM_COUNT];
         while self.stack.len() > j + 1 {
             if let Some(top) = self.stack.last() {
                 let msg = format!(
@@ -635,12 +655,7 @@ impl Builder {
         }
         let c = self.container();
         match f.kind {
-            Kind::Root | Kind::Discard => {}
-            Kind::Transparent | Kind::Keep => {
-                for n in f.children {
-                    self.add_node(n);
-                }
-            }
+            Kind::Root | Kind::Discard | Kind::Transparent => {}
             Kind::Choose { whens, otherwise } => self.add_node(Node::Choose {
                 whens,
                 otherwise: otherwise.unwrap_or_default(),

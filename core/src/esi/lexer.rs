@@ -14,8 +14,9 @@
 //!
 //! # What is recognised
 //!
-//! Plain text is skipped with `memchr`, looking only for `<` (and `$` inside
-//! `esi:vars`, `-` inside `<!--esi`):
+//! Plain markup is skipped with `memmem`, looking for `esi:` and `<!--esi`
+//! (rarer than `<`, which is everywhere in HTML); inside `esi:vars` and
+//! `<!--esi` it is skipped with `memchr`, looking for `<`, `$` and `-`:
 //!
 //! - `<esi:` + letter: a start tag; `</esi:` + letter: an end tag. Names and
 //!   prefixes are case-sensitive. A tag ends at the first `>` outside a
@@ -39,6 +40,7 @@
 
 use std::borrow::Cow;
 
+use memchr::memmem::Finder;
 use memchr::{memchr, memchr2, memchr3};
 
 use super::compile::Builder;
@@ -75,6 +77,59 @@ pub(crate) struct Lexer {
     pos: usize,
     /// Start of literal text not yet reported to the builder.
     text_start: usize,
+    /// `esi:` (the common part of start and end tags).
+    tags: Seek,
+    markers: Seek,
+}
+
+/// A substring search that remembers what it already knows about the
+/// buffer, so that asking again after more input (or after handling the
+/// previous hit) does not rescan: every byte is searched about once.
+#[derive(Debug)]
+struct Seek {
+    finder: Finder<'static>,
+    /// No occurrence starts in `lo..hi`; with `hit`, one starts at `hi`.
+    lo: usize,
+    hi: usize,
+    hit: bool,
+}
+
+impl Seek {
+    fn new(needle: &'static [u8]) -> Self {
+        Seek {
+            finder: Finder::new(needle),
+            lo: 0,
+            hi: 0,
+            hit: false,
+        }
+    }
+
+    /// The first occurrence starting at or after `from`.
+    fn next(&mut self, src: &[u8], from: usize) -> Option<usize> {
+        let (lo, start) = if (self.lo..=self.hi).contains(&from) {
+            if self.hit {
+                return Some(self.hi);
+            }
+            (self.lo, self.hi)
+        } else {
+            (from, from)
+        };
+        self.lo = lo;
+        match self.finder.find(&src[start.min(src.len())..]) {
+            Some(k) => {
+                self.hi = start + k;
+                self.hit = true;
+                Some(self.hi)
+            }
+            None => {
+                // An occurrence may still start in the last `len - 1` bytes.
+                let partial = self.finder.needle().len() - 1;
+                self.hi = src.len().saturating_sub(partial).max(start);
+                self.hit = false;
+                None
+            }
+        }
+    }
 }
 
 /// Whether a step made progress or needs more input.
@@ -156,6 +211,8 @@ impl Lexer {
             state: State::Text,
             pos: 0,
             text_start: 0,
+            tags: Seek::new(b"esi:"),
+            markers: Seek::new(b"<!--esi"),
         }
     }
 
@@ -192,10 +249,51 @@ impl Lexer {
         self.text_start = at;
     }
 
+    /// Where the next `<esi:`, `</esi:` or `<!--esi` at or after `pos`
+    /// might start (`classify` confirms), or `None` if none can start
+    /// before the last few bytes of the buffer.
+    fn next_construct(&mut self, src: &[u8]) -> Option<usize> {
+        let mut from = self.pos;
+        let tag = loop {
+            let Some(h) = self.tags.next(src, from) else {
+                break None;
+            };
+            let start = if h >= 1 && src[h - 1] == b'<' {
+                Some(h - 1)
+            } else if h >= 2 && &src[h - 2..h] == b"</" {
+                Some(h - 2)
+            } else {
+                None
+            };
+            match start {
+                Some(s) if s >= self.pos => break Some(s),
+                _ => from = h + 1,
+            }
+        };
+        let marker = self.markers.next(src, self.pos);
+        match (tag, marker) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (t, m) => t.or(m),
+        }
+    }
+
     fn text(&mut self, src: &[u8], b: &mut Builder, eof: bool) -> Step {
         let hay = &src[self.pos..];
         let found = match (b.in_vars(), b.in_marker()) {
-            (false, false) => memchr(b'<', hay),
+            // Plain markup, the common case: `<` is everywhere in HTML, so
+            // look for the rarer `esi:` and `<!--esi` instead.
+            (false, false) => {
+                let Some(at) = self.next_construct(src) else {
+                    // A construct may begin in the last 6 bytes (`<!--esi` is 7).
+                    self.pos = if eof {
+                        src.len()
+                    } else {
+                        src.len().saturating_sub(6).max(self.pos)
+                    };
+                    return Step::Wait;
+                };
+                Some(at - self.pos)
+            }
             (true, false) => memchr2(b'<', b'$', hay),
             (false, true) => memchr2(b'<', b'-', hay),
             (true, true) => memchr3(b'<', b'$', b'-', hay),
@@ -393,7 +491,7 @@ impl<'a> Tag<'a> {
         Attrs {
             s: self.rest,
             i: 0,
-            self_closing: false,
+            last_slash: None,
         }
         .find(|(n, _)| *n == name)
         .map(|(_, v)| decode_entities(v))
@@ -405,9 +503,9 @@ impl<'a> Tag<'a> {
 struct Attrs<'a> {
     s: &'a [u8],
     i: usize,
-    /// Set when a `/` followed only by whitespace was skipped: `<x … />`.
-    /// (A `/` inside an unquoted value belongs to the value, as in HTML.)
-    self_closing: bool,
+    /// The last `/` skipped between attributes (a `/` inside an unquoted
+    /// value belongs to the value, as in HTML).
+    last_slash: Option<usize>,
 }
 
 impl<'a> Iterator for Attrs<'a> {
@@ -420,7 +518,7 @@ impl<'a> Iterator for Attrs<'a> {
         loop {
             while i < n && (s[i].is_ascii_whitespace() || s[i] == b'/' || s[i] == b'=') {
                 if s[i] == b'/' {
-                    self.self_closing = s[i + 1..].iter().all(u8::is_ascii_whitespace);
+                    self.last_slash = Some(i);
                 }
                 i += 1;
             }
@@ -474,10 +572,12 @@ pub(crate) fn parse_tag(src: &[u8], start: usize, gt: usize, end_tag: bool) -> T
     let mut attrs = Attrs {
         s: rest,
         i: 0,
-        self_closing: false,
+        last_slash: None,
     };
     attrs.by_ref().for_each(drop);
-    let self_closing = attrs.self_closing;
+    // `<esi:x … />`: the last byte before `>`, spaces aside, is a bare `/`.
+    let end = rest.trim_ascii_end().len();
+    let self_closing = attrs.last_slash.is_some_and(|p| p + 1 == end);
     Tag {
         name: &inner[..name_len],
         rest,

@@ -649,6 +649,26 @@ fn pathological_inputs_stay_linear_byte_by_byte() {
         format!("<esi:vars>$(X|'{}", "b".repeat(n)).into_bytes(),
         // Remove with many near-miss end tags.
         format!("<esi:remove>{}", "</esi:remov</esi:remove ".repeat(n / 20)).into_bytes(),
+        // Many `esi:` that do not start a tag, and tags of unknown names.
+        "xesi:/esi:esi:<esi:0".repeat(n / 10).into_bytes(),
+        "<esi:x>".repeat(n / 5).into_bytes(),
+        // Far too deep, then end tags that match nothing.
+        format!(
+            "{}{}",
+            "<esi:vars>".repeat(n / 10),
+            "</esi:choose>".repeat(n / 10)
+        )
+        .into_bytes(),
+        // Lots of content inside the deepest allowed nesting.
+        format!(
+            "{}{}{}",
+            "<esi:vars><!--esi ".repeat(MAX_DEPTH),
+            "$(HTTP_HOST)x".repeat(n / 10),
+            " --></esi:vars>".repeat(MAX_DEPTH)
+        )
+        .into_bytes(),
+        // One huge tag full of slashes, `=` and attributes.
+        format!("<esi:include {}>", "/ = a=b ".repeat(n / 2)).into_bytes(),
         // Markers with many dashes.
         format!("<!--esi {}", "-- - --".repeat(n / 5)).into_bytes(),
     ];
@@ -684,6 +704,8 @@ const SAMPLES: &[&str] = &[
     "<esi:when test=\"1\">x</esi:when><esi:attempt>y</esi:attempt><esi:except>z</esi:except>",
     "<esi:include src=\"a\"/><esi:include src=\"b\"/><esi:include src=\"c\"/>",
     "<!--esi<!--esi-->-->",
+    "design esi: xesi:a /esi:b <esi:<esi:a/esi:</esi: <!--es<!--esi--><esi:include src=e/>esi:",
+    "<!--esi x <!--esi y--> z--> <esi:vars>-- -> --></esi:vars>",
     "<esi:include src='it\"s>'/>",
 ];
 
@@ -748,4 +770,77 @@ fn warning_display() {
         message: "oops".into(),
     };
     assert_eq!(w.to_string(), "ESI at byte 7: oops");
+}
+
+/// Random documents made of ESI fragments, near misses and odd bytes: any
+/// chunking must give the same template, and nothing may panic.
+#[test]
+fn chunk_safety_fuzz() {
+    const TOKENS: &[&[u8]] = &[
+        b"<esi:include src=\"/a\"/>",
+        b"<esi:include src='/$(HTTP_HOST)' alt=/b onerror=continue>",
+        b"<esi:vars>",
+        b"</esi:vars>",
+        b"$(HTTP_HOST)",
+        b"$(QUERY_STRING{q}|'d')",
+        b"$(",
+        b"<!--esi",
+        b"-->",
+        b"<esi:remove>",
+        b"</esi:remove>",
+        b"<esi:choose>",
+        b"<esi:when test=\"$(HTTP_HOST) == 'h' | 1 > 0\">",
+        b"</esi:when>",
+        b"<esi:otherwise>",
+        b"</esi:otherwise>",
+        b"</esi:choose>",
+        b"<esi:try>",
+        b"<esi:attempt>",
+        b"</esi:attempt>",
+        b"<esi:except>",
+        b"</esi:except>",
+        b"</esi:try>",
+        b"<esi:inline name=\"/a\">",
+        b"</esi:inline>",
+        b"<esi:comment text=\"c\"/>",
+        b"<esi:",
+        b"</esi:",
+        b"esi:",
+        b"<",
+        b">",
+        b"/",
+        b"\"",
+        b"'",
+        b"-",
+        b"$",
+        b"x",
+        b"\n",
+        b"\xff",
+        "é".as_bytes(),
+    ];
+    let v = vars();
+    for seed in 1..=400u64 {
+        let mut rng = Rng::new(seed);
+        let mut doc = Vec::new();
+        for _ in 0..rng.below(80) {
+            doc.extend_from_slice(TOKENS[rng.below(TOKENS.len())]);
+        }
+        let whole = Template::compile(&doc);
+        let plan = whole.evaluate(&v);
+        for _ in 0..3 {
+            let max = 1 + rng.below(12);
+            let mut cuts = Vec::new();
+            let mut at = 0;
+            loop {
+                at += 1 + rng.below(max);
+                if at >= doc.len() {
+                    break;
+                }
+                cuts.push(at);
+            }
+            let t = compile_chunks(&doc, &cuts);
+            assert!(t == whole, "seed {seed}");
+            assert!(t.evaluate(&v) == plan, "seed {seed}");
+        }
+    }
 }
