@@ -19,7 +19,7 @@ use fragcache_core::cache::EntryMeta;
 use fragcache_core::loader::HOP_BY_HOP;
 use fragcache_core::ports::{
     Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
-    OriginRequest, OriginResponse, Ports, Rng, StoreError, StoredEntry,
+    OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake,
 };
 use fragcache_core::url::Url;
 
@@ -31,6 +31,7 @@ pub fn ports(kv: KvStore, ctx: Rc<Context>) -> Ports {
         clock: Rc::new(WorkerClock),
         rng: Rc::new(CryptoRng),
         background: Rc::new(WaitUntil(ctx)),
+        signals: Rc::new(PromiseSignals),
         log: Rc::new(Console),
     }
 }
@@ -153,6 +154,38 @@ impl Clock for WorkerClock {
     }
     fn sleep(&self, ms: u64) -> LocalFuture<()> {
         Box::pin(Delay::from(Duration::from_millis(ms)))
+    }
+}
+
+/// A signal made of this request's own promise raced with its own timer.
+///
+/// The resolver may be called from another request (the single-flight
+/// leader): workerd then resumes the promise in *this* request's context
+/// (`handle_cross_request_promise_resolution`, on by default since
+/// compatibility date 2024-10-14). The timer matters too: a request with
+/// nothing pending of its own is cancelled as hung, so the wait must always
+/// include a timer this request created. Measured under Miniflare with 200
+/// concurrent followers (DESIGN §4).
+struct PromiseSignals;
+
+impl Signals for PromiseSignals {
+    fn signal(&self, timeout_ms: u64) -> (Wake, LocalFuture<()>) {
+        let mut resolver: Option<js_sys::Function> = None;
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| resolver = Some(resolve));
+        let wake: Wake = match resolver {
+            Some(resolve) => Box::new(move || {
+                let _ = resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);
+            }),
+            // The executor runs synchronously, so this never happens; the
+            // timer alone still ends the wait.
+            None => Box::new(|| {}),
+        };
+        let timer = Delay::from(Duration::from_millis(timeout_ms));
+        let fut = async move {
+            let resolved = wasm_bindgen_futures::JsFuture::from(promise);
+            let _ = select(resolved, timer).await;
+        };
+        (wake, Box::pin(fut))
     }
 }
 

@@ -12,7 +12,8 @@
 //! 2. [`Lookup::finish`] completes a pending load: a private fetch for this
 //!    request alone, or a cold load through the single-flight map, where the
 //!    leader's fetch runs as background work and everyone, leader included,
-//!    polls for the outcome with their own timer (see [`crate::cache::flight`]).
+//!    waits for the outcome on a signal of their own (see
+//!    [`crate::cache::flight`] and [`crate::ports::Signals`]).
 //!
 //! What the origin returns decides what is stored ([`crate::cache::policy`]).
 //! A refresh that fails never overwrites a good entry, and sets the key's
@@ -35,11 +36,6 @@ use crate::ports::{
 };
 use crate::request::ClientRequest;
 use crate::url::Url;
-
-/// How often a waiting request looks at the leader's outcome (ms). Measured
-/// in workerd: a 10 ms timer created by the waiting request itself is safe
-/// under hundreds of concurrent followers.
-pub const POLL_MS: u64 = 10;
 
 /// Header that tells the origin we process ESI (Edge Architecture Spec).
 pub const SURROGATE_CAPABILITY: (&str, &str) = ("surrogate-capability", "fragcache=\"ESI/1.0\"");
@@ -229,11 +225,17 @@ impl Recent {
     }
 }
 
+/// An entry as held in memory: metadata and the shareable fragment.
+type Cached = (EntryMeta, Rc<Fragment>);
+
 /// State shared by every request in one isolate.
 #[derive(Default)]
 pub struct Shared {
     /// In-flight origin loads by cache key.
     pub flights: Rc<Flights<Outcome>>,
+    /// In-flight KV reads by cache key: a burst on a key this isolate has
+    /// no fresh copy of makes one KV read, not one per request.
+    reads: Rc<Flights<Option<Cached>>>,
     /// Back-off after failed refreshes.
     pub backoff: Backoff,
     /// Compiled templates.
@@ -489,26 +491,16 @@ impl Loader {
         let fresh_here = found
             .as_ref()
             .is_some_and(|(m, _)| m.classify(now) == Freshness::Fresh);
-        if !fresh_here {
-            let entry = match self.ports.store.get(&key).await {
-                Ok(e) => e.filter(|e| e.meta.version == META_VERSION),
-                Err(e) => {
-                    self.log(
-                        LogLevel::Warn,
-                        &format!("{key}: KV read failed, treating as a miss: {e}"),
-                    );
-                    None
-                }
-            };
-            if let Some(e) = entry {
+        // While a fetch of this key is in flight here, KV cannot know better
+        // than its outcome: a burst on a cold or stale key then costs one KV
+        // read, not one per request.
+        if !fresh_here && !self.shared.flights.in_flight(&key) {
+            if let Some(read) = self.read(&key, policy.timeout_ms).await {
                 if found
                     .as_ref()
-                    .is_none_or(|(m, _)| e.meta.stored_at > m.stored_at)
+                    .is_none_or(|(m, _)| read.0.stored_at > m.stored_at)
                 {
-                    let meta = e.meta.clone();
-                    let frag = Rc::new(Fragment::from_entry(e, &key));
-                    self.shared.recent.remember(&key, &meta, &frag);
-                    found = Some((meta, frag));
+                    found = Some(read);
                 }
             }
         }
@@ -534,6 +526,47 @@ impl Loader {
             }
         }
         self.cold(key, url.clone(), policy, cache)
+    }
+
+    /// Reads `key` from KV, sharing one read among concurrent requests of
+    /// this isolate. A read error counts as absent.
+    async fn read(&self, key: &str, timeout_ms: u32) -> Option<Cached> {
+        let now = self.ports.clock.now_ms();
+        let reads = Rc::clone(&self.shared.reads);
+        match reads.join(key, now) {
+            Join::Leader(guard) => {
+                let result = match self.ports.store.get(key).await {
+                    Ok(e) => e.filter(|e| e.meta.version == META_VERSION).map(|e| {
+                        let meta = e.meta.clone();
+                        let frag = Rc::new(Fragment::from_entry(e, key));
+                        self.shared.recent.remember(key, &meta, &frag);
+                        (meta, frag)
+                    }),
+                    Err(e) => {
+                        self.log(
+                            LogLevel::Warn,
+                            &format!("{key}: KV read failed, treating as a miss: {e}"),
+                        );
+                        None
+                    }
+                };
+                guard.complete(result.clone());
+                result
+            }
+            Join::Follower(handle) => {
+                let deadline = now + u64::from(timeout_ms);
+                match self.wait(&reads, &handle, deadline).await {
+                    Ok(r) => (*r).clone(),
+                    // The reading request went away: read for ourselves.
+                    Err(_) => match self.ports.store.get(key).await {
+                        Ok(Some(e)) if e.meta.version == META_VERSION => {
+                            Some((e.meta.clone(), Rc::new(Fragment::from_entry(e, key))))
+                        }
+                        _ => None,
+                    },
+                }
+            }
+        }
     }
 
     /// A load that never touches the cache nor other requests.
@@ -677,7 +710,7 @@ impl Loader {
             private: false,
             wants_set_cookie: false,
             inner: LookupInner::Pending(Box::pin(async move {
-                match this.wait(&handle, deadline).await {
+                match this.wait(&this.shared.flights, &handle, deadline).await {
                     Err(e) => (CacheStatus::Error, Err(e)),
                     Ok(outcome) => match &*outcome {
                         Outcome::Shared(f) => (status, Ok(Rc::clone(f))),
@@ -703,13 +736,15 @@ impl Loader {
         }
     }
 
-    /// Polls a flight with this request's own timer until it has an outcome
-    /// or `deadline` passes.
-    async fn wait(
+    /// Waits for a flight's outcome until `deadline`, on a signal owned by
+    /// this request (its own promise and timer in the Worker), registered
+    /// with the flight so that publishing the outcome wakes it.
+    async fn wait<T>(
         &self,
-        handle: &FlightHandle<Outcome>,
+        flights: &Flights<T>,
+        handle: &FlightHandle<T>,
         deadline: u64,
-    ) -> Result<Rc<Outcome>, LoadError> {
+    ) -> Result<Rc<T>, LoadError> {
         let started = self.ports.clock.now_ms();
         loop {
             if let Some(o) = handle.outcome() {
@@ -719,11 +754,16 @@ impl Loader {
             if now >= deadline {
                 return Err(LoadError::WaitTimeout(now - started));
             }
-            if handle.outcome().is_none() && !self.shared.flights.is_live(handle) {
+            if !flights.is_live(handle) {
                 // The leader went away without publishing anything.
                 return Err(LoadError::Abandoned);
             }
-            self.ports.clock.sleep(POLL_MS.min(deadline - now)).await;
+            // No await between the checks above and registering: nothing can
+            // publish in between (one thread), so no wake-up is lost.
+            let (wake, signal) = self.ports.signals.signal(deadline - now);
+            let id = handle.add_waiter(wake);
+            signal.await;
+            handle.remove_waiter(id);
         }
     }
 

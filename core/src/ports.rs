@@ -44,6 +44,20 @@ pub trait Rng {
     }
 }
 
+/// Completes one waiting request's [`Signals::signal`] future. May be
+/// called from another request (it only resolves the waiter's own promise).
+pub type Wake = Box<dyn FnOnce()>;
+
+/// One request waking another without sharing futures.
+pub trait Signals {
+    /// Creates a signal owned by the current request: a future that
+    /// completes when the returned [`Wake`] is called (from any request) or
+    /// after `timeout_ms`, whichever comes first. In the Worker the future
+    /// is the request's own promise raced with its own timer, which is the
+    /// only way workerd lets one request resume another (DESIGN §4).
+    fn signal(&self, timeout_ms: u64) -> (Wake, LocalFuture<()>);
+}
+
 /// Work that must outlive the response (`ctx.wait_until` in the Worker).
 pub trait Background {
     /// Runs `fut` to completion even if the client goes away.
@@ -169,6 +183,8 @@ pub struct Ports {
     pub rng: Rc<dyn Rng>,
     /// Work that outlives the response.
     pub background: Rc<dyn Background>,
+    /// Cross-request wake-ups for single-flight followers.
+    pub signals: Rc<dyn Signals>,
     /// Diagnostics.
     pub log: Rc<dyn Log>,
 }

@@ -22,9 +22,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+use futures_util::future::select;
+
 use crate::ports::{
     Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
-    OriginRequest, OriginResponse, Ports, Rng, StoreError, StoredEntry,
+    OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake as WakeFn,
 };
 
 /// Wakes a task by pushing its id on the ready queue.
@@ -169,6 +171,53 @@ impl Clock for SimClockPort {
             at: self.0.now.get() + ms,
             id: None,
         })
+    }
+}
+
+/// A signal: fired by a [`Wake`], or times out on the virtual clock.
+struct SimSignals(Rc<SimClock>);
+
+#[derive(Default)]
+struct SignalState {
+    fired: bool,
+    waker: Option<Waker>,
+}
+
+struct Fired(Rc<RefCell<SignalState>>);
+
+impl Future for Fired {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.0.borrow_mut();
+        if st.fired {
+            Poll::Ready(())
+        } else {
+            st.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+impl Signals for SimSignals {
+    fn signal(&self, timeout_ms: u64) -> (WakeFn, LocalFuture<()>) {
+        let state = Rc::new(RefCell::new(SignalState::default()));
+        let waker_state = Rc::clone(&state);
+        let wake: WakeFn = Box::new(move || {
+            let waker = {
+                let mut st = waker_state.borrow_mut();
+                st.fired = true;
+                st.waker.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        });
+        let sleep = SimClockPort(Rc::clone(&self.0)).sleep(timeout_ms);
+        let fut = async move {
+            // Either way the wait is over; the caller re-checks the outcome.
+            let _ = select(Fired(state), sleep).await;
+        };
+        (wake, Box::pin(fut))
     }
 }
 
@@ -518,6 +567,7 @@ impl Sim {
             clock: Rc::new(SimClockPort(Rc::clone(&self.clock))),
             rng: Rc::clone(&self.rng) as Rc<dyn Rng>,
             background: Rc::new(SimBackground(Rc::clone(&self.exec))),
+            signals: Rc::new(SimSignals(Rc::clone(&self.clock))),
             log: Rc::clone(&self.log) as Rc<dyn Log>,
         }
     }

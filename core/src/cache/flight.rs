@@ -6,19 +6,24 @@
 //! waits for the leader's outcome.
 //!
 //! What crosses between requests is only plain data: the outcome is written
-//! into a shared cell and followers *poll* that cell with their own timer
-//! ([`crate::ports::Clock::sleep`]). Nothing here holds a waker, a channel or
-//! a future that one request completes for another, because workerd ties
-//! every promise to the request that created it: a follower woken by the
-//! leader's future would resume inside the leader's request (see DESIGN §4).
+//! into a shared cell. A waiting request registers a [`Wake`] created by
+//! its *own* request (in the Worker: the resolver of its own promise, which
+//! it races with its own timer; see [`crate::ports::Signals`]); publishing
+//! the outcome calls every registered wake. Nothing here holds a Rust waker,
+//! a channel or a future that one request completes for another, because
+//! workerd ties every promise to the request that created it: a follower
+//! woken by the leader's future would resume inside the leader's request
+//! (DESIGN §4).
 //!
 //! The leader's [`LeaderGuard`] removes the map entry when the load ends,
 //! success or failure, and also when it is dropped without an outcome, so a
 //! failed or cancelled load never poisons later requests.
 
-use std::cell::RefCell;
+use std::cell::{Cell as StdCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+
+use crate::ports::Wake;
 
 /// A finished load as shared with followers.
 pub type Shared<T> = Rc<T>;
@@ -27,6 +32,18 @@ struct Cell<T> {
     key: String,
     started_at: u64,
     outcome: RefCell<Option<Rc<T>>>,
+    waiters: RefCell<Vec<(u64, Wake)>>,
+    next_waiter: StdCell<u64>,
+}
+
+impl<T> Cell<T> {
+    /// Calls every registered wake (outside any borrow: a wake may re-enter).
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for (_, wake) in waiters {
+            wake();
+        }
+    }
 }
 
 /// A follower's view of a flight: poll [`FlightHandle::outcome`].
@@ -51,6 +68,25 @@ impl<T> FlightHandle<T> {
     /// When the leader started (ms).
     pub fn started_at(&self) -> u64 {
         self.cell.started_at
+    }
+
+    /// Registers `wake` to be called when the outcome is published or the
+    /// flight is abandoned. Returns an id for [`FlightHandle::remove_waiter`].
+    pub fn add_waiter(&self, wake: Wake) -> u64 {
+        let id = self.cell.next_waiter.get();
+        self.cell.next_waiter.set(id + 1);
+        self.cell.waiters.borrow_mut().push((id, wake));
+        id
+    }
+
+    /// Forgets a waiter that stopped waiting (it timed out).
+    pub fn remove_waiter(&self, id: u64) {
+        self.cell.waiters.borrow_mut().retain(|(i, _)| *i != id);
+    }
+
+    /// Number of registered waiters.
+    pub fn waiters(&self) -> usize {
+        self.cell.waiters.borrow().len()
     }
 }
 
@@ -93,6 +129,8 @@ impl<T> Flights<T> {
             key: key.to_owned(),
             started_at: now,
             outcome: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            next_waiter: StdCell::new(0),
         });
         map.insert(key.to_owned(), Rc::clone(&cell));
         Join::Leader(LeaderGuard {
@@ -166,6 +204,7 @@ impl<T> LeaderGuard<T> {
     pub fn publish(&self, outcome: T) -> Rc<T> {
         let outcome = Rc::new(outcome);
         *self.cell.outcome.borrow_mut() = Some(Rc::clone(&outcome));
+        self.cell.wake_all();
         outcome
     }
 
@@ -175,6 +214,7 @@ impl<T> LeaderGuard<T> {
         *self.cell.outcome.borrow_mut() = Some(Rc::clone(&outcome));
         self.flights.remove(&self.key, &self.cell);
         self.done = true;
+        self.cell.wake_all();
         outcome
     }
 }
@@ -183,6 +223,8 @@ impl<T> Drop for LeaderGuard<T> {
     fn drop(&mut self) {
         if !self.done {
             self.flights.remove(&self.key, &self.cell);
+            // Waiters see no outcome and a dead flight: they stop waiting.
+            self.cell.wake_all();
         }
     }
 }
@@ -217,6 +259,29 @@ mod tests {
         assert_eq!(followers[0].started_at(), 1);
         // The next load of the key starts a fresh flight.
         assert!(matches!(f.join("k", 4), Join::Leader(_)));
+    }
+
+    #[test]
+    fn waiters_are_woken_once_and_removable() {
+        let f: Rc<Flights<u32>> = Flights::new();
+        let Join::Leader(lead) = f.join("k", 0) else {
+            unreachable!()
+        };
+        let Join::Follower(h) = f.join("k", 0) else {
+            unreachable!()
+        };
+        let woken = Rc::new(StdCell::new(0));
+        for _ in 0..3 {
+            let w = Rc::clone(&woken);
+            h.add_waiter(Box::new(move || w.set(w.get() + 1)));
+        }
+        let gone = h.add_waiter(Box::new(|| panic!("removed waiters are never called")));
+        h.remove_waiter(gone);
+        lead.publish(1);
+        assert_eq!(woken.get(), 3);
+        assert_eq!(h.waiters(), 0);
+        drop(lead);
+        assert_eq!(woken.get(), 3, "woken once");
     }
 
     #[test]
