@@ -401,6 +401,19 @@ impl Script {
     }
 }
 
+/// Marker in a scripted body replaced by how many times the path has been
+/// served (1, 2, …), so tests can tell versions apart.
+pub const SERIAL: &str = "{{serial}}";
+
+fn number_body(body: Vec<u8>, n: u32) -> Vec<u8> {
+    if memchr::memmem::find(&body, SERIAL.as_bytes()).is_none() {
+        return body;
+    }
+    String::from_utf8_lossy(&body)
+        .replace(SERIAL, &n.to_string())
+        .into_bytes()
+}
+
 /// An origin that answers from a script and records what it was asked.
 pub struct ScriptedOrigin {
     clock: Rc<SimClock>,
@@ -473,9 +486,7 @@ impl Origin for OriginPort {
                         *n += 1;
                         *n
                     };
-                    let body = String::from_utf8_lossy(&body)
-                        .replace("{n}", &n.to_string())
-                        .into_bytes();
+                    let body = number_body(body, n);
                     if body.len() > req.max_body_bytes {
                         (latency_ms, Err(OriginError::TooLarge(req.max_body_bytes)))
                     } else {

@@ -31,8 +31,16 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use fragcache_core::esi::{Compiler, Plan, RequestVars, Segment, Template};
+use fragcache_core::assemble::Chunk;
+use fragcache_core::config::Config;
+use fragcache_core::esi::{Compiler, Plan, RequestVars, Template};
+use fragcache_core::loader::{Loader, Shared};
+use fragcache_core::request::ClientRequest;
+use fragcache_core::serve::{handle, Reply};
+use fragcache_core::testing::{Script, Sim};
+use fragcache_core::url::Url;
 
 #[derive(Debug, Default)]
 struct Fixture {
@@ -131,76 +139,88 @@ fn parse_fixture(path: &Path) -> Fixture {
     fx
 }
 
-// ---------------------------------------------------------------------------
-// TEST-ONLY EXPANDER. It stands in for the real assembler (`assemble`) so
-// that the ESI module can be tested on its own; swap it for the assembler
-// once that exists. Rules: a fragment succeeds when present with status
-// < 400; its body is compiled and expanded recursively (depth limit 10). A
-// failed include tries `alt`, then `onerror="continue"` gives nothing,
-// otherwise the failure propagates to the enclosing `esi:try` (which then
-// outputs `except`) or fails the page.
-// ---------------------------------------------------------------------------
+// The fixtures run through the real request path: `serve::handle` with the
+// loader and assembler, on the simulation's fakes. The page is served from
+// `/page` on a scripted origin and every fragment from its `src`.
 
-const MAX_FRAGMENT_DEPTH: usize = 10;
+const CONFIG: &str = r#"{ "origin": "http://origin.test", "pages": [ { "path": "/page" } ] }"#;
 
-#[derive(Debug)]
-struct Failed;
-
-fn fetch(fx: &Fixture, src: &str, depth: usize) -> Result<Vec<u8>, Failed> {
-    if depth >= MAX_FRAGMENT_DEPTH {
-        return Err(Failed);
-    }
-    match fx.fragments.get(src) {
-        Some((status, body)) if *status < 400 => {
-            let t = Template::compile(body);
-            let mut out = Vec::new();
-            expand(&t, &t.evaluate(&fx.vars).segments, fx, depth + 1, &mut out)?;
-            Ok(out)
-        }
-        _ => Err(Failed),
+fn origin_path(src: &str) -> String {
+    match Url::parse(&format!("http://origin.test{src}")) {
+        Ok(u) => u.path_and_query(),
+        Err(_) => src.to_owned(),
     }
 }
 
-fn expand(
-    t: &Template,
-    segments: &[Segment],
-    fx: &Fixture,
-    depth: usize,
-    out: &mut Vec<u8>,
-) -> Result<(), Failed> {
-    for seg in segments {
-        match seg {
-            Segment::Literal(r) => out.extend_from_slice(&t.source()[r.clone()]),
-            Segment::Text(b) => out.extend_from_slice(b),
-            Segment::Include(inc) => {
-                let got = fetch(fx, &inc.src, depth).or_else(|e| match &inc.alt {
-                    Some(alt) => fetch(fx, alt, depth),
-                    None => Err(e),
-                });
-                match got {
-                    Ok(body) => out.extend_from_slice(&body),
-                    Err(_) if inc.onerror_continue => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Segment::Try { attempt, except } => {
-                let mut buf = Vec::new();
-                match expand(t, attempt, fx, depth, &mut buf) {
-                    Ok(()) => out.extend_from_slice(&buf),
-                    Err(_) => expand(t, except, fx, depth, out)?,
-                }
-            }
+/// Serves the fixture's page; `None` when the page fails.
+fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
+    let sim = Sim::new(7);
+    let query = fx
+        .vars
+        .query_string
+        .as_deref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    sim.origin.script(
+        &origin_path(&format!("/page{query}")),
+        Script::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), "text/html".into())],
+            body: fx.page.clone(),
+            latency_ms: 0,
+        },
+    );
+    for (src, (status, body)) in &fx.fragments {
+        sim.origin.script(
+            &origin_path(src),
+            Script::Respond {
+                status: *status,
+                headers: Vec::new(),
+                body: body.clone(),
+                latency_ms: 1,
+            },
+        );
+    }
+    let mut req =
+        ClientRequest::new(Url::parse(&format!("http://shop.test/page{query}")).expect("page url"));
+    let headers = [
+        ("cookie", &fx.vars.cookie),
+        ("host", &fx.vars.host),
+        ("user-agent", &fx.vars.user_agent),
+        ("accept-language", &fx.vars.accept_language),
+        ("referer", &fx.vars.referer),
+    ];
+    for (name, value) in headers {
+        if let Some(v) = value {
+            req = req.with_header(name, v);
         }
     }
-    Ok(())
-}
-
-// ------------------------------- end of expander ----------------------------
-
-fn run_page(fx: &Fixture, t: &Template) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    expand(t, &t.evaluate(&fx.vars).segments, fx, 0, &mut out).ok()?;
-    Some(out)
+    let config = Rc::new(Config::from_json_str(CONFIG).expect("config"));
+    let loader = Loader::new(sim.ports(), Shared::new(), config, Rc::new(req));
+    sim.block_on(async move {
+        match handle(loader).await {
+            Reply::Full { status, body, .. } => {
+                if status >= 400 {
+                    eprintln!("page status {status}: {}", String::from_utf8_lossy(&body));
+                }
+                (status < 400).then_some(body)
+            }
+            Reply::Stream {
+                first, mut page, ..
+            } => {
+                let mut out = first;
+                while let Some(chunk) = page.next_chunk().await {
+                    match chunk {
+                        Chunk::Bytes(b) => out.extend_from_slice(&b),
+                        // Bytes are out: the slot stays empty, as in the Worker.
+                        Chunk::Failed(_) => {}
+                    }
+                }
+                Some(out)
+            }
+            Reply::Pass(_) => None,
+        }
+    })
 }
 
 fn compile_chunked(input: &[u8], cuts: &[usize]) -> Template {
@@ -293,7 +313,7 @@ fn all_fixtures() {
     for fx in &all {
         let name = &fx.name;
         let t = Template::compile(&fx.page);
-        let got = run_page(fx, &t);
+        let got = run_page(fx);
         match (&fx.expect, &got) {
             (Some(want), Some(got)) => assert!(
                 want == got,
@@ -374,7 +394,7 @@ fn tags_straddling_stream_boundaries() {
 
             let whole = Template::compile(&page);
             fx.page = page.clone();
-            assert_eq!(run_page(&fx, &whole).as_deref(), Some(&want[..]));
+            assert_eq!(run_page(&fx).as_deref(), Some(&want[..]));
             for chunk in [16_384, 65_536, 4096, 1000, 7] {
                 let cuts: Vec<usize> = (chunk..page.len()).step_by(chunk).collect();
                 let t = compile_chunked(&page, &cuts);
@@ -382,7 +402,6 @@ fn tags_straddling_stream_boundaries() {
                     t.evaluate(&fx.vars) == whole.evaluate(&fx.vars),
                     "boundary {boundary}, offset {offset_in_tag}, chunk {chunk}"
                 );
-                assert_eq!(run_page(&fx, &t).as_deref(), Some(&want[..]));
             }
             for seed in 1..=4u64 {
                 let t = compile_chunked(&page, &random_cuts(page.len(), seed));

@@ -264,7 +264,7 @@ fn set_cookie_responses_are_neither_stored_nor_shared() {
     let w = World::new(9);
     w.sim.origin.script(
         "/f/c",
-        Script::ok("session {n}", 100).header("set-cookie", "sid=abc"),
+        Script::ok("session {{serial}}", 100).header("set-cookie", "sid=abc"),
     );
     let slots: Vec<_> = (0..5).map(|_| w.load("/f/c")).collect();
     w.sim.run();
