@@ -328,7 +328,12 @@ impl Policy {
             // the origin's own Cache-Control for it is passed on.
             private: false,
             timeout_ms,
-            forward: DEFAULT_FORWARD.iter().map(|s| (*s).to_owned()).collect(),
+            // A cached shell must not depend on the first requester's headers.
+            forward: if r.ttls.is_some() {
+                Vec::new()
+            } else {
+                DEFAULT_FORWARD.iter().map(|s| (*s).to_owned()).collect()
+            },
             pass_set_cookie: true,
         }
     }
@@ -580,7 +585,7 @@ impl Loader {
             private,
             wants_set_cookie: private && policy.pass_set_cookie,
             inner: LookupInner::Pending(Box::pin(async move {
-                let result = this.fetch_direct(&url, &policy).await;
+                let result = this.fetch_direct(&url, &policy, true).await;
                 let status = if result.is_ok() {
                     CacheStatus::Bypass
                 } else {
@@ -591,8 +596,13 @@ impl Loader {
         }
     }
 
-    async fn fetch_direct(&self, url: &Url, policy: &Policy) -> Result<Rc<Fragment>, LoadError> {
-        let req = self.origin_request(url, policy, true);
+    async fn fetch_direct(
+        &self,
+        url: &Url,
+        policy: &Policy,
+        with_credentials: bool,
+    ) -> Result<Rc<Fragment>, LoadError> {
+        let req = self.origin_request(url, policy, with_credentials);
         let resp = self.ports.origin.fetch(req).await?;
         if resp.status >= 500 {
             return Err(LoadError::Status(resp.status));
@@ -721,7 +731,9 @@ impl Loader {
                             // Someone else's personal answer: fetch our own.
                             let mut own = policy.clone();
                             own.cache = None;
-                            let r = this.fetch_direct(&url, &own).await;
+                            // Fetched like the leader's: a cacheable route
+                            // never sends the user's credentials.
+                            let r = this.fetch_direct(&url, &own, false).await;
                             let s = if r.is_ok() {
                                 CacheStatus::Bypass
                             } else {

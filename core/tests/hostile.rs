@@ -829,6 +829,9 @@ fn adversarial(kind: &str, len: usize) -> Vec<u8> {
     }
 }
 
+/// One way of compiling a document, timed.
+type CompileFn = dyn Fn(&[u8]) -> Duration;
+
 fn time<F: FnOnce()>(f: F) -> Duration {
     let t0 = Instant::now();
     f();
@@ -879,8 +882,7 @@ fn compile_time_is_linear() {
         // Evaluate once too: whatever compiling builds must be cheap to walk.
         let t = Template::compile(&large);
         check_plan(&t, &t.evaluate(&vars), kind);
-        let modes: [(&str, &dyn Fn(&[u8]) -> Duration); 2] =
-            [("whole", &whole), ("in 61-byte chunks", &chunked)];
+        let modes: [(&str, &CompileFn); 2] = [("whole", &whole), ("in 61-byte chunks", &chunked)];
         for (how, compile) in modes {
             let mut tries = Vec::new();
             let linear = (0..ATTEMPTS).any(|_| {
