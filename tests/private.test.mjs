@@ -61,7 +61,7 @@ before(async () => {
     config: {
       origin: origin.url,
       allowed_origins: [second.url],
-      limits: { max_includes: 5, max_fragment_bytes: 1000, page_timeout_ms: 2000 },
+      limits: { max_includes: 5, max_fragment_bytes: 1000, max_page_bytes: 4000, page_timeout_ms: 2000 },
       pages: [
         // Shells cached in KV.
         { path: "/page/*", soft_ttl: 60, hard_ttl: 600 },
@@ -124,8 +124,15 @@ function fragStatus(res, path) {
 }
 
 test("50 concurrent users each see only their own greeting, across shared refreshes", async () => {
+  let round = 0;
+  /** When the shell was fetched: round and ms since the round started. */
+  const shellFetches = [];
+  let roundStart = Date.now();
   origin.route("/page/users", {
-    body: `<h1>hi</h1><esi:include src="/frag/greeting"/>|<esi:include src="/frag/shared/news"/>|<esi:include src="/frag/shared/ticker"/>`,
+    body: () => {
+      shellFetches.push(`round ${round} at +${Date.now() - roundStart} ms`);
+      return `<h1>hi</h1><esi:include src="/frag/greeting"/>|<esi:include src="/frag/shared/news"/>|<esi:include src="/frag/shared/ticker"/>`;
+    },
   });
   // Shared fragments change on every fetch, so refreshes are visible.
   origin.route("/frag/shared/news", { body: (_req, n) => `news v${n}`, delayMs: 50 });
@@ -135,7 +142,7 @@ test("50 concurrent users each see only their own greeting, across shared refres
   const user = (i) => `user${i}`;
   let lastFresh = 0;
   let staleServed = 0;
-  for (let round = 0; round < ROUNDS; round++) {
+  for (round = 0; round < ROUNDS; round++) {
     if (round > 0) {
       // Wait (bounded) for the previous round's write, then for it to go stale,
       // so that this round is served stale while one refresh runs.
@@ -149,6 +156,7 @@ test("50 concurrent users each see only their own greeting, across shared refres
       lastFresh = meta.f;
       await waitFor(() => Date.now() > meta.f + 20, { message: `round ${round}: shared fragment stale` });
     }
+    roundStart = Date.now();
     const results = await Promise.all(
       Array.from({ length: USERS }, async (_, i) => {
         const { res, body, status } = await get("/page/users", {
@@ -194,7 +202,8 @@ test("50 concurrent users each see only their own greeting, across shared refres
   }
   const news = origin.count("/frag/shared/news");
   assert.ok(news >= ROUNDS && news <= 2 * ROUNDS, `${news} fetches of the shared fragment`);
-  assert.equal(origin.count("/page/users"), 1, "the shell is cached");
+  // One fetch of the cold shell for the whole burst, then hits.
+  assert.equal(origin.count("/page/users"), 1, `the shell is cached; fetched ${shellFetches.join(", ")}`);
 
   // KV holds nothing of any user's: no key for the private path, and no value
   // mentions a user (write-backs have had time to land: wait for the last refresh).
@@ -224,6 +233,13 @@ test("the page is private, no-store with a private fragment, else keeps the shel
   origin.route("/page/cc", { body: `c<esi:include src="/frag/cc"/>`, headers: { "cache-control": "public, max-age=45" } });
   origin.route("/frag/cc", { body: "CC", headers: { "cache-control": "public, max-age=5" } });
   const cookie = { headers: { cookie: "session=alice" } };
+
+  // Cold: /frag/cc is still loading when the headers go out, and its origin
+  // might still mark it private, so the page cannot be declared public yet.
+  const cold = await get("/live/cc-public", cookie);
+  assert.equal(cold.body, "aCCb");
+  assert.equal(cold.res.headers.get("cache-control"), "private, no-store");
+  await waitFor(async () => (await keysFor("/frag/cc")).length === 1, { message: "fragment stored" });
 
   const pub = await get("/live/cc-public", cookie);
   assert.equal(pub.body, "aCCb");
@@ -356,6 +372,35 @@ test("private_if_cookie: cached for anonymous users, per request once signed in"
   assert.doesNotMatch((await worker.kv.get(keys[0].name)) ?? "", /heidi|ivan/);
 });
 
+// On a cacheable route the leader of a cold load asks the origin without
+// credentials; when the answer is personal, each follower fetches its own
+// copy, and must do so the same way. (Before 4953ae0 the followers' copies
+// were fetched with their cookies and authorization, loader.rs `cold()`.)
+test("a cacheable route never receives credentials, even when its origin answers privately", async () => {
+  origin.route("/frag/coalesced-private", {
+    body: (req) => `cp:${cookieOf(req, "session") || "anon"}`,
+    delayMs: 200,
+    headers: { "cache-control": "private" },
+  });
+  origin.route("/live/coalesced-private", { body: `<esi:include src="/frag/coalesced-private"/>` });
+  const results = await Promise.all(
+    [0, 1, 2, 3, 4].map((i) =>
+      get("/live/coalesced-private", { headers: { cookie: `session=judy${i}`, authorization: `Bearer judy${i}` } }),
+    ),
+  );
+  for (const { status, body } of results) {
+    assert.equal(status, 200);
+    assert.equal(body, "cp:anon");
+  }
+  const reqs = origin.requests("/frag/coalesced-private");
+  assert.ok(reqs.length >= 1);
+  for (const r of reqs) {
+    assert.equal(r.headers.cookie, undefined, "cookie sent to a cacheable route");
+    assert.equal(r.headers.authorization, undefined, "authorization sent to a cacheable route");
+  }
+  assert.deepEqual(await keysFor("/frag/coalesced-private"), []);
+});
+
 test("includes outside the allow-list are never fetched; alt and onerror apply", async () => {
   const port = new URL(forbidden.url).port;
   const originAuthority = new URL(origin.url).host;
@@ -395,8 +440,9 @@ test("includes outside the allow-list are never fetched; alt and onerror apply",
   assert.equal(origin.count("/x"), 0);
 });
 
-// Needs a worker built with the `UrlError::EncodedDotSegment` check in
-// core/src/url.rs: before it, `fetch` turned `/frag/%2e%2e/secret` into `/secret`.
+// core/src/url.rs refuses these (`UrlError::EncodedDotSegment`): WHATWG
+// `fetch` would otherwise turn `/frag/%2e%2e/secret` into `/secret` after the
+// route (here the cacheable `/frag/*`) was chosen.
 test("percent-encoded dot segments in includes are refused, not normalised by fetch", async () => {
   origin.route("/secret", { body: "SECRET" });
   origin.route("/frag/admin", { body: "ADMIN" });
@@ -426,6 +472,31 @@ test("limits: includes per page", async () => {
   assert.equal(fetched.reduce((a, b) => a + b), 5, `fetched: ${fetched}`);
   // The first five in document order, the rest dropped by onerror="continue".
   assert.equal(body, "M0M1M2M3M4");
+
+  // Nested includes count too: 2 at the top, 3 inside each of them.
+  origin.route("/live/nested-many", { body: `<esi:include src="/frag/nm-a"/><esi:include src="/frag/nm-b"/>` });
+  for (const p of ["a", "b"]) {
+    origin.route(`/frag/nm-${p}`, {
+      body: [0, 1, 2].map((i) => `<esi:include src="/frag/nm-${p}${i}" onerror="continue"/>`).join(""),
+    });
+    for (const i of [0, 1, 2]) origin.route(`/frag/nm-${p}${i}`, { body: `${p}${i}` });
+  }
+  const nested = await get("/live/nested-many");
+  assert.equal(nested.status, 200, nested.body);
+  const inner = ["a0", "a1", "a2", "b0", "b1", "b2"].filter((x) => origin.count(`/frag/nm-${x}`) > 0);
+  assert.equal(inner.length, 3, `nested includes fetched: ${inner}`);
+  assert.equal(nested.body.length, 3 * 2);
+});
+
+test("limits: output past max_page_bytes is cut off", async () => {
+  origin.route("/live/long", {
+    body: `<p>x</p>${[0, 1, 2, 3, 4].map((i) => `<esi:include src="/frag/long-${i}"/>`).join("")}`,
+  });
+  for (let i = 0; i < 5; i++) origin.route(`/frag/long-${i}`, { body: String(i).repeat(900) });
+  const { status, body } = await get("/live/long");
+  assert.equal(status, 200);
+  assert.equal(body.length, 4000);
+  assert.equal(body, `<p>x</p>${"0".repeat(900)}${"1".repeat(900)}${"2".repeat(900)}${"3".repeat(900)}${"4".repeat(392)}`);
 });
 
 test("limits: a fragment larger than max_fragment_bytes fails and its alt is used", async () => {
@@ -471,3 +542,42 @@ test("limits: page_timeout_ms bounds a page whose fragment outlasts it", async (
   // page_timeout_ms is 2000; the route would have waited 10 s.
   assert.ok(elapsed >= 1800 && elapsed < 6000, `page took ${elapsed} ms`);
 });
+
+// ---------------------------------------------------------------------------
+// Privacy discovered late. Headers go out with the first bytes; whatever is
+// not known by then (a fragment still loading, nested includes in a cached
+// fragment) makes the page `private, no-store`, since a private fragment
+// found afterwards could no longer change them.
+// ---------------------------------------------------------------------------
+
+test(
+  "a private fragment nested in a cacheable fragment makes the page private",
+  async () => {
+    origin.route("/frag/wrapper", { body: `W[<esi:include src="/frag/greeting"/>]` });
+    origin.route("/live/nested-private", {
+      body: `<p>head</p><esi:include src="/frag/wrapper"/>`,
+      headers: { "cache-control": "public, max-age=60" },
+    });
+    for (const who of ["alice", "bob"]) {
+      const { res, body } = await get("/live/nested-private", { headers: { cookie: `session=${who}` } });
+      assert.equal(body, `<p>head</p>W[hello ${who}!]`);
+      assert.equal(res.headers.get("cache-control"), "private, no-store", `${who}'s greeting in a public page`);
+    }
+  },
+);
+
+// A cacheable route whose origin answers `private` or with `Set-Cookie`
+// (DESIGN section 5: "or a response the origin marks private").
+test(
+  "a fragment response the origin marks private makes the page private",
+  async () => {
+    origin.route("/frag/origin-private", { body: "OP", headers: { "cache-control": "private" } });
+    origin.route("/frag/origin-cookie", { body: "OC", headers: { "set-cookie": "tracking=1" } });
+    origin.route("/live/origin-private", { body: `<esi:include src="/frag/origin-private"/>` });
+    origin.route("/live/origin-cookie", { body: `<esi:include src="/frag/origin-cookie"/>` });
+    for (const path of ["/live/origin-private", "/live/origin-cookie"]) {
+      const { res } = await get(path);
+      assert.equal(res.headers.get("cache-control"), "private, no-store", path);
+    }
+  },
+);

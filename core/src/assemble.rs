@@ -134,6 +134,7 @@ struct PageState {
     deadline: u64,
     reports: RefCell<Vec<FragmentReport>>,
     private: Cell<bool>,
+    uncertain: Cell<bool>,
     set_cookies: RefCell<Vec<String>>,
 }
 
@@ -161,6 +162,7 @@ impl Page {
             deadline: now + u64::from(config.limits.page_timeout_ms),
             reports: RefCell::new(Vec::new()),
             private: Cell::new(false),
+            uncertain: Cell::new(false),
             set_cookies: RefCell::new(Vec::new()),
         });
         let plan: Plan = template.evaluate(&state.vars);
@@ -209,6 +211,12 @@ impl Page {
                 .borrow_mut()
                 .extend_from_slice(started.lookup.set_cookies());
         }
+        let uncertain = plan
+            .segments
+            .iter()
+            .zip(&lookups)
+            .any(|(seg, pre)| header_time_unknown(seg, pre.as_ref()));
+        state.uncertain.set(uncertain);
         let mut stream: FuturesOrdered<SegmentFuture> = FuturesOrdered::new();
         for (seg, pre) in plan.segments.into_iter().zip(lookups) {
             stream.push_back(segment_future(
@@ -232,6 +240,16 @@ impl Page {
     /// Whether any include seen so far is user-specific.
     pub fn is_private(&self) -> bool {
         self.state.private.get()
+    }
+
+    /// Whether, when the headers are decided, part of the page is not yet
+    /// known: a fragment still loading (the origin may mark it private), a
+    /// cached fragment with nested includes, an `esi:try`, or a fallback
+    /// `alt` nobody has looked up. Such a page is sent `private, no-store`:
+    /// a private fragment found after the headers are sent could not change
+    /// them.
+    pub fn may_be_private(&self) -> bool {
+        self.state.uncertain.get()
     }
 
     /// `Set-Cookie` values of top-level private fragments whose route passes
@@ -393,7 +411,7 @@ impl PageState {
                 status: frag.status,
             });
         }
-        if !frag.set_cookies.is_empty() {
+        if !frag.set_cookies.is_empty() || status == CacheStatus::Bypass {
             self.private.set(true);
         }
         let mut chain = chain.to_vec();
@@ -569,6 +587,30 @@ fn segment_future(
             depth,
             chain,
         )),
+    }
+}
+
+/// Whether a top-level segment could still turn out user-specific after the
+/// headers are sent (see [`Page::may_be_private`]).
+fn header_time_unknown(seg: &Segment, pre: Option<&Result<Started, IncludeError>>) -> bool {
+    match (seg, pre) {
+        // An esi:try's includes are looked up only when it runs.
+        (Segment::Try { .. }, _) => true,
+        (Segment::Include(inc), Some(Err(_))) => inc.alt.is_some(),
+        (Segment::Include(inc), Some(Ok(started))) => {
+            let l = &started.lookup;
+            if l.private {
+                return false;
+            }
+            if !l.is_ready() {
+                return true;
+            }
+            match l.ready_fragment() {
+                Some(f) => may_contain_esi(&f.body) || (f.status >= 300 && inc.alt.is_some()),
+                None => inc.alt.is_some(),
+            }
+        }
+        _ => false,
     }
 }
 

@@ -403,6 +403,20 @@ impl Lookup {
         }
     }
 
+    /// Whether the body is already known (a cache hit, a stale copy, or a
+    /// settled load).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.inner, LookupInner::Ready(_))
+    }
+
+    /// The fragment, when it is already known.
+    pub fn ready_fragment(&self) -> Option<&Rc<Fragment>> {
+        match &self.inner {
+            LookupInner::Ready(Ok(f)) => Some(f),
+            _ => None,
+        }
+    }
+
     /// The `Set-Cookie` values of a settled load.
     pub fn set_cookies(&self) -> &[String] {
         match &self.inner {
@@ -507,6 +521,17 @@ impl Loader {
                 {
                     found = Some(read);
                 }
+            }
+        }
+        // The awaits above let other requests run: one may have fetched and
+        // stored this key meanwhile. Look again before going cold, with no
+        // await between this check and joining the flight map.
+        if let Some(mem) = self.shared.recent.get(&key) {
+            if found
+                .as_ref()
+                .is_none_or(|(m, _)| mem.0.stored_at > m.stored_at)
+            {
+                found = Some(mem);
             }
         }
         if let Some((meta, frag)) = found {

@@ -148,7 +148,10 @@ pub async fn handle(loader: Loader) -> Reply {
     for c in page.set_cookies() {
         headers.push(("set-cookie".into(), c));
     }
-    let private = page.is_private() || private_shell || !shell.set_cookies.is_empty();
+    let private = page.is_private()
+        || page.may_be_private()
+        || private_shell
+        || !shell.set_cookies.is_empty();
     if private {
         headers.push(("cache-control".into(), "private, no-store".into()));
     } else if let Some(cc) = &shell.cache_control {

@@ -289,7 +289,17 @@ impl VarRef {
             (VarName::Host, None) => keep_in_host,
             _ => keep_in_component,
         };
-        percent_encode(self.value(vars).as_bytes(), keep, out);
+        let value = self.value(vars);
+        // A value of `.` or `..` would be a dot segment in a path and climb
+        // out of the include's directory: encode the dots, which the URL
+        // parser then refuses outright (`fetch` would decode them again).
+        if matches!(&*value, "." | "..") {
+            for _ in 0..value.len() {
+                out.push_str("%2E");
+            }
+            return;
+        }
+        percent_encode(value.as_bytes(), keep, out);
     }
 }
 
