@@ -22,7 +22,7 @@ use worker::{event, Context, Env, Headers, Request, Response, Result};
 use fragcache_core::config::{Config, ConfigError};
 use fragcache_core::loader::{Loader, Shared};
 use fragcache_core::request::ClientRequest;
-use fragcache_core::serve::{handle, Reply};
+use fragcache_core::serve::{handle, handle_surrogate_shell, Reply};
 use fragcache_core::url::Url;
 
 /// Name of the `[vars]` object holding the configuration.
@@ -88,8 +88,25 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let ctx = Rc::new(ctx);
     let shared = SHARED.with(Rc::clone);
     let loader = Loader::new(ports::ports(kv, ctx), shared, config, Rc::new(client));
-    match handle(loader).await {
-        Reply::Pass(target) => ports::proxy(req, &target).await,
+    match handle(loader.clone()).await {
+        Reply::Pass(target) => {
+            let resp = ports::forward(req, &target).await?;
+            match ports::surrogate_shell(resp, &loader).await? {
+                Ok(shell) => respond(handle_surrogate_shell(loader, Rc::new(shell)).await),
+                Err(resp) => Ok(resp),
+            }
+        }
+        other => respond(other),
+    }
+}
+
+/// Turns the core's reply into a Worker response.
+fn respond(reply: Reply) -> Result<Response> {
+    match reply {
+        Reply::Pass(target) => text(
+            500,
+            &format!("fragcache: unexpected pass-through to {target}\n"),
+        ),
         Reply::Full {
             status,
             headers,

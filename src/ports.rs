@@ -15,8 +15,9 @@ use worker::{
     Response,
 };
 
+use fragcache_core::cache::policy::parse_directives;
 use fragcache_core::cache::EntryMeta;
-use fragcache_core::loader::HOP_BY_HOP;
+use fragcache_core::loader::{Fragment, Loader, HOP_BY_HOP};
 use fragcache_core::ports::{
     Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake,
@@ -232,6 +233,13 @@ impl Log for Console {
 /// body), and its response back unchanged, redirects included, except that
 /// `Surrogate-Control` is removed.
 pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
+    let resp = forward(req, target).await?;
+    strip_surrogate_control(resp)
+}
+
+/// Sends the client's request to `target` and returns the origin's response
+/// as it is (or a 502 when the origin is unreachable).
+pub async fn forward(req: Request, target: &Url) -> worker::Result<Response> {
     let headers = Headers::new();
     for (n, v) in req.headers().entries() {
         if !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()) {
@@ -247,19 +255,7 @@ pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
     }
     let outgoing = Request::new_with_init(&target.to_string(), &init)?;
     match Fetch::Request(outgoing).send().await {
-        Ok(resp) => {
-            // Surrogate-Control is addressed to us, never to the client.
-            if resp.headers().has("surrogate-control").unwrap_or(false) {
-                let headers = Headers::new();
-                for (n, v) in resp.headers().entries() {
-                    if !n.eq_ignore_ascii_case("surrogate-control") {
-                        headers.append(&n, &v)?;
-                    }
-                }
-                return Ok(resp.with_headers(headers));
-            }
-            Ok(resp)
-        }
+        Ok(resp) => Ok(resp),
         Err(e) => {
             worker::console_error!("fragcache: proxy to {target} failed: {e}");
             let h = Headers::new();
@@ -271,4 +267,57 @@ pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
             )
         }
     }
+}
+
+/// Surrogate-Control is addressed to us, never to the client.
+fn strip_surrogate_control(resp: Response) -> worker::Result<Response> {
+    if !resp.headers().has("surrogate-control").unwrap_or(false) {
+        return Ok(resp);
+    }
+    let headers = Headers::new();
+    for (n, v) in resp.headers().entries() {
+        if !n.eq_ignore_ascii_case("surrogate-control") {
+            headers.append(&n, &v)?;
+        }
+    }
+    Ok(resp.with_headers(headers))
+}
+
+/// When a passed-through response is a 200 whose origin asks for ESI
+/// processing (`Surrogate-Control: content="ESI/1.0"`), reads it as a page
+/// shell (`Ok`); otherwise returns the response to send as is (`Err`),
+/// without `Surrogate-Control`. Shells over the fragment size limit are
+/// passed through unprocessed.
+pub async fn surrogate_shell(
+    mut resp: Response,
+    loader: &Loader,
+) -> worker::Result<std::result::Result<Fragment, Response>> {
+    let sc = resp.headers().get("surrogate-control")?.unwrap_or_default();
+    let max = loader.config().limits.max_fragment_bytes;
+    let declared = resp
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok());
+    if resp.status_code() != 200 || !parse_directives(&sc).esi || declared.is_some_and(|n| n > max)
+    {
+        return Ok(Err(strip_surrogate_control(resp)?));
+    }
+    let body = resp.bytes().await?;
+    let header = |name: &str| resp.headers().get(name).ok().flatten();
+    let set_cookies = resp
+        .headers()
+        .entries()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v)
+        .collect();
+    Ok(Ok(Fragment {
+        status: 200,
+        body: Rc::from(body),
+        content_type: header("content-type"),
+        cache_control: header("cache-control"),
+        esi: true,
+        stored_at: worker::Date::now().as_millis(),
+        cache_key: None,
+        set_cookies,
+    }))
 }

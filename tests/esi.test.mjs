@@ -122,3 +122,17 @@ test("Surrogate-Control gates ESI on gated routes and never reaches the client",
   // The worker advertises what it can do.
   assert.equal(origin.requests("/frag/g")[0].headers["surrogate-capability"], 'fragcache="ESI/1.0"');
 });
+
+test("an unconfigured route is assembled when the origin asks with Surrogate-Control", async () => {
+  origin.route("/origin-driven", {
+    body: `X<esi:include src="/frag/od"/>Y`,
+    headers: { "surrogate-control": 'content="ESI/1.0"', "set-cookie": "seen=1" },
+  });
+  origin.route("/frag/od", { body: "OD" });
+  const { res, body } = await text("/origin-driven");
+  assert.equal(body, "XODY");
+  assert.equal(res.headers.get("surrogate-control"), null);
+  assert.equal(res.headers.get("set-cookie"), "seen=1");
+  assert.equal(res.headers.get("cache-control"), "private, no-store");
+  assert.match(res.headers.get("x-fragcache"), /^shell=bypass, \/frag\/od=/);
+});

@@ -188,18 +188,8 @@ impl Page {
         let lookups = join_all(lookups.into_iter().map(|pre| async move {
             match pre {
                 Some(Ok(started)) if started.lookup.wants_set_cookie => {
-                    let Started {
-                        url,
-                        report,
-                        began,
-                        lookup,
-                    } = started;
-                    Some(Ok(Started {
-                        url,
-                        report,
-                        began,
-                        lookup: lookup.settle().await,
-                    }))
+                    let lookup = started.lookup.settle().await;
+                    Some(Ok(Started { lookup, ..started }))
                 }
                 other => other,
             }

@@ -114,7 +114,8 @@ pub const DEFAULT_JITTER: f64 = 0.1;
 pub const MAX_JITTER: f64 = 0.5;
 /// Request headers that `forward_headers` may not name: credentials (they
 /// follow the private-fragment rules) and hop-by-hop headers (they describe
-/// one connection, not the request).
+/// one connection, not the request). The credentials come first:
+/// `loader::HOP_BY_HOP` is the rest of this list.
 pub const UNFORWARDABLE_HEADERS: &[&str] = &[
     "cookie",
     "authorization",

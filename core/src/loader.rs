@@ -29,7 +29,7 @@ use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
 use crate::cache::key::cache_key;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
-use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary};
+use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
 use crate::esi::Template;
 use crate::ports::{
     LocalFuture, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
@@ -41,17 +41,7 @@ use crate::url::Url;
 pub const SURROGATE_CAPABILITY: (&str, &str) = ("surrogate-capability", "fragcache=\"ESI/1.0\"");
 
 /// Request headers that describe one connection and are never forwarded.
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
+pub const HOP_BY_HOP: &[&str] = UNFORWARDABLE_HEADERS.split_at(2).1;
 
 /// Headers forwarded for includes that match no fragment route.
 const DEFAULT_FORWARD: &[&str] = &["accept-language", "user-agent"];
@@ -648,7 +638,7 @@ impl Loader {
     fn origin_request(&self, url: &Url, policy: &Policy, with_credentials: bool) -> OriginRequest {
         let mut headers: Vec<(String, String)> = Vec::new();
         for name in &policy.forward {
-            if HOP_BY_HOP.contains(&name.as_str()) || name == "cookie" || name == "authorization" {
+            if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
                 continue;
             }
             for (n, v) in &self.req.headers {
@@ -939,5 +929,17 @@ async fn write_back(
         ports
             .log
             .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_is_the_unforwardable_list_without_credentials() {
+        assert!(!HOP_BY_HOP.contains(&"cookie") && !HOP_BY_HOP.contains(&"authorization"));
+        assert!(HOP_BY_HOP.contains(&"connection") && HOP_BY_HOP.contains(&"host"));
+        assert_eq!(HOP_BY_HOP.len() + 2, UNFORWARDABLE_HEADERS.len());
     }
 }

@@ -4,11 +4,12 @@
 //! [`Reply`] into a Worker `Response`.
 
 use std::fmt::Write as _;
+use std::rc::Rc;
 
 use crate::assemble::{Chunk, FragmentReport, IncludeError, Page};
 use crate::cache::CacheStatus;
 use crate::config::{Route, UnknownRoutes};
-use crate::loader::{LoadError, Loader};
+use crate::loader::{Fragment, LoadError, Loader};
 use crate::ports::LogLevel;
 use crate::url::Url;
 
@@ -83,6 +84,49 @@ pub async fn handle(loader: Loader) -> Reply {
             return load_error_reply(&e, "page shell");
         }
     };
+    let report = FragmentReport {
+        path: "shell".into(),
+        status: shell_status,
+        age_s: age,
+        ms: 0,
+        depth: 0,
+    };
+    render_shell(
+        loader,
+        shell,
+        report,
+        private_shell,
+        route.require_surrogate_control,
+    )
+    .await
+}
+
+/// A shell the origin sent on a pass-through route, with
+/// `Surrogate-Control: content="ESI/1.0"`: the origin asks for ESI
+/// processing, so the page is assembled like a configured page route (its
+/// shell uncached). The adapter calls this after proxying.
+pub async fn handle_surrogate_shell(loader: Loader, shell: Rc<Fragment>) -> Reply {
+    let report = FragmentReport {
+        path: "shell".into(),
+        status: CacheStatus::Bypass,
+        age_s: None,
+        ms: 0,
+        depth: 0,
+    };
+    render_shell(loader, shell, report, false, true).await
+}
+
+/// Turns a loaded shell into a reply: passed through when it has no ESI (or
+/// is an error, or lacks Surrogate-Control where that is required),
+/// otherwise assembled.
+async fn render_shell(
+    loader: Loader,
+    shell: Rc<Fragment>,
+    shell_report: FragmentReport,
+    private_shell: bool,
+    require_surrogate_control: bool,
+) -> Reply {
+    let origin_url = loader.request().url.with_origin(&loader.config().origin);
     let content_type = shell
         .content_type
         .clone()
@@ -91,13 +135,6 @@ pub async fn handle(loader: Loader) -> Reply {
     for c in &shell.set_cookies {
         headers.push(("set-cookie".into(), c.clone()));
     }
-    let shell_report = FragmentReport {
-        path: "shell".into(),
-        status: shell_status,
-        age_s: age,
-        ms: 0,
-        depth: 0,
-    };
     let passthrough = |mut headers: Vec<(String, String)>| {
         if let Some(cc) = &shell.cache_control {
             headers.push(("cache-control".into(), cc.clone()));
@@ -112,7 +149,7 @@ pub async fn handle(loader: Loader) -> Reply {
             body: shell.body.to_vec(),
         }
     };
-    if !(200..300).contains(&shell.status) || (route.require_surrogate_control && !shell.esi) {
+    if !(200..300).contains(&shell.status) || (require_surrogate_control && !shell.esi) {
         return passthrough(headers);
     }
     let template = loader.shared().templates.get(&shell);
