@@ -27,6 +27,8 @@ fn config() -> Rc<Config> {
                 { "path": "/f/cart", "private": true, "pass_set_cookie": true },
                 { "path": "/f/fail/*", "soft_ttl": 10, "hard_ttl": 300, "cold": "fail", "retry_after": 7 },
                 { "path": "/f/neg", "soft_ttl": 10, "hard_ttl": 300, "negative_ttl": 5 },
+                { "path": "/xf/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 20 },
+                { "path": "/jit/*", "soft_ttl": 100, "hard_ttl": 1000, "jitter": 0.1, "xfetch_beta": 0 },
                 { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
               ]
             }"#,
@@ -515,4 +517,68 @@ fn set_cookie_of_a_private_fragment_reaches_the_client_only_when_configured() {
     assert_eq!(cookies, vec!["cart=42"]);
     assert!(ttfb >= 30, "headers waited for the cart fragment");
     assert_eq!(header(&headers, "cache-control"), Some("private, no-store"));
+}
+
+#[test]
+fn xfetch_refreshes_popular_keys_before_they_go_stale() {
+    let w = World::new(18);
+    w.sim.origin.script("/xf/a", Script::ok("v{{serial}}", 100));
+    let first = w.load("/xf/a");
+    w.sim.run();
+    assert_eq!(take(&first).1.as_deref(), Ok("v1"));
+    // One request per 100 ms; with Δ = 100 ms and β = 20 the chance of an
+    // early refresh grows towards the end of the soft TTL, so the key is
+    // renewed before anyone reads it stale.
+    let mut statuses = Vec::new();
+    for _ in 0..99 {
+        w.sim.run_until(w.sim.now() + 100);
+        let s = w.load("/xf/a");
+        w.sim.run_until(w.sim.now());
+        statuses.push(s);
+    }
+    w.sim.run();
+    let statuses: Vec<CacheStatus> = statuses.iter().map(|s| take(s).0).collect();
+    assert!(statuses.contains(&CacheStatus::Refresh), "{statuses:?}");
+    assert!(!statuses.contains(&CacheStatus::Stale), "{statuses:?}");
+    // Early refreshes are single-flight too: a handful, not one per request.
+    let fetches = w.sim.origin.count("/xf/a");
+    assert!((2..=10).contains(&fetches), "{fetches} fetches");
+}
+
+#[test]
+fn jitter_spreads_the_expiry_of_fragments_stored_together() {
+    let w = World::new(19);
+    let slots: Vec<_> = (0..50)
+        .map(|i| {
+            w.sim
+                .origin
+                .script(&format!("/jit/{i}"), Script::ok("x", 10));
+            w.load(&format!("/jit/{i}"))
+        })
+        .collect();
+    w.sim.run();
+    drop(slots);
+    let mut fresh_until: Vec<u64> = (0..50)
+        .map(|i| {
+            w.sim
+                .store
+                .entry(&w.key_of(&format!("/jit/{i}")))
+                .expect("stored")
+                .meta
+                .fresh_until
+        })
+        .collect();
+    fresh_until.sort_unstable();
+    fresh_until.dedup();
+    assert!(
+        fresh_until.len() > 40,
+        "expiries not spread: {}",
+        fresh_until.len()
+    );
+    let (lo, hi) = (fresh_until[0], fresh_until[fresh_until.len() - 1]);
+    let stored = w.sim.now() - 10;
+    assert!(
+        lo >= stored + 90_000 && hi <= stored + 110_000,
+        "outside ±10%"
+    );
 }
