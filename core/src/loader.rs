@@ -208,6 +208,14 @@ impl Recent {
         self.bytes.set(self.bytes.get() + size);
     }
 
+    /// Drops the remembered copy of `key`.
+    fn forget(&self, key: &str) {
+        if let Some((_, old)) = self.map.borrow_mut().remove(key) {
+            self.bytes
+                .set(self.bytes.get().saturating_sub(old.body.len()));
+        }
+    }
+
     /// The remembered copy of `key`.
     fn get(&self, key: &str) -> Option<(EntryMeta, Rc<Fragment>)> {
         let map = self.map.borrow();
@@ -692,7 +700,7 @@ impl Loader {
             Join::Follower(_) => false,
             Join::Leader(guard) => {
                 let req = self.origin_request(url, policy, false);
-                let job = fetch_and_store(self.clone(), guard, req, policy.clone());
+                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), true);
                 self.ports.background.spawn(Box::pin(job));
                 true
             }
@@ -705,7 +713,7 @@ impl Loader {
             Join::Leader(guard) => {
                 let handle = guard.handle();
                 let req = self.origin_request(&url, &policy, false);
-                let job = fetch_and_store(self.clone(), guard, req, policy.clone());
+                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), false);
                 self.ports.background.spawn(Box::pin(job));
                 // The fetch has its own timeout; allow a little for the write-back.
                 (
@@ -805,6 +813,7 @@ async fn fetch_and_store(
     guard: LeaderGuard<Outcome>,
     req: OriginRequest,
     policy: Policy,
+    replaces_entry: bool,
 ) {
     let ports = loader.ports.clone();
     let shared = Rc::clone(&loader.shared);
@@ -852,15 +861,24 @@ async fn fetch_and_store(
         Decision::Pass(why) => {
             shared.backoff.record_success(&key);
             let frag = Rc::new(Fragment::from_response(&resp, now, None, false));
+            ports.log.log(
+                LogLevel::Info,
+                &format!("{url}: not cached ({})", why.as_str()),
+            );
             if why.is_personal() {
-                ports.log.log(
-                    LogLevel::Info,
-                    &format!("{url}: not cached ({})", why.as_str()),
-                );
-                guard.complete(Outcome::Personal(frag));
+                guard.publish(Outcome::Personal(frag));
             } else {
-                guard.complete(Outcome::Shared(frag));
+                guard.publish(Outcome::Shared(frag));
             }
+            if replaces_entry {
+                // The origin no longer lets us cache this: the stored copy must
+                // not keep being served until its hard TTL. An expired
+                // tombstone sends the next request down the cold path.
+                shared.recent.forget(&key);
+                let tombstone = EntryMeta::new(now, now, now, resp.status, fetch_ms);
+                write_back(&loader, &key, Vec::new(), tombstone, 0, started).await;
+            }
+            drop(guard);
         }
         Decision::Store { soft_s, hard_s } => {
             shared.backoff.record_success(&key);

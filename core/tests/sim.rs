@@ -582,3 +582,34 @@ fn jitter_spreads_the_expiry_of_fragments_stored_together() {
         "outside ±10%"
     );
 }
+
+#[test]
+fn a_refresh_the_origin_now_marks_private_stops_serving_the_stored_copy() {
+    let w = World::new(20);
+    w.seed_entry("/f/turned", "public copy", 20_000, 10_000, 300_000);
+    w.sim.origin.script(
+        "/f/turned",
+        Script::ok("for you", 10).header("cache-control", "private"),
+    );
+    let first = w.load("/f/turned");
+    w.sim.run();
+    assert_eq!(
+        take(&first).1.as_deref(),
+        Ok("public copy"),
+        "served stale once"
+    );
+    w.sim.run_until(w.sim.now() + 2_000);
+    let next = w.load("/f/turned");
+    w.sim.run();
+    let (status, body, _) = take(&next);
+    assert_eq!(
+        (status, body.as_deref()),
+        (CacheStatus::Bypass, Ok("for you"))
+    );
+    let entry = w
+        .sim
+        .store
+        .entry(&w.key_of("/f/turned"))
+        .expect("tombstone");
+    assert!(entry.body.is_empty());
+}
