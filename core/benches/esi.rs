@@ -10,7 +10,7 @@ use std::rc::Rc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use fragcache_core::config::Config;
-use fragcache_core::esi::{RequestVars, Template};
+use fragcache_core::esi::{RequestVars, Segment, Template};
 use fragcache_core::loader::{Loader, Shared};
 use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::{handle, Reply};
@@ -65,7 +65,40 @@ fn bench_compile(c: &mut Criterion) {
     g.bench_function("evaluate 20KB shell", |b| {
         b.iter(|| template.evaluate(black_box(&v)))
     });
+    // Evaluate and stitch: the per-request work on a hit, with the ten
+    // fragment bodies already in memory (no loader, no I/O).
+    let bodies: std::collections::HashMap<String, Vec<u8>> = (0..10)
+        .map(|i| (format!("/f/{i}"), "<li>item</li>".repeat(40).into_bytes()))
+        .collect();
+    g.bench_function("evaluate+stitch 20KB shell", |b| {
+        b.iter(|| {
+            let plan = template.evaluate(black_box(&v));
+            let mut out = Vec::with_capacity(template.source().len() + 6_000);
+            stitch(&template, &plan.segments, &bodies, &mut out);
+            out
+        })
+    });
     g.finish();
+}
+
+fn stitch(
+    template: &Template,
+    segments: &[Segment],
+    bodies: &std::collections::HashMap<String, Vec<u8>>,
+    out: &mut Vec<u8>,
+) {
+    for seg in segments {
+        match seg {
+            Segment::Literal(r) => out.extend_from_slice(&template.source()[r.clone()]),
+            Segment::Text(t) => out.extend_from_slice(t),
+            Segment::Include(inc) => {
+                if let Some(b) = bodies.get(&inc.src) {
+                    out.extend_from_slice(b);
+                }
+            }
+            Segment::Try { attempt, .. } => stitch(template, attempt, bodies, out),
+        }
+    }
 }
 
 fn bench_warm_page(c: &mut Criterion) {
