@@ -21,6 +21,7 @@ use worker::{event, Context, Env, Headers, Request, Response, Result};
 
 use fragcache_core::config::{Config, ConfigError};
 use fragcache_core::loader::{Loader, Shared};
+use fragcache_core::purge::{paths_from_query, PURGE_PATH};
 use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::{handle, handle_surrogate_shell, Reply};
 use fragcache_core::url::Url;
@@ -69,6 +70,9 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Err(e) => return text(400, &format!("bad request URL: {e}\n")),
     };
     let method = req.method();
+    if url.path() == PURGE_PATH {
+        return purge(&req, &env, ctx, config, url).await;
+    }
     if method != worker::Method::Get && method != worker::Method::Head {
         // Only safe methods are assembled; everything else goes to the origin as is.
         return ports::proxy(req, &url.with_origin(&config.origin)).await;
@@ -98,6 +102,69 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         }
         other => respond(other),
     }
+}
+
+/// Name of the secret that enables the purge endpoint.
+const PURGE_TOKEN_BINDING: &str = "FRAGCACHE_PURGE_TOKEN";
+
+/// `POST /_fragcache/purge?path=…` with `Authorization: Bearer <token>`.
+async fn purge(
+    req: &Request,
+    env: &Env,
+    ctx: Context,
+    config: Rc<Config>,
+    url: Url,
+) -> Result<Response> {
+    let Some(token) = env
+        .secret(PURGE_TOKEN_BINDING)
+        .ok()
+        .map(|s| s.to_string())
+        .or_else(|| env.var(PURGE_TOKEN_BINDING).ok().map(|v| v.to_string()))
+        .filter(|t| !t.is_empty())
+    else {
+        return text(404, &format!("fragcache: purging is disabled; set the {PURGE_TOKEN_BINDING} secret to enable it\n"));
+    };
+    if req.method() != worker::Method::Post {
+        return text(405, "fragcache: purge with POST\n");
+    }
+    let given = req.headers().get("authorization")?.unwrap_or_default();
+    let expected = format!("Bearer {token}");
+    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return text(401, "fragcache: wrong or missing purge token\n");
+    }
+    let paths = match paths_from_query(url.query()) {
+        Ok(p) => p,
+        Err(e) => return text(400, &format!("fragcache: {e}\n")),
+    };
+    let kv = match env.kv(KV_BINDING) {
+        Ok(kv) => kv,
+        Err(e) => {
+            return text(
+                500,
+                &format!("fragcache: KV binding {KV_BINDING} is missing: {e}\n"),
+            )
+        }
+    };
+    let shared = SHARED.with(Rc::clone);
+    let loader = Loader::new(
+        ports::ports(kv, Rc::new(ctx)),
+        shared,
+        config,
+        Rc::new(ClientRequest::new(url)),
+    );
+    let report = fragcache_core::purge::purge(&loader, &paths).await;
+    let h = Headers::new();
+    h.set("content-type", "application/json")?;
+    h.set("cache-control", "no-store")?;
+    let status = if report.errors.is_empty() { 200 } else { 500 };
+    Ok(Response::ok(report.to_json())?
+        .with_status(status)
+        .with_headers(h))
+}
+
+/// Compares secrets without revealing the position of the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Turns the core's reply into a Worker response.

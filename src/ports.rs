@@ -59,6 +59,35 @@ impl FragmentStore for KvFragments {
         })
     }
 
+    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
+        let kv = self.0.clone();
+        let prefix = prefix.to_owned();
+        Box::pin(async move {
+            let mut keys = Vec::new();
+            let mut cursor: Option<String> = None;
+            // KV lists 1,000 keys per call; follow the cursor, within reason.
+            for _ in 0..10 {
+                let mut req = kv.list().prefix(prefix.clone());
+                if let Some(c) = cursor.take() {
+                    req = req.cursor(c);
+                }
+                let page = req.execute().await.map_err(|e| StoreError(e.to_string()))?;
+                keys.extend(page.keys.into_iter().map(|k| k.name));
+                match page.cursor {
+                    Some(c) if !page.list_complete => cursor = Some(c),
+                    _ => break,
+                }
+            }
+            Ok(keys)
+        })
+    }
+
+    fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>> {
+        let kv = self.0.clone();
+        let key = key.to_owned();
+        Box::pin(async move { kv.delete(&key).await.map_err(|e| StoreError(e.to_string())) })
+    }
+
     fn put(
         &self,
         key: &str,

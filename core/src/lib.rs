@@ -23,6 +23,7 @@
 //!   cold single-flight, private bypass).
 //! - [`assemble`]: ordered, concurrent, streaming page assembly.
 //! - [`serve`]: one request end to end: route, shell, headers, first bytes.
+//! - [`purge`]: deleting stored entries when content changes.
 //! - [`request`]: the parts of the client request the core reads.
 //! - [`testing`]: in-memory fakes and a deterministic executor for
 //!   simulations.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod esi;
 pub mod loader;
 pub mod ports;
+pub mod purge;
 pub mod request;
 pub mod serve;
 pub mod testing;

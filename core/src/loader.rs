@@ -208,6 +208,20 @@ impl Recent {
         self.bytes.set(self.bytes.get() + size);
     }
 
+    /// Drops every remembered copy whose key starts with `prefix`.
+    pub fn forget_prefix(&self, prefix: &str) {
+        let mut map = self.map.borrow_mut();
+        let mut freed = 0;
+        map.retain(|k, (_, f)| {
+            let keep = !k.starts_with(prefix);
+            if !keep {
+                freed += f.body.len();
+            }
+            keep
+        });
+        self.bytes.set(self.bytes.get().saturating_sub(freed));
+    }
+
     /// Drops the remembered copy of `key`.
     fn forget(&self, key: &str) {
         if let Some((_, old)) = self.map.borrow_mut().remove(key) {
@@ -246,6 +260,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Forgets everything this isolate remembers about keys starting with
+    /// `prefix` (after a purge): memory copies and the write throttle, so the
+    /// next fetch is stored at once.
+    pub fn forget_prefix(&self, prefix: &str) {
+        self.recent.forget_prefix(prefix);
+        self.last_write
+            .borrow_mut()
+            .retain(|k, _| !k.starts_with(prefix));
+    }
+
     /// Fresh isolate state.
     pub fn new() -> Rc<Self> {
         Rc::new(Shared::default())

@@ -82,6 +82,10 @@ pub struct StoreError(pub String);
 pub trait FragmentStore {
     /// Reads one entry; `Ok(None)` when absent.
     fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>>;
+    /// Every live key starting with `prefix` (for purging).
+    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>>;
+    /// Removes one entry.
+    fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>>;
     /// Writes one entry that the store may drop after `expiration_ttl_s`.
     fn put(
         &self,

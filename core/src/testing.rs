@@ -318,6 +318,19 @@ impl MemStore {
 struct MemStorePort(Rc<MemStore>);
 
 impl FragmentStore for MemStorePort {
+    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
+        let keys = self
+            .0
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        Box::pin(std::future::ready(Ok(keys)))
+    }
+    fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>> {
+        self.0.entries.borrow_mut().remove(key);
+        Box::pin(std::future::ready(Ok(())))
+    }
     fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>> {
         let s = &self.0;
         s.gets.set(s.gets.get() + 1);

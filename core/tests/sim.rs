@@ -613,3 +613,34 @@ fn a_refresh_the_origin_now_marks_private_stops_serving_the_stored_copy() {
         .expect("tombstone");
     assert!(entry.body.is_empty());
 }
+
+#[test]
+fn purge_removes_every_variant_of_a_path_and_nothing_else() {
+    let w = World::new(21);
+    for p in ["/f/p1?b=2&a=1", "/f/p1?x=1", "/f/p1", "/f/p10", "/f/other"] {
+        w.sim.origin.script(p, Script::ok(p, 5));
+        let s = w.load(p);
+        w.sim.run();
+        assert!(take(&s).1.is_ok());
+    }
+    assert_eq!(w.sim.store.keys().len(), 5);
+    let loader = w.loader("/", None);
+    let report = w.sim.block_on(async move {
+        fragcache_core::purge::purge(&loader, &["/f/p1".to_owned()]).await
+    });
+    assert_eq!(report.deleted.len(), 3, "{report:?}");
+    let left = w.sim.store.keys();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|k| k.ends_with("/f/p10")));
+    // The isolate's memory forgot them too: the next request is a miss.
+    let again = w.load("/f/p1");
+    w.sim.run();
+    assert_eq!(take(&again).0, CacheStatus::Miss);
+    // A trailing * purges the whole prefix.
+    let loader = w.loader("/", None);
+    let report = w
+        .sim
+        .block_on(async move { fragcache_core::purge::purge(&loader, &["/f/*".to_owned()]).await });
+    assert_eq!(report.deleted.len(), 3);
+    assert!(w.sim.store.keys().is_empty());
+}

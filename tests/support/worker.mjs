@@ -63,6 +63,7 @@ class CapturingLog extends Log {
  *
  * @param {object} options
  * @param {object} options.config  The FRAGCACHE config object (JSON binding).
+ * @param {Record<string, string>} [options.bindings={}]  Extra plain-text bindings (e.g. secrets).
  * @param {boolean | string} [options.kvPersist=false]
  *   false: KV lives only as long as this instance. A directory path: KV is
  *   stored there, so a second instance started with the same path sees it
@@ -83,6 +84,7 @@ class CapturingLog extends Log {
  */
 export async function startWorker({
   config,
+  bindings = {},
   kvPersist = false,
   scriptPath = BUILD_SCRIPT,
   compatibilityDate = COMPATIBILITY_DATE,
@@ -122,7 +124,7 @@ export async function startWorker({
     compatibilityDate,
     kvNamespaces: ["FRAGMENTS"],
     kvPersist: persist,
-    bindings: { FRAGCACHE: config },
+    bindings: { ...bindings, FRAGCACHE: config },
     host: "127.0.0.1",
     port: 0,
     // Without workerd's --verbose, uncaught exceptions (cross-request I/O
