@@ -2207,60 +2207,31 @@ mod tests {
                 r#"{{ "origin": "http://o.test", "limits": {{ "{field}": {value} }} }}"#
             ))
         };
-        assert_error(
-            &limit("max_includes", "0"),
-            "limits.max_includes",
-            "0",
-            "at least 1",
-        );
-        assert_error(
-            &limit("max_includes", "1001"),
-            "limits.max_includes",
-            "1001",
-            "at most 1000",
-        );
-        assert_error(
-            &limit("max_depth", "33"),
-            "limits.max_depth",
-            "33",
-            "at most 32",
-        );
-        assert_error(
-            &limit("max_fragment_bytes", "0"),
-            "limits.max_fragment_bytes",
-            "0",
-            "at least 1",
-        );
-        assert_error(
-            &limit("max_fragment_bytes", "26214401"),
-            "limits.max_fragment_bytes",
-            "26214401",
-            "25 MiB",
-        );
-        assert_error(
-            &limit("max_page_bytes", "0"),
-            "limits.max_page_bytes",
-            "0",
-            "at least 1",
-        );
-        assert_error(
-            &limit("fragment_timeout_ms", "0"),
-            "limits.fragment_timeout_ms",
-            "0",
-            "at least 1 ms",
-        );
-        assert_error(
-            &limit("page_timeout_ms", "30001"),
-            "limits.page_timeout_ms",
-            "30001",
-            "wait_until",
-        );
-        assert_error(
-            &limit("fragment_timeout_ms", "99999999999999999999"),
-            "limits.fragment_timeout_ms",
-            "1e+20",
-            "at most 30000 ms",
-        );
+        // (field, value given, value reported, problem)
+        let cases = [
+            ("max_includes", "0", "0", "at least 1"),
+            ("max_includes", "1001", "1001", "at most 1000"),
+            ("max_depth", "33", "33", "at most 32"),
+            ("max_fragment_bytes", "0", "0", "at least 1"),
+            ("max_fragment_bytes", "26214401", "26214401", "25 MiB"),
+            ("max_page_bytes", "0", "0", "at least 1"),
+            ("fragment_timeout_ms", "0", "0", "at least 1 ms"),
+            ("page_timeout_ms", "30001", "30001", "wait_until"),
+            (
+                "fragment_timeout_ms",
+                "99999999999999999999",
+                "1e+20",
+                "at most 30000 ms",
+            ),
+        ];
+        for (field, value, reported, problem) in cases {
+            assert_error(
+                &limit(field, value),
+                &format!("limits.{field}"),
+                reported,
+                problem,
+            );
+        }
         let e = error(&cached(r#""timeout_ms": 60000"#));
         assert_error(&e, "fragments[0].timeout_ms", "60000", "at most 30000 ms");
         let e = error(&cached(r#""cold_wait_ms": 45000"#));

@@ -414,6 +414,21 @@ impl Script {
     }
 }
 
+/// Compiles `input` fed to a [`crate::esi::Compiler`] in pieces cut at the
+/// ascending offsets `cuts`: the chunk-safety tests compare this with
+/// compiling the whole input at once.
+pub fn compile_in_chunks(input: &[u8], cuts: &[usize]) -> crate::esi::Template {
+    let mut c = crate::esi::Compiler::new();
+    let mut last = 0;
+    for &cut in cuts {
+        let cut = cut.clamp(last, input.len());
+        c.feed(&input[last..cut]);
+        last = cut;
+    }
+    c.feed(&input[last..]);
+    c.finish()
+}
+
 /// Marker in a scripted body replaced by how many times the path has been
 /// served (1, 2, …), so tests can tell versions apart.
 pub const SERIAL: &str = "{{serial}}";

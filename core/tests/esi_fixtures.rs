@@ -35,7 +35,7 @@ use std::rc::Rc;
 
 use fragcache_core::assemble::Chunk;
 use fragcache_core::config::Config;
-use fragcache_core::esi::{Compiler, Plan, RequestVars, Template};
+use fragcache_core::esi::{Plan, RequestVars, Template};
 use fragcache_core::loader::{Loader, Shared};
 use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::{handle, Reply};
@@ -223,16 +223,7 @@ fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
     })
 }
 
-fn compile_chunked(input: &[u8], cuts: &[usize]) -> Template {
-    let mut c = Compiler::new();
-    let mut last = 0;
-    for &cut in cuts {
-        c.feed(&input[last..cut]);
-        last = cut;
-    }
-    c.feed(&input[last..]);
-    c.finish()
-}
+use fragcache_core::testing::compile_in_chunks as compile_chunked;
 
 /// xorshift64*: deterministic randomness without a dependency.
 struct Rng(u64);

@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fragcache_core::esi::{Compiler, Include, Plan, RequestVars, Segment, Template};
+use fragcache_core::testing::compile_in_chunks;
 use fragcache_core::url::Url;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -325,17 +326,6 @@ fn hostile_vars() -> RequestVars {
         cookie: Some("a=<script>; u=..; session=\"'\\\"".into()),
         query_string: Some("q=%3Cesi%3A&u=..&next=//evil.example/".into()),
     }
-}
-
-fn compile_in_chunks(doc: &[u8], cut_points: &[usize]) -> Template {
-    let mut compiler = Compiler::new();
-    let mut start = 0;
-    for &cut in cut_points {
-        compiler.feed(&doc[start..cut]);
-        start = cut;
-    }
-    compiler.feed(&doc[start..]);
-    compiler.finish()
 }
 
 fn cut_points(doc: &[u8], indices: &[Index]) -> Vec<usize> {

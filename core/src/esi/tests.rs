@@ -83,16 +83,7 @@ impl Rng {
     }
 }
 
-fn compile_chunks(input: &[u8], cuts: &[usize]) -> Template {
-    let mut c = Compiler::new();
-    let mut last = 0;
-    for &cut in cuts {
-        c.feed(&input[last..cut]);
-        last = cut;
-    }
-    c.feed(&input[last..]);
-    c.finish()
-}
+use crate::testing::compile_in_chunks as compile_chunks;
 
 #[test]
 fn include_forms() {
