@@ -390,7 +390,8 @@ pub struct FragmentRoute {
     pub honor_origin_headers: bool,
     /// XFetch β (≥ 0; 0 disables early refresh). Default [`DEFAULT_XFETCH_BETA`].
     pub xfetch_beta: f64,
-    /// Random TTL reduction, as a fraction in `[0, 0.5)`. Default [`DEFAULT_JITTER`].
+    /// TTL spread: each TTL is scaled by a random factor in
+    /// `[1 − jitter, 1 + jitter)`, jitter in `[0, 0.5)`. Default [`DEFAULT_JITTER`].
     pub jitter: f64,
     /// Origin timeout for this route: `timeout_ms`, or
     /// `limits.fragment_timeout_ms` when not set.
