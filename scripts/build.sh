@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
-# `wrangler dev` runs the [build] command at start-up and again when its file
-# watcher starts; npm start has just built, so skip while nothing changed.
-if [ "${WRANGLER_COMMAND:-}" = "dev" ] && [ -f build/index.js ] \
+# `wrangler dev` and `wrangler deploy` run the [build] command themselves
+# (dev twice: at start-up and when its file watcher starts); `npm start` and
+# `npm run deploy` have just built, so skip while nothing changed.
+if [ -n "${WRANGLER_COMMAND:-}" ] && [ -f build/index.js ] \
   && [ -z "$(find src core/src Cargo.toml Cargo.lock core/Cargo.toml -newer build/index.js -print -quit)" ]; then
   echo "build: build/ is up to date"
   exit 0
