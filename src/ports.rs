@@ -348,5 +348,6 @@ pub async fn surrogate_shell(
         stored_at: worker::Date::now().as_millis(),
         cache_key: None,
         set_cookies,
+        location: None,
     }))
 }

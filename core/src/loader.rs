@@ -66,6 +66,8 @@ pub struct Fragment {
     pub cache_key: Option<String>,
     /// `Set-Cookie` values (private fragments only; empty otherwise).
     pub set_cookies: Vec<String>,
+    /// `Location` of a redirect, passed on when a page shell redirects.
+    pub location: Option<String>,
 }
 
 impl Fragment {
@@ -83,6 +85,7 @@ impl Fragment {
             esi: join_header(resp, "surrogate-control").is_some_and(|v| parse_directives(&v).esi),
             stored_at: now,
             cache_key: key.map(str::to_owned),
+            location: resp.header("location").map(str::to_owned),
             set_cookies: if keep_cookies {
                 resp.header_all("set-cookie").map(str::to_owned).collect()
             } else {
@@ -101,6 +104,7 @@ impl Fragment {
             stored_at: entry.meta.stored_at,
             cache_key: Some(key.to_owned()),
             set_cookies: Vec::new(),
+            location: None,
         }
     }
 }

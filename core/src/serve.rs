@@ -139,6 +139,9 @@ async fn render_shell(
         if let Some(cc) = &shell.cache_control {
             headers.push(("cache-control".into(), cc.clone()));
         }
+        if let Some(location) = &shell.location {
+            headers.push(("location".into(), location.clone()));
+        }
         headers.push((
             STATUS_HEADER.into(),
             status_header(std::slice::from_ref(&shell_report)),

@@ -644,3 +644,20 @@ fn purge_removes_every_variant_of_a_path_and_nothing_else() {
     assert_eq!(report.deleted.len(), 3);
     assert!(w.sim.store.keys().is_empty());
 }
+
+#[test]
+fn a_redirecting_page_shell_keeps_its_location_and_cookies() {
+    let w = World::new(22);
+    w.sim.origin.script(
+        "/live",
+        Script::status(302, 0)
+            .header("location", "/signed-in")
+            .header("set-cookie", "session=new"),
+    );
+    let p = page(&w, "/live", None);
+    w.sim.run();
+    let (status, headers, _, _, _) = take(&p);
+    assert_eq!(status, 302);
+    assert_eq!(header(&headers, "location"), Some("/signed-in"));
+    assert_eq!(header(&headers, "set-cookie"), Some("session=new"));
+}
