@@ -36,7 +36,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use crate::cache::CacheStatus;
 use crate::esi::{Include, Plan, RequestVars, Segment, Template};
-use crate::loader::{Fragment, LoadError, Loader, Lookup};
+use crate::loader::{Fragment, LoadError, Loader, Lookup, VaryHint};
 use crate::ports::{LocalFuture, LogLevel};
 use crate::url::{Url, UrlError};
 
@@ -136,6 +136,7 @@ struct PageState {
     private: Cell<bool>,
     uncertain: Cell<bool>,
     set_cookies: RefCell<Vec<String>>,
+    vary: RefCell<VaryHint>,
 }
 
 type SegmentFuture = LocalFuture<Result<Vec<u8>, IncludeError>>;
@@ -164,6 +165,7 @@ impl Page {
             private: Cell::new(false),
             uncertain: Cell::new(false),
             set_cookies: RefCell::new(Vec::new()),
+            vary: RefCell::new(VaryHint::default()),
         });
         let plan: Plan = template.evaluate(&state.vars);
         let base = Rc::new(base);
@@ -200,6 +202,17 @@ impl Page {
                 .set_cookies
                 .borrow_mut()
                 .extend_from_slice(started.lookup.set_cookies());
+        }
+        for started in lookups.iter().flatten().flatten() {
+            let v = &started.lookup.vary;
+            let mut all = state.vary.borrow_mut();
+            for h in &v.headers {
+                if !all.headers.contains(h) {
+                    all.headers.push(h.clone());
+                }
+            }
+            all.cookie |= v.cookie;
+            all.country |= v.country;
         }
         let uncertain = plan
             .segments
@@ -246,6 +259,11 @@ impl Page {
     /// them on (`pass_set_cookie`).
     pub fn set_cookies(&self) -> Vec<String> {
         self.state.set_cookies.borrow().clone()
+    }
+
+    /// What the page's top-level fragments vary on besides the URL.
+    pub fn vary(&self) -> VaryHint {
+        self.state.vary.borrow().clone()
     }
 
     /// Reports for the includes seen so far.

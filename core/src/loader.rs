@@ -292,6 +292,7 @@ struct Policy {
     timeout_ms: u32,
     forward: Vec<String>,
     pass_set_cookie: bool,
+    vary: VaryHint,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +330,11 @@ impl Policy {
             timeout_ms: r.timeout_ms,
             forward: r.forward_headers.clone(),
             pass_set_cookie: r.pass_set_cookie,
+            vary: VaryHint {
+                headers: r.vary.headers.clone(),
+                cookie: !r.vary.cookies.is_empty() || r.private_if_cookie.is_some(),
+                country: r.vary.country,
+            },
         }
     }
 
@@ -361,6 +367,7 @@ impl Policy {
                 DEFAULT_FORWARD.iter().map(|s| (*s).to_owned()).collect()
             },
             pass_set_cookie: true,
+            vary: VaryHint::default(),
         }
     }
 
@@ -373,8 +380,21 @@ impl Policy {
             timeout_ms: config.limits.fragment_timeout_ms,
             forward: DEFAULT_FORWARD.iter().map(|s| (*s).to_owned()).collect(),
             pass_set_cookie: false,
+            vary: VaryHint::default(),
         }
     }
+}
+
+/// What a cached fragment's content depends on besides its URL, so that a
+/// page built from it can tell downstream caches (`Vary`) or stay private.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VaryHint {
+    /// Request headers (lower-case) the content varies on.
+    pub headers: Vec<String>,
+    /// Whether it varies on cookies (selected cookies, or signed-in state).
+    pub cookie: bool,
+    /// Whether it varies on the client's country, which `Vary` cannot express.
+    pub country: bool,
 }
 
 /// A first-step result: the cache status is known, the body may not be.
@@ -388,6 +408,8 @@ pub struct Lookup {
     /// Whether the response headers must wait for this load, because its
     /// `Set-Cookie` is to be passed to the client.
     pub wants_set_cookie: bool,
+    /// What the content depends on besides the URL.
+    pub vary: VaryHint,
     inner: LookupInner,
 }
 
@@ -408,24 +430,21 @@ impl Lookup {
             age_s,
             private,
             wants_set_cookie: false,
+            vary: VaryHint::default(),
             inner: LookupInner::Ready(r),
         }
     }
 
     /// Completes a pending load now, keeping the result for [`Lookup::finish`].
     pub async fn settle(self) -> Lookup {
-        let (status, age_s, private, wants_set_cookie) =
-            (self.status, self.age_s, self.private, self.wants_set_cookie);
         let (status, r) = match self.inner {
-            LookupInner::Ready(r) => (status, r),
+            LookupInner::Ready(r) => (self.status, r),
             LookupInner::Pending(f) => f.await,
         };
         Lookup {
             status,
-            age_s,
-            private,
-            wants_set_cookie,
             inner: LookupInner::Ready(r),
+            ..self
         }
     }
 
@@ -525,6 +544,13 @@ impl Loader {
     }
 
     async fn lookup(&self, url: &Url, policy: Policy) -> Lookup {
+        let vary = policy.vary.clone();
+        let mut lookup = self.lookup_with(url, policy).await;
+        lookup.vary = vary;
+        lookup
+    }
+
+    async fn lookup_with(&self, url: &Url, policy: Policy) -> Lookup {
         let Some(cache) = policy.cache.clone() else {
             return self.direct(url, policy);
         };
@@ -635,6 +661,7 @@ impl Loader {
             age_s: None,
             private,
             wants_set_cookie: private && policy.pass_set_cookie,
+            vary: VaryHint::default(),
             inner: LookupInner::Pending(Box::pin(async move {
                 let result = this.fetch_direct(&url, &policy, true).await;
                 let status = if result.is_ok() {
@@ -770,6 +797,7 @@ impl Loader {
             age_s: None,
             private: false,
             wants_set_cookie: false,
+            vary: VaryHint::default(),
             inner: LookupInner::Pending(Box::pin(async move {
                 match this.wait(&this.shared.flights, &handle, deadline).await {
                     Err(e) => (CacheStatus::Error, Err(e)),

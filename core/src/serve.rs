@@ -188,14 +188,27 @@ async fn render_shell(
     for c in page.set_cookies() {
         headers.push(("set-cookie".into(), c));
     }
+    let vary = page.vary();
+    // `Vary` cannot name the client's country: such a page is not shared.
     let private = page.is_private()
         || page.may_be_private()
         || private_shell
-        || !shell.set_cookies.is_empty();
+        || !shell.set_cookies.is_empty()
+        || vary.country;
     if private {
         headers.push(("cache-control".into(), "private, no-store".into()));
-    } else if let Some(cc) = &shell.cache_control {
-        headers.push(("cache-control".into(), cc.clone()));
+    } else {
+        if let Some(cc) = &shell.cache_control {
+            headers.push(("cache-control".into(), cc.clone()));
+        }
+        // Downstream caches must keep the variants the fragments keep apart.
+        let mut names: Vec<String> = vary.headers;
+        if vary.cookie {
+            names.push("cookie".into());
+        }
+        if !names.is_empty() {
+            headers.push(("vary".into(), names.join(", ")));
+        }
     }
     let mut reports = vec![shell_report];
     reports.extend(page.reports());

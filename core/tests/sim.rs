@@ -27,6 +27,8 @@ fn config() -> Rc<Config> {
                 { "path": "/f/cart", "private": true, "pass_set_cookie": true },
                 { "path": "/f/fail/*", "soft_ttl": 10, "hard_ttl": 300, "cold": "fail", "retry_after": 7 },
                 { "path": "/f/neg", "soft_ttl": 10, "hard_ttl": 300, "negative_ttl": 5 },
+                { "path": "/v/*", "soft_ttl": 60, "hard_ttl": 300, "vary": { "headers": ["accept-language"], "cookies": ["currency"] } },
+                { "path": "/cc/*", "soft_ttl": 60, "hard_ttl": 300, "vary": { "country": true } },
                 { "path": "/xf/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 20 },
                 { "path": "/jit/*", "soft_ttl": 100, "hard_ttl": 1000, "jitter": 0.1, "xfetch_beta": 0 },
                 { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
@@ -660,4 +662,47 @@ fn a_redirecting_page_shell_keeps_its_location_and_cookies() {
     assert_eq!(status, 302);
     assert_eq!(header(&headers, "location"), Some("/signed-in"));
     assert_eq!(header(&headers, "set-cookie"), Some("session=new"));
+}
+
+#[test]
+fn pages_built_from_varying_fragments_say_so() {
+    let w = World::new(23);
+    w.sim.origin.script(
+        "/live",
+        Script::ok(r#"<p><esi:include src="/v/a"/></p>"#, 0)
+            .header("cache-control", "public, max-age=60"),
+    );
+    w.sim.origin.script("/v/a", Script::ok("A", 5));
+    let warm = page(&w, "/live", None);
+    w.sim.run();
+    assert_eq!(
+        header(&take(&warm).1, "cache-control"),
+        Some("private, no-store"),
+        "cold: unknown yet"
+    );
+    let p = page(&w, "/live", None);
+    w.sim.run();
+    let (_, headers, body, _, _) = take(&p);
+    assert_eq!(body, "<p>A</p>");
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("public, max-age=60")
+    );
+    assert_eq!(header(&headers, "vary"), Some("accept-language, cookie"));
+
+    // Varying on the country cannot be told to a shared cache: private.
+    w.sim.origin.script(
+        "/live",
+        Script::ok(r#"<p><esi:include src="/cc/a"/></p>"#, 0)
+            .header("cache-control", "public, max-age=60"),
+    );
+    w.sim.origin.script("/cc/a", Script::ok("C", 5));
+    for _ in 0..2 {
+        let p = page(&w, "/live", None);
+        w.sim.run();
+        assert_eq!(
+            header(&take(&p).1, "cache-control"),
+            Some("private, no-store")
+        );
+    }
 }
