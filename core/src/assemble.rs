@@ -31,7 +31,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use futures_util::future::{join_all, select, Either};
+use futures_util::future::{join_all, select, Either, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use crate::cache::CacheStatus;
@@ -147,6 +147,8 @@ pub struct Page {
     stream: FuturesOrdered<SegmentFuture>,
     sent: usize,
     done: bool,
+    /// A failure found while merging ready chunks, reported next time.
+    held_error: Option<IncludeError>,
 }
 
 impl Page {
@@ -237,6 +239,7 @@ impl Page {
             stream,
             sent: 0,
             done: false,
+            held_error: None,
         }
     }
 
@@ -275,28 +278,47 @@ impl Page {
     /// the end. Failed top-level includes are reported as [`Chunk::Failed`];
     /// the caller decides (by whether it has sent anything) what that means.
     pub async fn next_chunk(&mut self) -> Option<Chunk> {
+        if let Some(e) = self.held_error.take() {
+            return Some(Chunk::Failed(e));
+        }
         if self.done {
             return None;
         }
-        let item = self.stream.next().await?;
-        match item {
-            Ok(bytes) => {
-                let max = self.state.loader.config().limits.max_page_bytes;
-                if self.sent + bytes.len() > max {
-                    self.done = true;
-                    self.state.log(
-                        LogLevel::Error,
-                        &format!("page exceeds max_page_bytes ({max}); output cut off"),
-                    );
-                    let keep = max.saturating_sub(self.sent);
-                    self.sent = max;
-                    return Some(Chunk::Bytes(bytes[..keep].to_vec()));
+        let mut bytes = match self.stream.next().await? {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(Chunk::Failed(e)),
+        };
+        // Everything after it that is ready right now goes out in the same
+        // chunk: one write instead of one per literal and fragment. Segments
+        // not ready stay queued and their wake-ups are kept by the stream.
+        loop {
+            match self.stream.next().now_or_never() {
+                Some(Some(Ok(more))) => bytes.extend_from_slice(&more),
+                Some(Some(Err(e))) => {
+                    self.held_error = Some(e);
+                    break;
                 }
-                self.sent += bytes.len();
-                Some(Chunk::Bytes(bytes))
+                Some(None) => {
+                    self.done = true;
+                    break;
+                }
+                None => break,
             }
-            Err(e) => Some(Chunk::Failed(e)),
         }
+        let max = self.state.loader.config().limits.max_page_bytes;
+        if self.sent + bytes.len() > max {
+            self.done = true;
+            self.state.log(
+                LogLevel::Error,
+                &format!("page exceeds max_page_bytes ({max}); output cut off"),
+            );
+            let keep = max.saturating_sub(self.sent);
+            self.sent = max;
+            bytes.truncate(keep);
+            return Some(Chunk::Bytes(bytes));
+        }
+        self.sent += bytes.len();
+        Some(Chunk::Bytes(bytes))
     }
 
     /// Collects the whole page; a failed top-level include fails the page.
