@@ -27,9 +27,9 @@ pub trait Clock {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
     /// A future that completes after `ms` milliseconds. In the Worker it must
-    /// be created by the request that awaits it (workerd ties timers to the
-    /// request that made them), which is why followers of a single-flight
-    /// load poll with their own timer instead of being woken by the leader.
+    /// be created by the request that awaits it: workerd ties timers to the
+    /// request that made them (see [`Signals`] for how one request wakes
+    /// another).
     fn sleep(&self, ms: u64) -> LocalFuture<()>;
 }
 
