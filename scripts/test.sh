@@ -18,6 +18,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo clippy (wasm32)"
 cargo clippy --target wasm32-unknown-unknown -p fragcache -- -D warnings
 
+step "cargo doc (broken links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 step "Rust tests"
 cargo test --workspace
 

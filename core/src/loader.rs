@@ -4,8 +4,9 @@
 //! as the cache status of every top-level include is known, without waiting
 //! for any origin fetch:
 //!
-//! 1. [`Loader::lookup`] matches the URL to a route, reads KV and classifies
-//!    the entry. Fresh and stale entries are ready at once (a stale one, or a
+//! 1. [`Loader::lookup_fragment`] (or [`Loader::lookup_page`]) matches the
+//!    URL to a route, finds the entry (isolate memory, else KV) and
+//!    classifies it. Fresh and stale entries are ready at once (a stale one, or a
 //!    fresh one that XFetch picks for early renewal, starts one background
 //!    refresh if none is in flight and the key is not backing off). Private
 //!    and uncacheable URLs, and cold keys, come back pending.

@@ -175,9 +175,8 @@ impl<T> Flights<T> {
 }
 
 /// The leader's obligation to publish an outcome. Dropping it without
-/// calling [`LeaderGuard::complete`] publishes `abandoned` via
-/// [`LeaderGuard::abandon_with`] semantics: the entry is removed and
-/// followers see no outcome, so they time out or retry on their own.
+/// calling [`LeaderGuard::complete`] removes the entry and wakes every
+/// waiter: they see no outcome and a dead flight, and stop waiting.
 pub struct LeaderGuard<T> {
     flights: Rc<Flights<T>>,
     key: String,
