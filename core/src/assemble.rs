@@ -204,17 +204,7 @@ impl Page {
                 .set_cookies
                 .borrow_mut()
                 .extend_from_slice(started.lookup.set_cookies());
-        }
-        for started in lookups.iter().flatten().flatten() {
-            let v = &started.lookup.vary;
-            let mut all = state.vary.borrow_mut();
-            for h in &v.headers {
-                if !all.headers.contains(h) {
-                    all.headers.push(h.clone());
-                }
-            }
-            all.cookie |= v.cookie;
-            all.country |= v.country;
+            state.vary.borrow_mut().merge(&started.lookup.vary);
         }
         let uncertain = plan
             .segments

@@ -398,6 +398,19 @@ pub struct VaryHint {
     pub country: bool,
 }
 
+impl VaryHint {
+    /// Adds what `other` varies on.
+    pub fn merge(&mut self, other: &VaryHint) {
+        for h in &other.headers {
+            if !self.headers.contains(h) {
+                self.headers.push(h.clone());
+            }
+        }
+        self.cookie |= other.cookie;
+        self.country |= other.country;
+    }
+}
+
 /// A first-step result: the cache status is known, the body may not be.
 pub struct Lookup {
     /// Cache status as far as known (a pending miss may end as an error).
