@@ -450,7 +450,11 @@ impl PageState {
         if !may_contain_esi(&frag.body) {
             return Ok(frag.body.to_vec());
         }
-        let template = self.loader.shared().templates.get(frag);
+        let template =
+            self.loader
+                .shared()
+                .templates
+                .get(frag, &url, self.loader.ports().log.as_ref());
         if !template.has_esi() {
             return Ok(frag.body.to_vec());
         }

@@ -33,7 +33,7 @@ use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
 use crate::esi::Template;
 use crate::ports::{
-    LocalFuture, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
+    LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
 };
 use crate::request::ClientRequest;
 use crate::url::Url;
@@ -160,17 +160,26 @@ pub struct TemplateMemo {
 const MAX_TEMPLATES: usize = 256;
 
 impl TemplateMemo {
-    /// The compiled form of `frag`, compiling it on first use of this version.
-    pub fn get(&self, frag: &Fragment) -> Rc<Template> {
+    /// The compiled form of `frag` (from `url`), compiling it on first use
+    /// of this version and logging its ESI warnings then.
+    pub fn get(&self, frag: &Fragment, url: &Url, log: &dyn Log) -> Rc<Template> {
+        let compile = || {
+            let t = Template::compile(&frag.body);
+            // Once per compiled version, not on every request that uses it.
+            for w in t.warnings() {
+                log.log(LogLevel::Warn, &format!("{url}: ESI: {w}"));
+            }
+            Rc::new(t)
+        };
         let Some(key) = &frag.cache_key else {
-            return Rc::new(Template::compile(&frag.body));
+            return compile();
         };
         if let Some((stored_at, t)) = self.map.borrow().get(key) {
             if *stored_at == frag.stored_at {
                 return Rc::clone(t);
             }
         }
-        let t = Rc::new(Template::compile(&frag.body));
+        let t = compile();
         let mut map = self.map.borrow_mut();
         if map.len() >= MAX_TEMPLATES {
             map.clear();

@@ -155,15 +155,12 @@ async fn render_shell(
     if !(200..300).contains(&shell.status) || (require_surrogate_control && !shell.esi) {
         return passthrough(headers);
     }
-    let template = loader.shared().templates.get(&shell);
+    let template = loader
+        .shared()
+        .templates
+        .get(&shell, &origin_url, loader.ports().log.as_ref());
     if !template.has_esi() {
         return passthrough(headers);
-    }
-    for w in template.warnings() {
-        loader
-            .ports()
-            .log
-            .log(LogLevel::Warn, &format!("{}: ESI: {w}", origin_url));
     }
     let mut page = Page::prepare(loader.clone(), template, origin_url.clone()).await;
     let mut first = Vec::new();
