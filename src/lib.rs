@@ -4,7 +4,8 @@
 //! implements the core's ports on the platform (KV, `fetch`, `Date.now`,
 //! `getrandom`, `ctx.wait_until`, the console), reads and validates the
 //! configuration once per isolate, and turns the core's [`Reply`] into a
-//! `Response`. Errors become HTTP responses here and nowhere else.
+//! `Response`. Every error, the adapter's own included, is a core
+//! [`Reply::error`] turned into a response by one function, `respond`.
 //!
 //! Isolate-wide state (the validated config, the single-flight map, back-off
 //! and compiled templates) lives in a thread-local: a Worker isolate runs one
@@ -17,13 +18,15 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures_util::stream::{self, StreamExt};
-use worker::{event, Context, Env, Headers, Request, Response, Result};
+use http::StatusCode;
+use worker::{event, Context, Env, Request, Response, Result};
 
 use fragcache_core::config::{Config, ConfigError};
 use fragcache_core::loader::{Loader, Shared};
+use fragcache_core::ports::OriginResponse;
 use fragcache_core::purge::{paths_from_query, PURGE_PATH};
 use fragcache_core::request::ClientRequest;
-use fragcache_core::serve::{handle, handle_surrogate_shell, Reply};
+use fragcache_core::serve::{handle, handle_surrogate_shell, shell_too_large, wants_esi, Reply};
 use fragcache_core::url::Url;
 
 /// Name of the `[vars]` object holding the configuration.
@@ -61,32 +64,72 @@ fn config(env: &Env) -> std::result::Result<Rc<Config>, ConfigError> {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    let reply = match serve(req, env, ctx).await {
+        Ok(Served::Reply(r)) => r,
+        Ok(Served::Response(r)) => return Ok(r),
+        Err(e) => {
+            worker::console_error!("fragcache: {e}");
+            Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("fragcache: {e}"),
+            )
+        }
+    };
+    respond(reply)
+}
+
+/// What serving produced: a reply of the core's, or an origin response
+/// passed on as it is.
+enum Served {
+    Reply(Reply),
+    Response(Response),
+}
+
+async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
     let config = match config(&env) {
         Ok(c) => c,
-        Err(e) => return text(500, &format!("{e}\n")),
+        Err(e) => {
+            return Ok(Served::Reply(Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &e.to_string(),
+            )))
+        }
     };
     let url = match Url::parse(req.url()?.as_str()) {
         Ok(u) => u,
-        Err(e) => return text(400, &format!("bad request URL: {e}\n")),
+        Err(e) => {
+            return Ok(Served::Reply(Reply::error(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request URL: {e}"),
+            )))
+        }
     };
-    let method = req.method();
     if url.path() == PURGE_PATH {
-        return purge(&req, &env, ctx, config, url).await;
+        return purge(&req, &env, ctx, config, url).await.map(Served::Reply);
     }
+    let method = req.method();
     if method != worker::Method::Get && method != worker::Method::Head {
         // Only safe methods are assembled; everything else goes to the origin as is.
-        return ports::proxy(req, &url.with_origin(&config.origin)).await;
+        return ports::proxy(req, &url.with_origin(&config.origin))
+            .await
+            .map(Served::Response);
     }
     let mut client = ClientRequest::new(url);
-    for (name, value) in req.headers().entries() {
-        client.headers.push((name.to_ascii_lowercase(), value));
+    if method == worker::Method::Head {
+        client.method = http::Method::HEAD;
     }
+    client.headers = ports::header_map(req.headers());
     client.country = req.cf().and_then(|cf| cf.country());
     let kv = match env.kv(KV_BINDING) {
         Ok(kv) => kv,
         Err(e) => {
             worker::console_error!("KV binding {KV_BINDING} is missing: {e}");
-            return text(500, &format!("fragcache: KV namespace binding `{KV_BINDING}` is missing from wrangler.toml\n"));
+            return Ok(Served::Reply(Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "fragcache: KV namespace binding `{KV_BINDING}` is missing from wrangler.toml"
+                ),
+            )));
         }
     };
     let ctx = Rc::new(ctx);
@@ -95,13 +138,35 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     match handle(loader.clone()).await {
         Reply::Pass(target) => {
             let resp = ports::forward(req, &target).await?;
-            match ports::surrogate_shell(resp, &loader).await? {
-                Ok(shell) => respond(handle_surrogate_shell(loader, Rc::new(shell)).await),
-                Err(resp) => Ok(resp),
-            }
+            pass_or_assemble(resp, loader).await
         }
-        other => respond(other),
+        other => Ok(Served::Reply(other)),
     }
+}
+
+/// A response the origin sent on a pass-through route: sent on as it is,
+/// unless the origin asks for ESI processing (`Surrogate-Control:
+/// content="ESI/1.0"`), in which case it is read as a page shell and
+/// assembled. Such a shell over `limits.max_shell_bytes` fails the page
+/// with a 502: its markup must never reach the client unprocessed.
+async fn pass_or_assemble(mut resp: Response, loader: Loader) -> Result<Served> {
+    let headers = ports::header_map(resp.headers());
+    let Ok(status) = StatusCode::from_u16(resp.status_code()) else {
+        return Ok(Served::Response(resp));
+    };
+    if !wants_esi(status, &headers) {
+        return Ok(Served::Response(ports::pass_on(resp)));
+    }
+    let max = loader.config().limits.max_shell_bytes;
+    let Some(body) = ports::read_limited(&mut resp, max).await? else {
+        return Ok(Served::Reply(shell_too_large(&loader)));
+    };
+    let shell = OriginResponse {
+        status,
+        headers,
+        body,
+    };
+    Ok(Served::Reply(handle_surrogate_shell(loader, shell).await))
 }
 
 /// Name of the secret that enables the purge endpoint.
@@ -114,7 +179,7 @@ async fn purge(
     ctx: Context,
     config: Rc<Config>,
     url: Url,
-) -> Result<Response> {
+) -> Result<Reply> {
     let Some(token) = env
         .secret(PURGE_TOKEN_BINDING)
         .ok()
@@ -122,27 +187,43 @@ async fn purge(
         .or_else(|| env.var(PURGE_TOKEN_BINDING).ok().map(|v| v.to_string()))
         .filter(|t| !t.is_empty())
     else {
-        return text(404, &format!("fragcache: purging is disabled; set the {PURGE_TOKEN_BINDING} secret to enable it\n"));
+        return Ok(Reply::error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "fragcache: purging is disabled; set the {PURGE_TOKEN_BINDING} secret to enable it"
+            ),
+        ));
     };
     if req.method() != worker::Method::Post {
-        return text(405, "fragcache: purge with POST\n");
+        return Ok(Reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "fragcache: purge with POST",
+        ));
     }
     let given = req.headers().get("authorization")?.unwrap_or_default();
     let expected = format!("Bearer {token}");
     if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return text(401, "fragcache: wrong or missing purge token\n");
+        return Ok(Reply::error(
+            StatusCode::UNAUTHORIZED,
+            "fragcache: wrong or missing purge token",
+        ));
     }
     let paths = match paths_from_query(url.query()) {
         Ok(p) => p,
-        Err(e) => return text(400, &format!("fragcache: {e}\n")),
+        Err(e) => {
+            return Ok(Reply::error(
+                StatusCode::BAD_REQUEST,
+                &format!("fragcache: {e}"),
+            ))
+        }
     };
     let kv = match env.kv(KV_BINDING) {
         Ok(kv) => kv,
         Err(e) => {
-            return text(
-                500,
-                &format!("fragcache: KV binding {KV_BINDING} is missing: {e}\n"),
-            )
+            return Ok(Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("fragcache: KV binding {KV_BINDING} is missing: {e}"),
+            ))
         }
     };
     let shared = SHARED.with(Rc::clone);
@@ -153,13 +234,12 @@ async fn purge(
         Rc::new(ClientRequest::new(url)),
     );
     let report = fragcache_core::purge::purge(&loader, &paths).await;
-    let h = Headers::new();
-    h.set("content-type", "application/json")?;
-    h.set("cache-control", "no-store")?;
-    let status = if report.errors.is_empty() { 200 } else { 500 };
-    Ok(Response::ok(report.to_json())?
-        .with_status(status)
-        .with_headers(h))
+    let status = if report.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    Ok(Reply::json(status, report.to_json()))
 }
 
 /// Compares secrets without revealing the position of the first difference.
@@ -167,20 +247,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Turns the core's reply into a Worker response.
+/// Turns the core's reply into a Worker response: the one place where
+/// replies, errors included, become responses.
 fn respond(reply: Reply) -> Result<Response> {
     match reply {
-        Reply::Pass(target) => text(
-            500,
-            &format!("fragcache: unexpected pass-through to {target}\n"),
-        ),
+        Reply::Pass(target) => respond(Reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("fragcache: unexpected pass-through to {target}"),
+        )),
         Reply::Full {
             status,
             headers,
             body,
         } => Ok(Response::from_bytes(body)?
-            .with_status(status)
-            .with_headers(to_headers(&headers)?)),
+            .with_status(status.as_u16())
+            .with_headers(ports::worker_headers(&headers))),
         Reply::Stream {
             status,
             headers,
@@ -204,23 +285,8 @@ fn respond(reply: Reply) -> Result<Response> {
             });
             let body = stream::once(async move { Ok(first) }).chain(rest);
             Ok(Response::from_stream(body)?
-                .with_status(status)
-                .with_headers(to_headers(&headers)?))
+                .with_status(status.as_u16())
+                .with_headers(ports::worker_headers(&headers)))
         }
     }
-}
-
-fn to_headers(list: &[(String, String)]) -> Result<Headers> {
-    let h = Headers::new();
-    for (n, v) in list {
-        h.append(n, v)?;
-    }
-    Ok(h)
-}
-
-fn text(status: u16, body: &str) -> Result<Response> {
-    let h = Headers::new();
-    h.set("content-type", "text/plain; charset=utf-8")?;
-    h.set("cache-control", "no-store")?;
-    Ok(Response::ok(body)?.with_status(status).with_headers(h))
 }

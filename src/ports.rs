@@ -9,19 +9,21 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, StatusCode};
 use worker::kv::KvStore;
 use worker::{
     AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
     Response,
 };
 
-use fragcache_core::cache::policy::parse_directives;
 use fragcache_core::cache::EntryMeta;
-use fragcache_core::loader::{Fragment, Loader, HOP_BY_HOP};
+use fragcache_core::loader::HOP_BY_HOP;
 use fragcache_core::ports::{
     Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake,
 };
+use fragcache_core::serve::passthrough_headers;
 use fragcache_core::url::Url;
 
 /// Builds the ports for one request.
@@ -119,12 +121,7 @@ impl Origin for FetchOrigin {
             let max = req.max_body_bytes;
             let url = req.url.to_string();
             let work = async move {
-                let headers = Headers::new();
-                for (n, v) in &req.headers {
-                    headers
-                        .append(n, v)
-                        .map_err(|e| OriginError::Network(format!("bad header {n}: {e}")))?;
-                }
+                let headers = worker_headers(&req.headers);
                 let mut init = RequestInit::new();
                 init.with_method(Method::Get)
                     .with_headers(headers)
@@ -136,29 +133,15 @@ impl Origin for FetchOrigin {
                     .send_with_signal(&signal)
                     .await
                     .map_err(|e| OriginError::Network(e.to_string()))?;
-                let declared = resp
-                    .headers()
-                    .get("content-length")
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse::<usize>().ok());
-                if declared.is_some_and(|n| n > max) {
-                    return Err(OriginError::TooLarge(max));
-                }
-                let body = resp
-                    .bytes()
+                let headers = header_map(resp.headers());
+                let status = StatusCode::from_u16(resp.status_code())
+                    .map_err(|e| OriginError::Network(format!("bad status: {e}")))?;
+                let body = read_limited(&mut resp, max)
                     .await
-                    .map_err(|e| OriginError::Network(e.to_string()))?;
-                if body.len() > max {
-                    return Err(OriginError::TooLarge(max));
-                }
-                let headers = resp
-                    .headers()
-                    .entries()
-                    .map(|(n, v)| (n.to_ascii_lowercase(), v))
-                    .collect();
+                    .map_err(|e| OriginError::Network(e.to_string()))?
+                    .ok_or(OriginError::TooLarge(max))?;
                 Ok(OriginResponse {
-                    status: resp.status_code(),
+                    status,
                     headers,
                     body,
                 })
@@ -258,12 +241,78 @@ impl Log for Console {
     }
 }
 
+/// The request or response headers of the platform as an `http` map.
+/// Names or values HTTP does not allow (which the runtime never hands us)
+/// are skipped rather than trusted.
+pub fn header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.entries() {
+        if let (Ok(n), Some(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            fragcache_core::headers::value(&value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// An `http` header map as the platform's headers.
+pub fn worker_headers(map: &HeaderMap) -> Headers {
+    let headers = Headers::new();
+    for (name, value) in map {
+        if let Some(v) = fragcache_core::headers::text(value) {
+            // Only values HTTP allows reach here, so append cannot refuse them.
+            let _ = headers.append(name.as_str(), v);
+        }
+    }
+    headers
+}
+
+/// Reads a body as it streams in, giving up (`Ok(None)`) as soon as it
+/// passes `max` bytes, whether or not the origin declared a length: a
+/// chunked body is never buffered past its limit.
+pub async fn read_limited(resp: &mut Response, max: usize) -> worker::Result<Option<Vec<u8>>> {
+    let declared = resp
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Ok(None);
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    let mut stream = match resp.stream() {
+        Ok(s) => s,
+        // No body at all.
+        Err(_) => return Ok(Some(body)),
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// Sends the client's request to `target` unchanged (method, headers,
 /// body), and its response back unchanged, redirects included, except that
 /// `Surrogate-Control` is removed.
 pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
     let resp = forward(req, target).await?;
-    strip_surrogate_control(resp)
+    Ok(pass_on(resp))
+}
+
+/// A response sent to the client as the origin made it, minus what is
+/// addressed to us ([`passthrough_headers`]); headers are rebuilt only when
+/// something is to be removed.
+pub fn pass_on(resp: Response) -> Response {
+    if !resp.headers().has("surrogate-control").unwrap_or(false) {
+        return resp;
+    }
+    let headers = passthrough_headers(&header_map(resp.headers()));
+    resp.with_headers(worker_headers(&headers))
 }
 
 /// Sends the client's request to `target` and returns the origin's response
@@ -289,6 +338,7 @@ pub async fn forward(req: Request, target: &Url) -> worker::Result<Response> {
             worker::console_error!("fragcache: proxy to {target} failed: {e}");
             let h = Headers::new();
             h.set("content-type", "text/plain; charset=utf-8")?;
+            h.set("cache-control", "no-store")?;
             Ok(
                 Response::ok(format!("fragcache: origin unreachable: {e}\n"))?
                     .with_status(502)
@@ -296,58 +346,4 @@ pub async fn forward(req: Request, target: &Url) -> worker::Result<Response> {
             )
         }
     }
-}
-
-/// Surrogate-Control is addressed to us, never to the client.
-fn strip_surrogate_control(resp: Response) -> worker::Result<Response> {
-    if !resp.headers().has("surrogate-control").unwrap_or(false) {
-        return Ok(resp);
-    }
-    let headers = Headers::new();
-    for (n, v) in resp.headers().entries() {
-        if !n.eq_ignore_ascii_case("surrogate-control") {
-            headers.append(&n, &v)?;
-        }
-    }
-    Ok(resp.with_headers(headers))
-}
-
-/// When a passed-through response is a 200 whose origin asks for ESI
-/// processing (`Surrogate-Control: content="ESI/1.0"`), reads it as a page
-/// shell (`Ok`); otherwise returns the response to send as is (`Err`),
-/// without `Surrogate-Control`. Shells over the fragment size limit are
-/// passed through unprocessed.
-pub async fn surrogate_shell(
-    mut resp: Response,
-    loader: &Loader,
-) -> worker::Result<std::result::Result<Fragment, Response>> {
-    let sc = resp.headers().get("surrogate-control")?.unwrap_or_default();
-    let max = loader.config().limits.max_fragment_bytes;
-    let declared = resp
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok());
-    if resp.status_code() != 200 || !parse_directives(&sc).esi || declared.is_some_and(|n| n > max)
-    {
-        return Ok(Err(strip_surrogate_control(resp)?));
-    }
-    let body = resp.bytes().await?;
-    let header = |name: &str| resp.headers().get(name).ok().flatten();
-    let set_cookies = resp
-        .headers()
-        .entries()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .map(|(_, v)| v)
-        .collect();
-    Ok(Ok(Fragment {
-        status: 200,
-        body: Rc::from(body),
-        content_type: header("content-type"),
-        cache_control: header("cache-control"),
-        esi: true,
-        stored_at: worker::Date::now().as_millis(),
-        cache_key: None,
-        set_cookies,
-        location: None,
-    }))
 }

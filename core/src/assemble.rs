@@ -425,10 +425,10 @@ impl PageState {
             url: url.to_string(),
             error,
         })?;
-        if frag.status >= 400 {
+        if frag.status.as_u16() >= 400 {
             return Err(IncludeError::Status {
                 url: url.to_string(),
-                status: frag.status,
+                status: frag.status.as_u16(),
             });
         }
         if !frag.set_cookies.is_empty() || status == CacheStatus::Bypass {
@@ -630,7 +630,9 @@ fn header_time_unknown(seg: &Segment, pre: Option<&Result<Started, IncludeError>
                 return true;
             }
             match l.ready_fragment() {
-                Some(f) => may_contain_esi(&f.body) || (f.status >= 300 && inc.alt.is_some()),
+                Some(f) => {
+                    may_contain_esi(&f.body) || (f.status.as_u16() >= 300 && inc.alt.is_some())
+                }
                 None => inc.alt.is_some(),
             }
         }

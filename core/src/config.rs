@@ -24,6 +24,7 @@
 //!     "max_includes": 40,
 //!     "max_fragment_bytes": 1048576,
 //!     "max_page_bytes": 8388608,
+//!     "max_shell_bytes": 4194304,
 //!     "fragment_timeout_ms": 5000,
 //!     "page_timeout_ms": 20000
 //!   },
@@ -190,6 +191,11 @@ pub struct Limits {
     pub max_fragment_bytes: usize,
     /// Largest assembled page; at most [`MAX_PAGE_BYTES_CAP`].
     pub max_page_bytes: usize,
+    /// Largest page shell accepted from the origin, for configured page
+    /// routes and origin-driven (`Surrogate-Control`) shells alike. Separate
+    /// from fragments because shells are typically whole documents; at most
+    /// `max_page_bytes`, since the page contains the shell.
+    pub max_shell_bytes: usize,
     /// Default per-fragment origin timeout; at most [`MAX_TIMEOUT_MS`].
     pub fragment_timeout_ms: u32,
     /// Deadline for a whole page; at most [`MAX_TIMEOUT_MS`].
@@ -205,6 +211,9 @@ impl Limits {
     pub const DEFAULT_MAX_FRAGMENT_BYTES: usize = 1024 * 1024;
     /// Default [`Limits::max_page_bytes`] (8 MiB).
     pub const DEFAULT_MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+    /// Default [`Limits::max_shell_bytes`] (4 MiB, or `max_page_bytes` if
+    /// that is smaller).
+    pub const DEFAULT_MAX_SHELL_BYTES: usize = 4 * 1024 * 1024;
     /// Default [`Limits::fragment_timeout_ms`].
     pub const DEFAULT_FRAGMENT_TIMEOUT_MS: u32 = 5000;
     /// Default [`Limits::page_timeout_ms`].
@@ -218,6 +227,7 @@ impl Default for Limits {
             max_includes: Limits::DEFAULT_MAX_INCLUDES,
             max_fragment_bytes: Limits::DEFAULT_MAX_FRAGMENT_BYTES,
             max_page_bytes: Limits::DEFAULT_MAX_PAGE_BYTES,
+            max_shell_bytes: Limits::DEFAULT_MAX_SHELL_BYTES,
             fragment_timeout_ms: Limits::DEFAULT_FRAGMENT_TIMEOUT_MS,
             page_timeout_ms: Limits::DEFAULT_PAGE_TIMEOUT_MS,
         }
@@ -608,6 +618,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_includes",
     "max_fragment_bytes",
     "max_page_bytes",
+    "max_shell_bytes",
     "fragment_timeout_ms",
     "page_timeout_ms",
 ];
@@ -649,6 +660,10 @@ const TOP_MOVED: &[(&str, &str)] = &[
     (
         "max_page_bytes",
         "belongs in the limits object: limits.max_page_bytes",
+    ),
+    (
+        "max_shell_bytes",
+        "belongs in the limits object: limits.max_shell_bytes",
     ),
     (
         "fragment_timeout_ms",
@@ -1034,6 +1049,22 @@ fn parse_origin(root: &Obj<'_>) -> Result<(Origin, Url), ConfigError> {
 fn parse_limits(o: &Obj<'_>) -> Result<Limits, ConfigError> {
     o.check_keys(LIMIT_KEYS, &[])?;
     let d = Limits::default();
+    let max_page_bytes = o
+        .usize("max_page_bytes", &PAGE_BYTES)?
+        .unwrap_or(d.max_page_bytes);
+    let max_shell_bytes = match o.usize("max_shell_bytes", &PAGE_BYTES)? {
+        Some(n) if n > max_page_bytes => {
+            return Err(ConfigError {
+                field: o.field("max_shell_bytes"),
+                value: n.to_string(),
+                problem: format!(
+                    "a page contains its shell, so max_shell_bytes must be at most limits.max_page_bytes ({max_page_bytes})"
+                ),
+            })
+        }
+        Some(n) => n,
+        None => d.max_shell_bytes.min(max_page_bytes),
+    };
     Ok(Limits {
         max_depth: o.u32("max_depth", &MAX_DEPTH)?.unwrap_or(d.max_depth),
         max_includes: o
@@ -1042,9 +1073,8 @@ fn parse_limits(o: &Obj<'_>) -> Result<Limits, ConfigError> {
         max_fragment_bytes: o
             .usize("max_fragment_bytes", &FRAGMENT_BYTES)?
             .unwrap_or(d.max_fragment_bytes),
-        max_page_bytes: o
-            .usize("max_page_bytes", &PAGE_BYTES)?
-            .unwrap_or(d.max_page_bytes),
+        max_page_bytes,
+        max_shell_bytes,
         fragment_timeout_ms: o
             .u32("fragment_timeout_ms", &TIMEOUT)?
             .unwrap_or(d.fragment_timeout_ms),
@@ -1501,6 +1531,7 @@ mod tests {
                 max_includes: 40,
                 max_fragment_bytes: 1_048_576,
                 max_page_bytes: 8_388_608,
+                max_shell_bytes: 4_194_304,
                 fragment_timeout_ms: 5000,
                 page_timeout_ms: 20_000,
             }

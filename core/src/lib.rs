@@ -17,6 +17,8 @@
 //! - [`url`]: URL parsing, include resolution and the origin allow-list.
 //! - [`cache`]: the KV entry format, freshness classification, origin cache
 //!   header parsing, back-off, XFetch and the in-isolate single-flight map.
+//! - [`headers`]: the page as an HTTP response: which origin headers pass,
+//!   how `Vary` is merged, how a cached shell's headers are stored.
 //! - [`ports`]: the traits the adapter implements (store, origin, clock,
 //!   randomness, background work).
 //! - [`loader`]: loading one fragment through the cache (hit, stale refresh,
@@ -32,6 +34,7 @@ pub mod assemble;
 pub mod cache;
 pub mod config;
 pub mod esi;
+pub mod headers;
 pub mod loader;
 pub mod ports;
 pub mod purge;

@@ -24,6 +24,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use http::{HeaderMap, HeaderName, StatusCode};
+
 use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
@@ -32,6 +34,9 @@ use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, 
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
 use crate::esi::Template;
+use crate::headers::{
+    decode_block, encode_block, keep_from_origin, value as header_value, MAX_STORED_HEADER_BYTES,
+};
 use crate::ports::{
     LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
 };
@@ -52,9 +57,13 @@ const DEFAULT_FORWARD: &[&str] = &["accept-language", "user-agent"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fragment {
     /// Origin status (a cached 404 keeps its 404).
-    pub status: u16,
+    pub status: StatusCode,
     /// The body.
     pub body: Rc<[u8]>,
+    /// For a page shell, the origin's response headers that the page may
+    /// carry ([`crate::headers::keep_from_origin`]); empty for fragments,
+    /// whose headers never reach the page.
+    pub headers: HeaderMap,
     /// `Content-Type`.
     pub content_type: Option<String>,
     /// `Cache-Control` as the origin sent it.
@@ -67,8 +76,6 @@ pub struct Fragment {
     pub cache_key: Option<String>,
     /// `Set-Cookie` values (private fragments only; empty otherwise).
     pub set_cookies: Vec<String>,
-    /// `Location` of a redirect, passed on when a page shell redirects.
-    pub location: Option<String>,
 }
 
 impl Fragment {
@@ -77,16 +84,23 @@ impl Fragment {
         now: u64,
         key: Option<&str>,
         keep_cookies: bool,
+        keep_headers: bool,
     ) -> Self {
         Fragment {
             status: resp.status,
             body: Rc::from(resp.body.as_slice()),
+            headers: if keep_headers {
+                keep_from_origin(&resp.headers)
+            } else {
+                HeaderMap::new()
+            },
             content_type: resp.header("content-type").map(str::to_owned),
-            cache_control: join_header(resp, "cache-control"),
-            esi: join_header(resp, "surrogate-control").is_some_and(|v| parse_directives(&v).esi),
+            cache_control: resp.header_joined("cache-control"),
+            esi: resp
+                .header_joined("surrogate-control")
+                .is_some_and(|v| parse_directives(&v).esi),
             stored_at: now,
             cache_key: key.map(str::to_owned),
-            location: resp.header("location").map(str::to_owned),
             set_cookies: if keep_cookies {
                 resp.header_all("set-cookie").map(str::to_owned).collect()
             } else {
@@ -96,23 +110,21 @@ impl Fragment {
     }
 
     fn from_entry(entry: StoredEntry, key: &str) -> Self {
+        // A cached shell's value starts with its header block.
+        let split = (entry.meta.header_bytes as usize).min(entry.body.len());
+        let (block, body) = entry.body.split_at(split);
         Fragment {
-            status: entry.meta.status,
-            body: Rc::from(entry.body),
+            status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
+            body: Rc::from(body),
+            headers: decode_block(block),
             content_type: entry.meta.content_type,
             cache_control: entry.meta.cache_control,
             esi: entry.meta.esi,
             stored_at: entry.meta.stored_at,
             cache_key: Some(key.to_owned()),
             set_cookies: Vec::new(),
-            location: None,
         }
     }
-}
-
-fn join_header(resp: &OriginResponse, name: &str) -> Option<String> {
-    let values: Vec<&str> = resp.header_all(name).collect();
-    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// Why a fragment could not be loaded.
@@ -122,8 +134,8 @@ pub enum LoadError {
     #[error(transparent)]
     Origin(#[from] OriginError),
     /// The origin answered with a server error.
-    #[error("origin answered {0}")]
-    Status(u16),
+    #[error("origin answered {}", .0.as_u16())]
+    Status(StatusCode),
     /// Cold key, `cold = "fail"` route, and another request is fetching it.
     #[error("fragment is cold and being fetched; retry after {retry_after_s} s")]
     ColdBusy {
@@ -303,6 +315,9 @@ struct Policy {
     forward: Vec<String>,
     pass_set_cookie: bool,
     vary: VaryHint,
+    /// A page shell: its response headers are kept for the page, and its
+    /// body may be as large as `limits.max_shell_bytes`.
+    shell: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +355,7 @@ impl Policy {
             timeout_ms: r.timeout_ms,
             forward: r.forward_headers.clone(),
             pass_set_cookie: r.pass_set_cookie,
+            shell: false,
             vary: VaryHint {
                 headers: r.vary.headers.clone(),
                 cookie: !r.vary.cookies.is_empty() || r.private_if_cookie.is_some(),
@@ -377,6 +393,7 @@ impl Policy {
                 DEFAULT_FORWARD.iter().map(|s| (*s).to_owned()).collect()
             },
             pass_set_cookie: true,
+            shell: true,
             vary: VaryHint::default(),
         }
     }
@@ -390,6 +407,7 @@ impl Policy {
             timeout_ms: config.limits.fragment_timeout_ms,
             forward: DEFAULT_FORWARD.iter().map(|s| (*s).to_owned()).collect(),
             pass_set_cookie: false,
+            shell: false,
             vary: VaryHint::default(),
         }
     }
@@ -705,7 +723,7 @@ impl Loader {
     ) -> Result<Rc<Fragment>, LoadError> {
         let req = self.origin_request(url, policy, with_credentials);
         let resp = self.ports.origin.fetch(req).await?;
-        if resp.status >= 500 {
+        if resp.status.is_server_error() {
             return Err(LoadError::Status(resp.status));
         }
         let now = self.ports.clock.now_ms();
@@ -714,6 +732,7 @@ impl Loader {
             now,
             None,
             policy.pass_set_cookie,
+            policy.shell,
         )))
     }
 
@@ -722,23 +741,29 @@ impl Loader {
     /// cached or shared; a cacheable load sends just the route's forwarded
     /// headers and the cookies it declares it varies on.
     fn origin_request(&self, url: &Url, policy: &Policy, with_credentials: bool) -> OriginRequest {
-        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut headers = HeaderMap::new();
         for name in &policy.forward {
             if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
                 continue;
             }
-            for (n, v) in &self.req.headers {
-                if n == name {
-                    headers.push((n.clone(), v.clone()));
+            for v in self.req.headers.get_all(name.as_str()) {
+                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.append(n, v.clone());
                 }
             }
         }
         let own_origin = url.origin() == self.config.origin;
+        let add = |headers: &mut HeaderMap, name: &str, value: &str| {
+            if let (Ok(n), Some(v)) = (HeaderName::from_bytes(name.as_bytes()), header_value(value))
+            {
+                headers.append(n, v);
+            }
+        };
         if let Some(cache) = &policy.cache {
             for name in &cache.vary.headers {
-                if !headers.iter().any(|(n, _)| n == name) && !HOP_BY_HOP.contains(&name.as_str()) {
+                if !headers.contains_key(name.as_str()) && !HOP_BY_HOP.contains(&name.as_str()) {
                     if let Some(v) = self.req.header(name) {
-                        headers.push((name.clone(), v.to_owned()));
+                        add(&mut headers, name, v);
                     }
                 }
             }
@@ -749,22 +774,26 @@ impl Loader {
                 .filter_map(|c| self.req.cookie(c).map(|v| format!("{c}={v}")))
                 .collect();
             if own_origin && !cookies.is_empty() {
-                headers.push(("cookie".into(), cookies.join("; ")));
+                add(&mut headers, "cookie", &cookies.join("; "));
             }
         } else if with_credentials && own_origin {
             if let Some(c) = self.req.cookie_header() {
-                headers.push(("cookie".into(), c));
+                add(&mut headers, "cookie", &c);
             }
             if let Some(a) = self.req.header("authorization") {
-                headers.push(("authorization".into(), a.to_owned()));
+                add(&mut headers, "authorization", a);
             }
         }
-        headers.push((SURROGATE_CAPABILITY.0.into(), SURROGATE_CAPABILITY.1.into()));
+        add(&mut headers, SURROGATE_CAPABILITY.0, SURROGATE_CAPABILITY.1);
         OriginRequest {
             url: url.clone(),
             headers,
             timeout_ms: policy.timeout_ms,
-            max_body_bytes: self.config.limits.max_fragment_bytes,
+            max_body_bytes: if policy.shell {
+                self.config.limits.max_shell_bytes
+            } else {
+                self.config.limits.max_fragment_bytes
+            },
         }
     }
 
@@ -919,27 +948,33 @@ async fn fetch_and_store(
             return;
         }
     };
-    let cache_control = join_header(&resp, "cache-control");
-    let surrogate = join_header(&resp, "surrogate-control");
+    let cache_control = resp.header_joined("cache-control");
+    let surrogate = resp.header_joined("surrogate-control");
     let headers = ResponseHeaders {
         cache_control: cache_control.as_deref(),
         surrogate_control: surrogate.as_deref(),
         set_cookie: resp.header("set-cookie").is_some(),
     };
-    match decide(resp.status, headers, &cache.route) {
+    match decide(resp.status.as_u16(), headers, &cache.route) {
         Decision::Failure => {
             let delay = shared
                 .backoff
                 .record_failure(&key, now, ports.rng.next_f64());
             ports.log.log(
                 LogLevel::Warn,
-                &format!("{url}: origin answered {}; keeping any stored copy; next attempt in {delay} ms", resp.status),
+                &format!("{url}: origin answered {}; keeping any stored copy; next attempt in {delay} ms", resp.status.as_u16()),
             );
             guard.complete(Outcome::Failed(LoadError::Status(resp.status)));
         }
         Decision::Pass(why) => {
             shared.backoff.record_success(&key);
-            let frag = Rc::new(Fragment::from_response(&resp, now, None, false));
+            let frag = Rc::new(Fragment::from_response(
+                &resp,
+                now,
+                None,
+                false,
+                policy.shell,
+            ));
             ports.log.log(
                 LogLevel::Info,
                 &format!("{url}: not cached ({})", why.as_str()),
@@ -954,7 +989,7 @@ async fn fetch_and_store(
                 // not keep being served until its hard TTL. An expired
                 // tombstone sends the next request down the cold path.
                 shared.recent.forget(&key);
-                let tombstone = EntryMeta::new(now, now, now, resp.status, fetch_ms);
+                let tombstone = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
                 write_back(&loader, &key, Vec::new(), tombstone, 0, started).await;
             }
             drop(guard);
@@ -963,23 +998,52 @@ async fn fetch_and_store(
             shared.backoff.record_success(&key);
             let soft_ms = jittered_ms(soft_s, cache.jitter, ports.rng.next_f64());
             let hard_ms = jittered_ms(hard_s, cache.jitter, ports.rng.next_f64()).max(soft_ms);
-            let mut meta = EntryMeta::new(now, now + soft_ms, now + hard_ms, resp.status, fetch_ms)
-                .with_headers(
-                    resp.header("content-type"),
-                    resp.header("etag"),
-                    resp.header("last-modified"),
-                    cache_control.as_deref(),
-                );
+            let mut meta = EntryMeta::new(
+                now,
+                now + soft_ms,
+                now + hard_ms,
+                resp.status.as_u16(),
+                fetch_ms,
+            )
+            .with_headers(
+                resp.header("content-type"),
+                resp.header("etag"),
+                resp.header("last-modified"),
+                cache_control.as_deref(),
+            );
             meta.esi = surrogate
                 .as_deref()
                 .is_some_and(|v| parse_directives(v).esi);
-            let frag = Rc::new(Fragment::from_response(&resp, now, Some(&key), false));
+            let frag = Rc::new(Fragment::from_response(
+                &resp,
+                now,
+                Some(&key),
+                false,
+                policy.shell,
+            ));
+            // A shell's headers are stored ahead of its body in the value.
+            let mut value = resp.body;
+            if policy.shell && !frag.headers.is_empty() {
+                match encode_block(&frag.headers) {
+                    Some(mut block) => {
+                        meta.header_bytes = block.len() as u32;
+                        block.extend_from_slice(&value);
+                        value = block;
+                    }
+                    None => ports.log.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "{url}: response headers exceed {MAX_STORED_HEADER_BYTES} bytes; the cached copy keeps none"
+                        ),
+                    ),
+                }
+            }
             shared.recent.remember(&key, &meta, &frag);
             // Publish before writing: waiting requests need the bytes, not the
             // write. The flight stays open until the write is done so that
             // requests arriving meanwhile join it rather than fetch again.
             guard.publish(Outcome::Shared(frag));
-            write_back(&loader, &key, resp.body, meta, hard_ms, started).await;
+            write_back(&loader, &key, value, meta, hard_ms, started).await;
             drop(guard);
         }
     }

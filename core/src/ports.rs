@@ -16,6 +16,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
+use http::{HeaderMap, StatusCode};
+
 use crate::cache::EntryMeta;
 use crate::url::Url;
 
@@ -95,13 +97,13 @@ pub trait FragmentStore {
     ) -> LocalFuture<Result<(), StoreError>>;
 }
 
-/// A request to the origin.
-#[derive(Debug, Clone, PartialEq)]
+/// A request to the origin (always `GET`).
+#[derive(Debug, Clone)]
 pub struct OriginRequest {
     /// Absolute URL, already checked against the allow-list.
     pub url: Url,
-    /// Request headers to send (lower-case names).
-    pub headers: Vec<(String, String)>,
+    /// Request headers to send.
+    pub headers: HeaderMap,
     /// Give up after this long.
     pub timeout_ms: u32,
     /// Bodies larger than this are refused.
@@ -109,31 +111,35 @@ pub struct OriginRequest {
 }
 
 /// A complete origin response.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct OriginResponse {
-    /// HTTP status code.
-    pub status: u16,
-    /// Response headers with lower-case names, in order (repeats allowed).
-    pub headers: Vec<(String, String)>,
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers, in order (repeats allowed).
+    pub headers: HeaderMap,
     /// The whole body.
     pub body: Vec<u8>,
 }
 
 impl OriginResponse {
-    /// The first value of header `name` (lower-case).
+    /// The first value of header `name`, when it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(crate::headers::text)
     }
 
-    /// Every value of header `name` (lower-case).
+    /// Every textual value of header `name`.
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .get_all(name)
+            .into_iter()
+            .filter_map(crate::headers::text)
+    }
+
+    /// Every value of header `name` joined with `, ` (one list, as RFC 9110
+    /// allows for list-valued fields), or `None` when absent.
+    pub fn header_joined(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self.header_all(name).collect();
+        (!values.is_empty()).then(|| values.join(", "))
     }
 }
 

@@ -4,52 +4,58 @@
 //! downstream (ESI variables, cache-key variants, header forwarding) reads
 //! them from here.
 
+use http::header::{HeaderMap, HeaderName, COOKIE};
+use http::Method;
+
 use crate::esi::RequestVars;
+use crate::headers::{text, value as header_value};
 use crate::url::Url;
 
 /// The client's request, as far as the core is concerned.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
+    /// The request method.
+    pub method: Method,
     /// The URL the client asked the worker for.
     pub url: Url,
-    /// Request headers with lower-case names.
-    pub headers: Vec<(String, String)>,
+    /// Request headers.
+    pub headers: HeaderMap,
     /// Two-letter country code from `request.cf`, when known.
     pub country: Option<String>,
 }
 
 impl ClientRequest {
-    /// A request with no headers.
+    /// A `GET` request with no headers.
     pub fn new(url: Url) -> Self {
         ClientRequest {
+            method: Method::GET,
             url,
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             country: None,
         }
     }
 
-    /// Adds a header (name lower-cased).
+    /// Adds a header. A name or value that HTTP does not allow is skipped:
+    /// the runtime would never have delivered it.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
+        if let (Ok(n), Some(v)) = (HeaderName::from_bytes(name.as_bytes()), header_value(value)) {
+            self.headers.append(n, v);
+        }
         self
     }
 
-    /// The first value of header `name` (lower-case).
+    /// The first value of header `name`, when it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(text)
     }
 
     /// All `Cookie` headers joined with `; `, as one header would carry them.
     pub fn cookie_header(&self) -> Option<String> {
         let parts: Vec<&str> = self
             .headers
+            .get_all(COOKIE)
             .iter()
-            .filter(|(n, _)| n == "cookie")
-            .map(|(_, v)| v.as_str())
+            .filter_map(text)
             .collect();
         (!parts.is_empty()).then(|| parts.join("; "))
     }

@@ -6,15 +6,27 @@
 use std::fmt::Write as _;
 use std::rc::Rc;
 
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE,
+};
+use http::StatusCode;
+
 use crate::assemble::{Chunk, FragmentReport, IncludeError, Page};
+use crate::cache::policy::parse_directives;
 use crate::cache::CacheStatus;
 use crate::config::{Route, UnknownRoutes};
+use crate::headers::{
+    drop_for_rewritten_body, keep_from_origin, merge_vary, value as header_value,
+};
 use crate::loader::{Fragment, LoadError, Loader};
-use crate::ports::LogLevel;
+use crate::ports::{LogLevel, OriginResponse};
 use crate::url::Url;
 
 /// Header listing each fragment's cache status.
 pub const STATUS_HEADER: &str = "x-fragcache";
+
+/// `Cache-Control` of a page that depends on who asked.
+const PRIVATE: &str = "private, no-store";
 
 /// What the adapter should send.
 pub enum Reply {
@@ -23,18 +35,18 @@ pub enum Reply {
     /// A complete response.
     Full {
         /// HTTP status.
-        status: u16,
+        status: StatusCode,
         /// Headers.
-        headers: Vec<(String, String)>,
+        headers: HeaderMap,
         /// Body.
         body: Vec<u8>,
     },
     /// A streamed page: send the headers and `first`, then drain `page`.
     Stream {
         /// HTTP status.
-        status: u16,
+        status: StatusCode,
         /// Headers.
-        headers: Vec<(String, String)>,
+        headers: HeaderMap,
         /// Output already produced.
         first: Vec<u8>,
         /// The rest of the page.
@@ -43,23 +55,55 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// A plain-text error response.
-    pub fn error(status: u16, message: &str) -> Reply {
+    /// A plain-text error response, never stored by anyone. Every error the
+    /// worker answers with, the adapter's own included, is built here.
+    pub fn error(status: StatusCode, message: &str) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Reply::Full {
             status,
-            headers: vec![
-                ("content-type".into(), "text/plain; charset=utf-8".into()),
-                ("cache-control".into(), "no-store".into()),
-            ],
+            headers,
             body: format!("{message}\n").into_bytes(),
+        }
+    }
+
+    /// A JSON answer (admin endpoints), never stored.
+    pub fn json(status: StatusCode, body: String) -> Reply {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Reply::Full {
+            status,
+            headers,
+            body: body.into_bytes(),
+        }
+    }
+
+    /// The status of this reply (`None` for a pass-through).
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Reply::Pass(_) => None,
+            Reply::Full { status, .. } | Reply::Stream { status, .. } => Some(*status),
+        }
+    }
+
+    /// The headers of this reply (`None` for a pass-through).
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        match self {
+            Reply::Pass(_) => None,
+            Reply::Full { headers, .. } | Reply::Stream { headers, .. } => Some(headers),
         }
     }
 }
 
 /// Serves one request.
 pub async fn handle(loader: Loader) -> Reply {
-    let config = std::rc::Rc::clone(loader.config());
-    let req = std::rc::Rc::clone(loader.request());
+    let config = Rc::clone(loader.config());
+    let req = Rc::clone(loader.request());
     let origin_url = req.url.with_origin(&config.origin);
     let route = match config.route(req.url.path()) {
         Route::Page(r) => r,
@@ -67,7 +111,7 @@ pub async fn handle(loader: Loader) -> Reply {
         Route::Unknown => {
             return match config.unknown_routes {
                 UnknownRoutes::Pass => Reply::Pass(origin_url),
-                UnknownRoutes::NotFound => Reply::error(404, "not found"),
+                UnknownRoutes::NotFound => Reply::error(StatusCode::NOT_FOUND, "not found"),
             }
         }
     };
@@ -101,11 +145,71 @@ pub async fn handle(loader: Loader) -> Reply {
     .await
 }
 
-/// A shell the origin sent on a pass-through route, with
-/// `Surrogate-Control: content="ESI/1.0"`: the origin asks for ESI
-/// processing, so the page is assembled like a configured page route (its
-/// shell uncached). The adapter calls this after proxying.
-pub async fn handle_surrogate_shell(loader: Loader, shell: Rc<Fragment>) -> Reply {
+/// Whether a response the origin sent on a pass-through route asks us to
+/// process it as an ESI page shell: a 200 with
+/// `Surrogate-Control: content="ESI/1.0"`. The adapter then reads its body
+/// (up to `limits.max_shell_bytes`) and calls [`handle_surrogate_shell`];
+/// otherwise it sends the response on, through [`passthrough_headers`].
+pub fn wants_esi(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::OK
+        && headers
+            .get_all("surrogate-control")
+            .iter()
+            .filter_map(crate::headers::text)
+            .any(|v| parse_directives(v).esi)
+}
+
+/// The headers of a response proxied as it is: the origin's, minus what is
+/// addressed to us (`Surrogate-Control`) or describes the origin's
+/// connection. The body is the origin's own, so framing (`Content-Length`,
+/// `Content-Encoding`) and validators stay.
+pub fn passthrough_headers(origin: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(origin.len());
+    for (name, value) in origin {
+        if name == "surrogate-control" {
+            continue;
+        }
+        kept.append(name.clone(), value.clone());
+    }
+    kept
+}
+
+/// The answer when an origin-driven ESI shell is larger than
+/// `limits.max_shell_bytes`: its markup must not reach the client
+/// unprocessed, so the page fails instead.
+pub fn shell_too_large(loader: &Loader) -> Reply {
+    let max = loader.config().limits.max_shell_bytes;
+    loader.ports().log.log(
+        LogLevel::Error,
+        &format!(
+            "{}: ESI page shell exceeds limits.max_shell_bytes ({max}); answering 502",
+            loader.request().url
+        ),
+    );
+    Reply::error(
+        StatusCode::BAD_GATEWAY,
+        &format!("fragcache: the page shell exceeds {max} bytes"),
+    )
+}
+
+/// A shell the origin sent on a pass-through route with
+/// `Surrogate-Control: content="ESI/1.0"` (see [`wants_esi`]): the origin
+/// asks for ESI processing, so the page is assembled like a configured page
+/// route (its shell uncached).
+pub async fn handle_surrogate_shell(loader: Loader, shell: OriginResponse) -> Reply {
+    let now = loader.ports().clock.now_ms();
+    let set_cookies = shell.header_all("set-cookie").map(str::to_owned).collect();
+    let fragment = Fragment {
+        status: shell.status,
+        headers: keep_from_origin(&shell.headers),
+        content_type: shell.header("content-type").map(str::to_owned),
+        cache_control: shell.header_joined("cache-control"),
+        esi: true,
+        stored_at: now,
+        cache_key: None,
+        set_cookies,
+        body: Rc::from(shell.body),
+    };
     let report = FragmentReport {
         path: "shell".into(),
         status: CacheStatus::Bypass,
@@ -113,7 +217,31 @@ pub async fn handle_surrogate_shell(loader: Loader, shell: Rc<Fragment>) -> Repl
         ms: 0,
         depth: 0,
     };
-    render_shell(loader, shell, report, false, true).await
+    render_shell(loader, Rc::new(fragment), report, false, true).await
+}
+
+/// The headers every page built from `shell` starts with: the origin's
+/// (already filtered by [`keep_from_origin`]), a `Content-Type`, the
+/// shell's `Set-Cookie`s, and the age of a cached shell.
+fn shell_headers(shell: &Fragment, report: &FragmentReport) -> HeaderMap {
+    let mut headers = shell.headers.clone();
+    if !headers.contains_key(CONTENT_TYPE) {
+        let ct = shell
+            .content_type
+            .as_deref()
+            .and_then(header_value)
+            .unwrap_or(HeaderValue::from_static("text/html; charset=utf-8"));
+        headers.insert(CONTENT_TYPE, ct);
+    }
+    for c in &shell.set_cookies {
+        if let Some(v) = header_value(c) {
+            headers.append(SET_COOKIE, v);
+        }
+    }
+    if let Some(age) = report.age_s {
+        headers.insert(AGE, HeaderValue::from(age));
+    }
+    headers
 }
 
 /// Turns a loaded shell into a reply: passed through when it has no ESI (or
@@ -127,32 +255,20 @@ async fn render_shell(
     require_surrogate_control: bool,
 ) -> Reply {
     let origin_url = loader.request().url.with_origin(&loader.config().origin);
-    let content_type = shell
-        .content_type
-        .clone()
-        .unwrap_or_else(|| "text/html; charset=utf-8".into());
-    let mut headers = vec![("content-type".to_owned(), content_type)];
-    for c in &shell.set_cookies {
-        headers.push(("set-cookie".into(), c.clone()));
-    }
-    let passthrough = |mut headers: Vec<(String, String)>| {
-        if let Some(cc) = &shell.cache_control {
-            headers.push(("cache-control".into(), cc.clone()));
-        }
-        if let Some(location) = &shell.location {
-            headers.push(("location".into(), location.clone()));
-        }
-        headers.push((
-            STATUS_HEADER.into(),
-            status_header(std::slice::from_ref(&shell_report)),
-        ));
+    let mut headers = shell_headers(&shell, &shell_report);
+    let passthrough = |mut headers: HeaderMap| {
+        set_text(
+            &mut headers,
+            STATUS_HEADER,
+            &status_header(std::slice::from_ref(&shell_report)),
+        );
         Reply::Full {
             status: shell.status,
             headers,
             body: shell.body.to_vec(),
         }
     };
-    if !(200..300).contains(&shell.status) || (require_surrogate_control && !shell.esi) {
+    if !shell.status.is_success() || (require_surrogate_control && !shell.esi) {
         return passthrough(headers);
     }
     let template = loader
@@ -162,6 +278,7 @@ async fn render_shell(
     if !template.has_esi() {
         return passthrough(headers);
     }
+    drop_for_rewritten_body(&mut headers);
     let mut page = Page::prepare(loader.clone(), template, origin_url.clone()).await;
     let mut first = Vec::new();
     loop {
@@ -183,7 +300,9 @@ async fn render_shell(
         }
     }
     for c in page.set_cookies() {
-        headers.push(("set-cookie".into(), c));
+        if let Some(v) = header_value(&c) {
+            headers.append(SET_COOKIE, v);
+        }
     }
     let vary = page.vary();
     // `Vary` cannot name the client's country: such a page is not shared.
@@ -192,30 +311,34 @@ async fn render_shell(
         || private_shell
         || !shell.set_cookies.is_empty()
         || vary.country;
+    // Downstream caches must keep apart what the fragments keep apart.
+    let mut names: Vec<&str> = vary.headers.iter().map(String::as_str).collect();
+    if vary.cookie {
+        names.push("cookie");
+    }
+    merge_vary(&mut headers, names);
     if private {
-        headers.push(("cache-control".into(), "private, no-store".into()));
-    } else {
-        if let Some(cc) = &shell.cache_control {
-            headers.push(("cache-control".into(), cc.clone()));
-        }
-        // Downstream caches must keep the variants the fragments keep apart.
-        let mut names: Vec<String> = vary.headers;
-        if vary.cookie {
-            names.push("cookie".into());
-        }
-        if !names.is_empty() {
-            headers.push(("vary".into(), names.join(", ")));
-        }
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
+        headers.remove(AGE);
     }
     let mut reports = vec![shell_report];
     reports.extend(page.reports());
-    headers.push((STATUS_HEADER.into(), status_header(&reports)));
-    headers.push(("server-timing".into(), server_timing(&reports)));
+    set_text(&mut headers, STATUS_HEADER, &status_header(&reports));
+    if let Ok(v) = HeaderValue::from_str(&server_timing(&reports)) {
+        headers.append(HeaderName::from_static("server-timing"), v);
+    }
     Reply::Stream {
-        status: 200,
+        status: StatusCode::OK,
         headers,
         first,
         page: Box::new(page),
+    }
+}
+
+/// Sets a header whose value we built from printable ASCII.
+fn set_text(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
     }
 }
 
@@ -223,16 +346,16 @@ fn load_error_reply(e: &LoadError, what: &str) -> Reply {
     match e {
         LoadError::ColdBusy { retry_after_s } => {
             let mut r = Reply::error(
-                503,
+                StatusCode::SERVICE_UNAVAILABLE,
                 &format!("fragcache: {what} is being fetched; retry shortly"),
             );
             if let Reply::Full { headers, .. } = &mut r {
-                headers.push(("retry-after".into(), retry_after_s.to_string()));
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             r
         }
         other => Reply::error(
-            502,
+            StatusCode::BAD_GATEWAY,
             &format!("fragcache: {what} could not be loaded: {other}"),
         ),
     }
@@ -242,7 +365,7 @@ fn include_error_reply(e: &IncludeError) -> Reply {
     match e {
         IncludeError::Load { error, .. } => load_error_reply(error, "a fragment of this page"),
         other => Reply::error(
-            502,
+            StatusCode::BAD_GATEWAY,
             &format!("fragcache: a fragment of this page failed: {other}"),
         ),
     }
@@ -288,12 +411,4 @@ fn header_safe(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Whether the status means the body came from the cache.
-pub fn served_from_cache(s: CacheStatus) -> bool {
-    matches!(
-        s,
-        CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Refresh
-    )
 }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::future::select;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::ports::{
     Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
@@ -370,8 +371,8 @@ pub enum Script {
     Respond {
         /// HTTP status.
         status: u16,
-        /// Headers (lower-case names).
-        headers: Vec<(String, String)>,
+        /// Headers.
+        headers: HeaderMap,
         /// Body.
         body: Vec<u8>,
         /// Delay before answering.
@@ -391,7 +392,10 @@ impl Script {
     pub fn ok(body: &str, latency_ms: u64) -> Script {
         Script::Respond {
             status: 200,
-            headers: vec![("content-type".into(), "text/html".into())],
+            headers: HeaderMap::from_iter([(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html"),
+            )]),
             body: body.as_bytes().to_vec(),
             latency_ms,
         }
@@ -400,7 +404,7 @@ impl Script {
     pub fn status(status: u16, latency_ms: u64) -> Script {
         Script::Respond {
             status,
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             body: format!("status {status}").into_bytes(),
             latency_ms,
         }
@@ -408,7 +412,10 @@ impl Script {
     /// Adds a response header.
     pub fn header(mut self, name: &str, value: &str) -> Script {
         if let Script::Respond { headers, .. } = &mut self {
-            headers.push((name.to_ascii_lowercase(), value.to_owned()));
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
+                HeaderValue::from_str(value).expect("a valid header value"),
+            );
         }
         self
     }
@@ -492,8 +499,8 @@ impl Origin for OriginPort {
                 None => (
                     0,
                     Ok(OriginResponse {
-                        status: 404,
-                        headers: Vec::new(),
+                        status: StatusCode::NOT_FOUND,
+                        headers: HeaderMap::new(),
                         body: b"not found".to_vec(),
                     }),
                 ),
@@ -521,7 +528,8 @@ impl Origin for OriginPort {
                         (
                             latency_ms,
                             Ok(OriginResponse {
-                                status,
+                                status: StatusCode::from_u16(status)
+                                    .expect("a scripted status in 100..=999"),
                                 headers,
                                 body,
                             }),

@@ -165,17 +165,18 @@ fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
         &origin_path(&format!("/page{query}")),
         Script::Respond {
             status: 200,
-            headers: vec![("content-type".into(), "text/html".into())],
+            headers: Default::default(),
             body: fx.page.clone(),
             latency_ms: 0,
-        },
+        }
+        .header("content-type", "text/html"),
     );
     for (src, (status, body)) in &fx.fragments {
         sim.origin.script(
             &origin_path(src),
             Script::Respond {
                 status: *status,
-                headers: Vec::new(),
+                headers: Default::default(),
                 body: body.clone(),
                 latency_ms: 1,
             },
@@ -200,10 +201,10 @@ fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
     sim.block_on(async move {
         match handle(loader).await {
             Reply::Full { status, body, .. } => {
-                if status >= 400 {
+                if status.as_u16() >= 400 {
                     eprintln!("page status {status}: {}", String::from_utf8_lossy(&body));
                 }
-                (status < 400).then_some(body)
+                (status.as_u16() < 400).then_some(body)
             }
             Reply::Stream {
                 first, mut page, ..

@@ -314,11 +314,7 @@ fn private_fragments_are_per_request_with_own_cookies() {
     let reqs = w.sim.origin.requests();
     assert_eq!(reqs.len(), 20, "never coalesced");
     for (user, r) in reqs.iter().enumerate() {
-        let cookie = r
-            .headers
-            .iter()
-            .find(|(n, _)| n == "cookie")
-            .map(|(_, v)| v.as_str());
+        let cookie = r.headers.get("cookie").and_then(|v| v.to_str().ok());
         assert_eq!(cookie, Some(format!("session=user{user}").as_str()));
     }
     assert!(w.sim.store.keys().is_empty());
@@ -333,11 +329,8 @@ fn cacheable_fetches_never_carry_credentials() {
     w.sim
         .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
     let r = &w.sim.origin.requests()[0];
-    assert!(r
-        .headers
-        .iter()
-        .all(|(n, _)| n != "cookie" && n != "authorization"));
-    assert!(r.headers.iter().any(|(n, _)| n == "surrogate-capability"));
+    assert!(!r.headers.contains_key("cookie") && !r.headers.contains_key("authorization"));
+    assert!(r.headers.contains_key("surrogate-capability"));
 }
 
 type PageResult = (u16, Vec<(String, String)>, String, u64, u64);
@@ -356,8 +349,8 @@ fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
             } => {
                 let t = clock.now_ms() - start;
                 (
-                    status,
-                    headers,
+                    status.as_u16(),
+                    pairs(&headers),
                     String::from_utf8_lossy(&body).into_owned(),
                     t,
                     t,
@@ -378,8 +371,8 @@ fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
                 }
                 let total = clock.now_ms() - start;
                 (
-                    status,
-                    headers,
+                    status.as_u16(),
+                    pairs(&headers),
                     String::from_utf8_lossy(&body).into_owned(),
                     ttfb,
                     total,
@@ -388,6 +381,13 @@ fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
             Reply::Pass(u) => (0, Vec::new(), u.to_string(), 0, 0),
         }
     })
+}
+
+/// Headers as (name, value) pairs, for terse assertions.
+fn pairs(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+        .collect()
 }
 
 fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {

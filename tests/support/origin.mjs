@@ -99,7 +99,8 @@ export async function startOrigin() {
     const out = { ...headers };
     const names = Object.keys(out).map((h) => h.toLowerCase());
     if (!names.includes("content-type")) out["content-type"] = DEFAULT_CONTENT_TYPE;
-    if (!names.includes("content-length")) out["content-length"] = String(buf.length);
+    // A route that declares `transfer-encoding: chunked` is sent without a length.
+    if (!names.includes("content-length") && !names.includes("transfer-encoding")) out["content-length"] = String(buf.length);
     res.writeHead(status, out);
     res.end(req.method === "HEAD" ? undefined : buf);
   }

@@ -1,7 +1,8 @@
 //! The stored entry's metadata and freshness classification.
 //!
-//! A fragment is one KV entry: the value is the body, the metadata carries
-//! everything freshness needs. KV's `expirationTtl` is the hard TTL (KV
+//! A fragment is one KV entry: the value is the body (for a page shell,
+//! preceded by its response headers), the metadata carries everything
+//! freshness needs. KV's `expirationTtl` is the hard TTL (KV
 //! requires at least 60 s); the soft TTL lives in the metadata, so it may be
 //! shorter. Field names are single letters because KV metadata is limited to
 //! 1024 bytes of JSON.
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the metadata layout; entries of another version are ignored
 /// (treated as absent) rather than misread.
-pub const META_VERSION: u8 = 1;
+pub const META_VERSION: u8 = 2;
 
 /// Longest header value kept in metadata, so the JSON stays under KV's
 /// 1024-byte metadata limit whatever the origin sends.
@@ -52,6 +53,15 @@ pub struct EntryMeta {
     /// Whether the origin asked for ESI processing (`Surrogate-Control: content="ESI/1.0"`).
     #[serde(rename = "z", default)]
     pub esi: bool,
+    /// Length of the header block at the start of the stored value (a page
+    /// shell's response headers, see [`crate::headers::encode_block`]); 0
+    /// when the value is the body alone.
+    #[serde(rename = "h", default, skip_serializing_if = "is_zero")]
+    pub header_bytes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl EntryMeta {
@@ -75,6 +85,7 @@ impl EntryMeta {
             cache_control: None,
             fetch_ms,
             esi: false,
+            header_bytes: 0,
         }
     }
 

@@ -1,0 +1,191 @@
+//! The page as an HTTP response, on the simulation: which of the shell's
+//! headers reach the client, how `Vary` and `Cache-Control` are decided,
+//! and that a cached shell keeps its headers across isolates (through the
+//! store, not just isolate memory).
+
+use std::rc::Rc;
+
+use fragcache_core::config::Config;
+use fragcache_core::loader::{Loader, Shared};
+use fragcache_core::request::ClientRequest;
+use fragcache_core::serve::{handle, Reply};
+use fragcache_core::testing::{Script, Sim};
+use fragcache_core::url::Url;
+use http::HeaderMap;
+
+const CONFIG: &str = r#"{
+  "origin": "http://origin.test",
+  "pages": [ { "path": "/cached", "soft_ttl": 10, "hard_ttl": 300 }, { "path": "/live/*" } ],
+  "fragments": [
+    { "path": "/f/lang", "soft_ttl": 60, "hard_ttl": 300,
+      "vary": { "headers": ["accept-language"] }, "forward_headers": ["accept-language"] },
+    { "path": "/f/*", "soft_ttl": 60, "hard_ttl": 300 }
+  ]
+}"#;
+
+const SITE: &[(&str, &str)] = &[
+    ("content-security-policy", "default-src 'self'"),
+    ("strict-transport-security", "max-age=63072000"),
+    ("x-frame-options", "DENY"),
+    ("link", "</a.css>; rel=preload"),
+    ("link", "</b.js>; rel=preload"),
+    ("x-team", "checkout"),
+];
+
+fn shell(body: &str) -> Script {
+    let mut s = Script::ok(body, 5)
+        .header("etag", "\"v1\"")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("surrogate-control", "max-age=60")
+        .header("cache-control", "public, max-age=60");
+    for (n, v) in SITE {
+        s = s.header(n, v);
+    }
+    s
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+fn serve(sim: &Sim, shared: &Rc<Shared>, path: &str, headers: &[(&str, &str)]) -> Page {
+    let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
+    for (n, v) in headers {
+        req = req.with_header(n, v);
+    }
+    let config = Rc::new(Config::from_json_str(CONFIG).unwrap());
+    let loader = Loader::new(sim.ports(), Rc::clone(shared), config, Rc::new(req));
+    let path = path.to_owned();
+    let slot = sim.spawn(async move {
+        match handle(loader).await {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => (status, headers, body),
+            Reply::Stream {
+                status,
+                headers,
+                first,
+                mut page,
+            } => {
+                let mut body = first;
+                while let Some(c) = page.next_chunk().await {
+                    if let fragcache_core::assemble::Chunk::Bytes(b) = c {
+                        body.extend_from_slice(&b);
+                    }
+                }
+                (status, headers, body)
+            }
+            Reply::Pass(_) => panic!("{path} passed through"),
+        }
+    });
+    sim.run();
+    let (status, headers, body) = slot.borrow_mut().take().expect("answered");
+    Page {
+        status: status.as_u16(),
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn assert_site_headers(h: &HeaderMap, what: &str) {
+    for (n, _) in SITE {
+        let want: Vec<&str> = SITE
+            .iter()
+            .filter(|(m, _)| m == n)
+            .map(|(_, v)| *v)
+            .collect();
+        let got: Vec<&str> = h.get_all(*n).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(got, want, "{what}: {n}");
+    }
+    for dropped in ["connection", "x-hop", "keep-alive", "surrogate-control"] {
+        assert!(
+            h.get(dropped).is_none(),
+            "{what}: {dropped} reached the client"
+        );
+    }
+}
+
+#[test]
+fn a_cached_shell_keeps_its_headers_in_another_isolate() {
+    let sim = Sim::new(1);
+    sim.origin
+        .script("/cached", shell(r#"<p><esi:include src="/f/a"/></p>"#));
+    sim.origin.script("/f/a", Script::ok("A", 5));
+    let first_isolate = Shared::new();
+    let p = serve(&sim, &first_isolate, "/cached", &[]);
+    assert_eq!(p.body, "<p>A</p>");
+    assert_site_headers(&p.headers, "first isolate");
+    // A fresh isolate has nothing in memory: the shell comes from the store.
+    let other = Shared::new();
+    let p = serve(&sim, &other, "/cached", &[]);
+    assert_eq!(p.status, 200);
+    assert_eq!(p.body, "<p>A</p>");
+    let x = get(&p.headers, "x-fragcache").unwrap();
+    assert!(x.starts_with("shell=hit"), "{x}");
+    assert_site_headers(&p.headers, "from the store");
+    assert_eq!(get(&p.headers, "cache-control"), Some("public, max-age=60"));
+    assert!(
+        get(&p.headers, "etag").is_none(),
+        "the page is not the shell's bytes"
+    );
+    assert_eq!(get(&p.headers, "age"), Some("0"));
+    assert_eq!(sim.origin.count("/cached"), 1);
+}
+
+#[test]
+fn a_shell_without_esi_passes_with_its_validators() {
+    let sim = Sim::new(2);
+    sim.origin.script("/live/plain", shell("<p>plain</p>"));
+    let p = serve(&sim, &Shared::new(), "/live/plain", &[]);
+    assert_eq!(p.body, "<p>plain</p>");
+    assert_site_headers(&p.headers, "passed through");
+    assert_eq!(get(&p.headers, "etag"), Some("\"v1\""));
+    assert_eq!(get(&p.headers, "cache-control"), Some("public, max-age=60"));
+}
+
+#[test]
+fn vary_is_merged_once_fragments_are_known() {
+    let sim = Sim::new(3);
+    let shared = Shared::new();
+    sim.origin.script(
+        "/live/v",
+        Script::ok(r#"<esi:include src="/f/lang"/>"#, 1)
+            .header("vary", "Accept-Encoding")
+            .header("cache-control", "public, max-age=60"),
+    );
+    sim.origin.script("/f/lang", Script::ok("L", 1));
+    let cold = serve(&sim, &shared, "/live/v", &[("accept-language", "de")]);
+    assert_eq!(
+        get(&cold.headers, "cache-control"),
+        Some("private, no-store"),
+        "cold at header time"
+    );
+    let warm = serve(&sim, &shared, "/live/v", &[("accept-language", "de")]);
+    assert_eq!(
+        get(&warm.headers, "cache-control"),
+        Some("public, max-age=60")
+    );
+    assert_eq!(
+        get(&warm.headers, "vary"),
+        Some("Accept-Encoding, accept-language")
+    );
+}
+
+#[test]
+fn error_replies_are_never_stored() {
+    let sim = Sim::new(4);
+    sim.origin.script("/live/broken", Script::status(503, 1));
+    let p = serve(&sim, &Shared::new(), "/live/broken", &[]);
+    assert_eq!(p.status, 502);
+    assert_eq!(get(&p.headers, "cache-control"), Some("no-store"));
+}
