@@ -36,6 +36,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fragcache_core::config::Config;
 use fragcache_core::esi::{Compiler, Include, Plan, RequestVars, Segment, Template};
 use fragcache_core::testing::compile_in_chunks;
 use fragcache_core::url::Url;
@@ -426,25 +427,23 @@ fn literal_output(t: &Template, plan: &Plan) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Only RFC 3986 unreserved characters and well-formed `%XX` escapes.
-fn is_url_component(s: &str) -> bool {
+/// URL text a substituted value may leave raw anywhere: printable ASCII
+/// other than `" ' < > \ #` and space, with every `%` starting a
+/// well-formed `%XX` escape.
+fn is_url_text(s: &str) -> bool {
     let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                if i + 2 >= b.len()
-                    || !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit())
-                {
-                    return false;
-                }
-                i += 3;
-            }
-            c if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => i += 1,
-            _ => return false,
-        }
-    }
-    true
+    b.iter().enumerate().all(|(i, &c)| match c {
+        b'%' => b
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)),
+        b'"' | b'\'' | b'<' | b'>' | b'\\' | b'#' => false,
+        c => c.is_ascii_graphic(),
+    })
+}
+
+/// URL text that also cannot start another query parameter or query.
+fn is_query_value(s: &str) -> bool {
+    is_url_text(s) && !s.contains(['&', '?', '+'])
 }
 
 // ---------------------------------------------------------------------------
@@ -519,8 +518,9 @@ proptest! {
     }
 
     /// Request data is escaped for where it lands: HTML-escaped in markup,
-    /// percent-encoded as a URL component in `src` and `alt`, so it can
-    /// neither create tags nor add parameters, hosts or path segments.
+    /// URL text in `src` and `alt`, so it can neither create tags nor end
+    /// the URL, add query parameters, or move a relative include to
+    /// another host or out of its directory.
     #[test]
     fn variables_cannot_create_markup_or_reshape_urls(vars in request_vars()) {
         const PAGE: &[u8] = b"<esi:vars><p title=\"$(HTTP_COOKIE{a})\" data-x='$(QUERY_STRING{q})'>\
@@ -543,11 +543,11 @@ proptest! {
                 .strip_prefix(name)
                 .and_then(|p| p.strip_prefix('='))
                 .expect("parameter names kept");
-            prop_assert!(is_url_component(value), "{:?} in {:?}", value, inc.src);
+            prop_assert!(is_query_value(value), "{:?} in {:?}", value, inc.src);
         }
         let alt = inc.alt.as_deref().expect("alt kept");
         let tail = alt.strip_prefix("/f/alt/p-").expect("alt keeps its path");
-        prop_assert!(is_url_component(tail), "alt {:?}", alt);
+        prop_assert!(is_url_text(tail), "alt {:?}", alt);
         // Resolved, the include stays on the page's origin and path.
         let base = Url::parse("http://origin.test/page").unwrap();
         if let Ok(u) = base.resolve(&inc.src) {
@@ -555,7 +555,133 @@ proptest! {
             prop_assert_eq!(u.path(), "/f/x");
         }
         if let Ok(u) = base.resolve(alt) {
+            prop_assert_eq!(u.host(), "origin.test");
             prop_assert!(u.path().starts_with("/f/alt/p-"), "alt resolved to {}", u);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Variables in relative include URLs
+// ---------------------------------------------------------------------------
+
+/// Values meant to move an include elsewhere.
+fn url_attack() -> BoxedStrategy<String> {
+    const ATTACKS: &[&str] = &[
+        "/fragments/promo",
+        "//evil.test/x",
+        "http://evil.test/",
+        "https:evil",
+        "/\\evil.test",
+        "\\\\evil.test",
+        "x@evil.test",
+        "..",
+        ".",
+        "../x",
+        "a/../../b",
+        "./..",
+        "%2e%2e",
+        ".%2E",
+        "a\r\nb",
+        "a b\"c#d",
+        "?x=1&y=2",
+        "é/ü",
+        "%zz%",
+    ];
+    prop_oneof![
+        2 => proptest::sample::select(ATTACKS).prop_map(str::to_owned),
+        1 => proptest::collection::vec(proptest::sample::select(ATTACKS), 1..4)
+            .prop_map(|v| v.concat()),
+        1 => "[ -~]{0,24}",
+        1 => any::<String>(),
+    ]
+    .boxed()
+}
+
+/// `application/x-www-form-urlencoded` encoding of `s`, so that the query
+/// parameter decodes back to exactly `s`.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Relative `src` templates, each with the path every resolved include must
+/// stay under (`true`) or be exactly (`false`).
+const RELATIVE_TEMPLATES: &[(&str, &str, bool)] = &[
+    ("$(QUERY_STRING{u})", "/", true),
+    ("/$(QUERY_STRING{u})", "/", true),
+    ("h$(QUERY_STRING{u})", "/", true),
+    ("$(HTTP_COOKIE{a})$(QUERY_STRING{u})", "/", true),
+    ("/fragments/$(QUERY_STRING{u})", "/fragments/", true),
+    (
+        "/fragments/$(HTTP_COOKIE{a})/$(QUERY_STRING{u})/x",
+        "/fragments/",
+        true,
+    ),
+    ("/f/.$(QUERY_STRING{u})/x", "/f/", true),
+    ("frag/$(QUERY_STRING{u})", "/frag/", true),
+    ("/p/$(QUERY_STRING)", "/p/", true),
+    ("/$(HTTP_HOST)/x", "/", true),
+    ("/f?x=$(QUERY_STRING{u})&y=$(HTTP_COOKIE{a})", "/f", false),
+    ("/p?$(QUERY_STRING)", "/p", false),
+    ("?u=$(QUERY_STRING{u})", "/page", false),
+];
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Whatever the values, a relative include stays relative: resolved
+    /// against the page as `assemble` does, it is refused, or it is on the
+    /// page's origin, under the template's directory, with no dot segment;
+    /// and the URL text never has a raw CR, LF, space, `"` or `#`.
+    #[test]
+    fn variables_keep_relative_includes_on_the_origin(
+        u in url_attack(),
+        a in url_attack(),
+        host in url_attack(),
+    ) {
+        let config = Config::from_json_str(r#"{ "origin": "http://origin.test" }"#).unwrap();
+        let base = Url::parse("http://origin.test/page").unwrap();
+        let vars = RequestVars {
+            query_string: Some(format!("u={}", form_encode(&u))),
+            cookie: Some(format!("a={}", a.replace(';', ""))),
+            host: Some(host),
+            ..RequestVars::default()
+        };
+        for &(tpl, under, is_prefix) in RELATIVE_TEMPLATES {
+            let page = format!("<esi:include src=\"{tpl}\" alt=\"{tpl}\"/>");
+            let t = Template::compile(page.as_bytes());
+            let mut incs = Vec::new();
+            includes(&t.evaluate(&vars).segments, &mut incs);
+            prop_assert_eq!(incs.len(), 1);
+            let inc = &incs[0];
+            for src in std::iter::once(&inc.src).chain(inc.alt.as_ref()) {
+                prop_assert!(
+                    !src.contains(['\r', '\n', ' ', '"', '#']),
+                    "{} gave {:?}", tpl, src.as_str()
+                );
+                if src.refusal().is_some() {
+                    continue;
+                }
+                let Ok(url) = base.resolve(src) else { continue };
+                prop_assert!(config.allow.allows(&url), "{} gave {}", tpl, url);
+                prop_assert_eq!(url.host(), "origin.test");
+                if is_prefix {
+                    prop_assert!(url.path().starts_with(under), "{} gave {}", tpl, url);
+                } else {
+                    prop_assert_eq!(url.path(), under, "{} gave {}", tpl, url);
+                }
+                for seg in url.path().split('/') {
+                    prop_assert!(seg != ".." && seg != ".", "{} gave {}", tpl, url);
+                }
+            }
         }
     }
 }

@@ -206,7 +206,7 @@ fn vars_substitution() {
     );
     assert_eq!(
         render("<esi:include src=\"/p?$(QUERY_STRING)\" alt=\"/r?$(HTTP_REFERER)\"/>"),
-        "[inc /p?id=42&s=a+b%26c&x=%3Cesi%3Ainclude%20src%3D%2Fevil%2F%3E|/r?http%3A%2F%2Fref.example%2F%3Fa%3D1]"
+        "[inc /p?id=42&s=a+b%26c&x=%3Cesi%3Ainclude%20src%3D%2Fevil%2F%3E|/r?http://ref.example/%3Fa=1]"
     );
     assert_eq!(
         render("<esi:include src=\"http://$(HTTP_HOST)/f\"/>"),
@@ -228,10 +228,11 @@ fn hostile_values_are_escaped() {
         "<p title='it&#39;s'>&lt;esi:include src=&quot;/evil&quot;/&gt;\
          &lt;script&gt;alert(1)&lt;/script&gt;&lt;esi:include src=/evil/&gt;</p>"
     );
-    // In a URL the same values cannot add path segments, queries or fragments.
+    // In a URL the same values cannot end the attribute, add parameters
+    // or start a fragment.
     assert_eq!(
         render("<esi:include src=\"/f?c=$(HTTP_COOKIE{evil})&x=$(QUERY_STRING{x})\"/>"),
-        "[inc /f?c=%3Cesi%3Ainclude%20src%3D%22%2Fevil%22%2F%3E&x=%3Cesi%3Ainclude%20src%3D%2Fevil%2F%3E]"
+        "[inc /f?c=%3Cesi:include%20src=%22/evil%22/%3E&x=%3Cesi:include%20src=/evil/%3E]"
     );
     let v = RequestVars {
         query_string: Some("a=1 2\"<>#frag".into()),
