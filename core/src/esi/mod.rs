@@ -64,18 +64,56 @@
 //!
 //! # Escaping
 //!
-//! Request data must never become markup or change which URL is fetched.
-//! Every substituted value (defaults included) is escaped for where it
-//! lands:
+//! Request data must never become markup, and must never take an include
+//! somewhere its template could not go. Every substituted value (defaults
+//! included) is escaped for where it lands:
 //!
 //! - In markup (`esi:vars` content): HTML-escaped, `& < > " '` become
 //!   entities, so a cookie holding `<esi:include src=/evil/>` or `<script>`
 //!   is inert text.
-//! - In an include `src`/`alt`: percent-encoded as a URL component (only
-//!   `A-Z a-z 0-9 - . _ ~` kept). Two exceptions keep their structure:
-//!   `$(QUERY_STRING)` (whole) also keeps `& = % + / ? : @ , ;`, and
-//!   `$(HTTP_HOST)` (whole) also keeps `: [ ]` for ports and IPv6 literals.
-//!   Spaces, quotes, `<`, `>`, `#` and anything else are always encoded.
+//! - In an include `src`/`alt`: substituted as URL text, then the result is
+//!   resolved against the page like any `src`, and the origin allow-list
+//!   decides whether it may be fetched. A value may supply a path, or a
+//!   path with a query; it is percent-encoded only where it would change
+//!   the URL's structure:
+//!   - always: `"`, `'`, `<`, `>`, `\`, `#`, space and all other whitespace
+//!     and control characters (CR, LF, TAB, NUL …), a `%` not followed by
+//!     two hex digits (a well-formed `%XX` is kept as written), and every
+//!     non-ASCII byte (the UTF-8 is percent-encoded);
+//!   - in the query (the text rendered before the value already has a `?`):
+//!     also `&` and `?`, so a value cannot start another parameter, and `+`,
+//!     which a form decoder would read as a space. `=` is kept: after
+//!     `name=` it is harmless (servers split a parameter at its first `=`);
+//!   - in the path, `/ ? & = : @ ; , +` are kept.
+//!
+//!   Two variables keep their own rules: `$(QUERY_STRING)` whole keeps `&`,
+//!   `?` and `+` in the query (it is a query already), and `$(HTTP_HOST)`
+//!   whole keeps only `A-Z a-z 0-9 - . _ ~ : [ ]`, so it can name a host
+//!   and port where the template put it (`http://$(HTTP_HOST)/x`, then the
+//!   allow-list decides) but never add a path, query or userinfo.
+//!
+//!   Then the whole rendered text is checked:
+//!   - a path segment that is `.` or `..` and that a value touches (`..`,
+//!     `../x` or `a/../../b` in a value, or a value next to dots of the
+//!     template) has its dots encoded as `%2E`, which `Url::resolve`
+//!     refuses: a value never climbs out of the include's directory;
+//!   - if the template is a relative reference as written (its text before
+//!     the first variable has no `scheme:` and does not start with `//`),
+//!     a result that is absolute (`scheme:…`) or scheme-relative (`//…`,
+//!     `/\…`, `\\…`) is refused ([`SrcRefusal`]): the include fails like
+//!     any failed include (`alt`, `onerror="continue"` and `esi:try` apply).
+//!     Userinfo (`@` in the authority) is refused by the URL parser.
+//!
+//!   With `?frag=%2Ffragments%2Fpromo` (the value `/fragments/promo`):
+//!
+//!   | `src` | renders | then |
+//!   |---|---|---|
+//!   | `$(QUERY_STRING{frag})` | `/fragments/promo` | fetched |
+//!   | `/f?x=$(QUERY_STRING{frag})` | `/f?x=/fragments/promo` | fetched |
+//!   | `$(QUERY_STRING{frag})` with `//evil.test/x` | `//evil.test/x` | refused |
+//!   | `/f/$(QUERY_STRING{frag})` with `../../admin` | `/f/%2E%2E/%2E%2E/admin` | refused |
+//!   | `/f?q=$(QUERY_STRING{q})` with `a&b=1 #x` | `/f?q=a%26b=1%20%23x` | fetched |
+//!   | `http://$(HTTP_HOST)/x` | `http://shop.example/x` | allow-list |
 //! - In `when` tests: used raw; they are compared, never output.
 //!
 //! # Malformed input
