@@ -9,8 +9,10 @@
 //!   `<!--esi`, `-->`, `$(`, quotes, `<`, `>`, stray bytes), compile and
 //!   evaluate with arbitrary [`RequestVars`] without panicking; any chunking
 //!   fed to [`Compiler::feed`] gives the same template and [`Plan`] as the
-//!   whole document; a document without ESI comes out byte for byte; and
-//!   variable values never become markup or leave their URL component.
+//!   whole document; a document without ESI comes out byte for byte;
+//!   variable values never become markup or add query parameters; and a
+//!   relative include with variables is refused or stays on the page's
+//!   origin, in its directory, whatever the values.
 //! - **A corpus** of nasty documents, `tests/fixtures/hostile/*.html`, each
 //!   compiled whole and in chunks and evaluated with several requests. Add a
 //!   file there whenever a property finds something: proptest prints the
@@ -551,6 +553,35 @@ proptest! {
             prop_assert_eq!(out.as_deref(), Some(&doc[..]));
             prop_assert!(t.warnings().is_empty());
         }
+    }
+
+    /// `Plan::inputs` is sound: changing any request input the evaluation
+    /// did not report as read changes nothing in the plan.
+    #[test]
+    fn unread_inputs_do_not_change_the_plan(
+        doc in document(),
+        vars in request_vars(),
+        other in request_vars(),
+    ) {
+        let t = Template::compile(&doc);
+        let plan = t.evaluate(&vars);
+        let read = plan.inputs;
+        let pick = |r: bool, mine: &Option<String>, theirs: &Option<String>| {
+            if r { mine.clone() } else { theirs.clone() }
+        };
+        let changed = RequestVars {
+            cookie: pick(read.cookie, &vars.cookie, &other.cookie),
+            host: pick(read.host, &vars.host, &other.host),
+            referer: pick(read.referer, &vars.referer, &other.referer),
+            user_agent: pick(read.user_agent, &vars.user_agent, &other.user_agent),
+            accept_language: pick(
+                read.accept_language,
+                &vars.accept_language,
+                &other.accept_language,
+            ),
+            query_string: pick(read.query_string, &vars.query_string, &other.query_string),
+        };
+        prop_assert_eq!(t.evaluate(&changed), plan);
     }
 
     /// Request data is escaped for where it lands: HTML-escaped in markup,
