@@ -117,8 +117,8 @@ impl AttrTpl {
     /// The URL text for this request: variables substituted as URL text,
     /// then checked (see the `esi` module doc, "Escaping"):
     ///
-    /// - a path segment that is `.` or `..` and contains a byte of a value
-    ///   gets its dots encoded as `%2E`, which `Url::resolve` refuses;
+    /// - a path segment that is `.` or `..` and that a value touches gets
+    ///   its dots encoded as `%2E`, which `Url::resolve` refuses;
     /// - if the template is a relative reference as written (its text before
     ///   the first variable has no scheme and does not start with `//`), a
     ///   result that is absolute or scheme-relative is refused.

@@ -80,7 +80,7 @@
 //!     and control characters (CR, LF, TAB, NUL …), a `%` not followed by
 //!     two hex digits (a well-formed `%XX` is kept as written), and every
 //!     non-ASCII byte (the UTF-8 is percent-encoded);
-//!   - in the query (the text rendered before the value already has a `?`):
+//!   - in the query (the text rendered before the value has a `?`, or a `#`):
 //!     also `&` and `?`, so a value cannot start another parameter, and `+`,
 //!     which a form decoder would read as a space. `=` is kept: after
 //!     `name=` it is harmless (servers split a parameter at its first `=`);
