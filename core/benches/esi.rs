@@ -92,7 +92,7 @@ fn stitch(
             Segment::Literal(r) => out.extend_from_slice(&template.source()[r.clone()]),
             Segment::Text(t) => out.extend_from_slice(t),
             Segment::Include(inc) => {
-                if let Some(b) = bodies.get(&inc.src) {
+                if let Some(b) = bodies.get(inc.src.as_str()) {
                     out.extend_from_slice(b);
                 }
             }

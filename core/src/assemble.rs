@@ -35,7 +35,7 @@ use futures_util::future::{join_all, select, Either, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use crate::cache::CacheStatus;
-use crate::esi::{Include, Plan, RequestVars, Segment, Template};
+use crate::esi::{Include, IncludeSrc, Plan, RequestVars, Segment, SrcRefusal, Template};
 use crate::loader::{Fragment, LoadError, Loader, Lookup, VaryHint};
 use crate::ports::{LocalFuture, LogLevel};
 use crate::url::{Url, UrlError};
@@ -50,6 +50,15 @@ pub enum IncludeError {
         src: String,
         /// What is wrong with it.
         error: UrlError,
+    },
+    /// A variable substituted into `src` made it a URL the template did
+    /// not allow for (a relative include made absolute): never fetched.
+    #[error("include {src:?} refused: {reason}")]
+    RefusedSrc {
+        /// The evaluated `src`.
+        src: String,
+        /// What the variable did.
+        reason: SrcRefusal,
     },
     /// The URL is not on an allowed origin: never fetched.
     #[error("include {0} is not on an allowed origin")]
@@ -340,7 +349,7 @@ impl PageState {
     /// Resolves, checks and looks up one include `src`.
     async fn start(
         &self,
-        src: &str,
+        src: &IncludeSrc,
         base: &Url,
         depth: u32,
         chain: &[String],
@@ -352,8 +361,14 @@ impl PageState {
         if n > limits.max_includes {
             return Err(IncludeError::TooManyIncludes(limits.max_includes));
         }
+        if let Some(reason) = src.refusal() {
+            return Err(IncludeError::RefusedSrc {
+                src: src.to_string(),
+                reason,
+            });
+        }
         let mut url = base.resolve(src).map_err(|error| IncludeError::BadUrl {
-            src: src.to_owned(),
+            src: src.to_string(),
             error,
         })?;
         // An include addressed to the worker's own host means the origin.

@@ -18,6 +18,7 @@
 //! --- expect                       (or `--- expect-error`, empty: the page fails)
 //! …expected output…
 //! --- warnings                     (optional: one expected substring per warning)
+//! --- logs                         (optional: substrings that some log line contains)
 //! ```
 //!
 //! A section header is a line starting with `--- `; its body is the lines up
@@ -52,6 +53,8 @@ struct Fixture {
     /// `None` for `expect-error`.
     expect: Option<Vec<u8>>,
     warnings: Option<Vec<String>>,
+    /// Substrings the worker's log must contain.
+    logs: Vec<String>,
 }
 
 fn parse_fixture(path: &Path) -> Fixture {
@@ -124,6 +127,12 @@ fn parse_fixture(path: &Path) -> Fixture {
                 has_expect = true;
             }
             Some("expect-error") => has_expect = true,
+            Some("logs") => {
+                fx.logs = String::from_utf8_lossy(&body)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            }
             Some("warnings") => {
                 fx.warnings = Some(
                     String::from_utf8_lossy(&body)
@@ -154,6 +163,12 @@ fn origin_path(src: &str) -> String {
 
 /// Serves the fixture's page; `None` when the page fails.
 fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
+    run_page_logged(fx).0
+}
+
+/// Serves the fixture's page: the output (`None` when the page fails) and
+/// the worker's log lines.
+fn run_page_logged(fx: &Fixture) -> (Option<Vec<u8>>, Vec<String>) {
     let sim = Sim::new(7);
     let query = fx
         .vars
@@ -198,7 +213,7 @@ fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
     }
     let config = Rc::new(Config::from_json_str(CONFIG).expect("config"));
     let loader = Loader::new(sim.ports(), Shared::new(), config, Rc::new(req));
-    sim.block_on(async move {
+    let out = sim.block_on(async move {
         match handle(loader).await {
             Reply::Full { status, body, .. } => {
                 if status.as_u16() >= 400 {
@@ -221,7 +236,9 @@ fn run_page(fx: &Fixture) -> Option<Vec<u8>> {
             }
             Reply::Pass(_) => None,
         }
-    })
+    });
+    let logs = sim.log.lines().into_iter().map(|(_, l)| l).collect();
+    (out, logs)
 }
 
 use fragcache_core::testing::compile_in_chunks as compile_chunked;
@@ -305,7 +322,13 @@ fn all_fixtures() {
     for fx in &all {
         let name = &fx.name;
         let t = Template::compile(&fx.page);
-        let got = run_page(fx);
+        let (got, logs) = run_page_logged(fx);
+        for want in &fx.logs {
+            assert!(
+                logs.iter().any(|l| l.contains(want.as_str())),
+                "{name}: no log line contains {want:?}: {logs:#?}"
+            );
+        }
         match (&fx.expect, &got) {
             (Some(want), Some(got)) => assert!(
                 want == got,

@@ -35,7 +35,7 @@ use std::ops::Range;
 use super::expr::{self, Expr};
 use super::lexer::Tag;
 use super::vars::{parse_var_at, VarRef};
-use super::{RequestVars, Warning};
+use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
 
 /// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
 /// honoured; deeper start tags are dropped with a warning.
@@ -114,24 +114,125 @@ impl AttrTpl {
         AttrTpl { parts }
     }
 
-    /// The value for this request; variables are percent-encoded.
-    pub(crate) fn render(&self, vars: &RequestVars) -> String {
+    /// The URL text for this request: variables substituted as URL text,
+    /// then checked (see the `esi` module doc, "Escaping"):
+    ///
+    /// - a path segment that is `.` or `..` and that a value touches gets
+    ///   its dots encoded as `%2E`, which `Url::resolve` refuses;
+    /// - if the template is a relative reference as written (its text before
+    ///   the first variable has no scheme and does not start with `//`), a
+    ///   result that is absolute or scheme-relative is refused.
+    pub(crate) fn render(&self, vars: &RequestVars) -> IncludeSrc {
         let mut out = String::new();
+        // Byte ranges of `out` that came from values (empty for empty ones).
+        let mut from_vars: Vec<Range<usize>> = Vec::new();
+        let mut in_query = false;
         for p in &self.parts {
+            let start = out.len();
             match p {
                 AttrPart::Lit(s) => out.push_str(s),
-                AttrPart::Var(v) => v.write_url(vars, &mut out),
+                AttrPart::Var(v) => {
+                    v.write_url(vars, in_query, &mut out);
+                    from_vars.push(start..out.len());
+                }
             }
+            in_query = in_query
+                || out.as_bytes()[start..]
+                    .iter()
+                    .any(|&b| b == b'?' || b == b'#');
         }
-        out
+        if from_vars.is_empty() {
+            return IncludeSrc::new(out);
+        }
+        let out = encode_value_dot_segments(out, &from_vars);
+        let leading = match self.parts.first() {
+            Some(AttrPart::Lit(s)) => s.as_str(),
+            _ => "",
+        };
+        match relative_made_absolute(leading, &out) {
+            Some(reason) => IncludeSrc::refused(out, reason),
+            None => IncludeSrc::new(out),
+        }
     }
 
-    fn vars(&self) -> impl Iterator<Item = &VarRef> {
+    pub(crate) fn vars(&self) -> impl Iterator<Item = &VarRef> {
         self.parts.iter().filter_map(|p| match p {
             AttrPart::Var(v) => Some(v),
             AttrPart::Lit(_) => None,
         })
     }
+}
+
+/// Whether `s` starts with a URL scheme (`name:`), as `Url::resolve` reads it.
+fn has_scheme(s: &str) -> bool {
+    let Some((name, _)) = s.split_once(':') else {
+        return false;
+    };
+    let mut b = name.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+}
+
+/// Whether a reference starts with what `Url::resolve` (or a browser)
+/// reads as an authority: `//`, or a slash pair written with backslashes.
+fn is_scheme_relative(s: &str) -> bool {
+    let b = s.as_bytes();
+    matches!(b, [b'/' | b'\\', b'/' | b'\\', ..])
+}
+
+/// Why `rendered` must be refused when the template's text before its first
+/// variable is `leading`: a relative template may not become absolute or
+/// scheme-relative through a value.
+pub(crate) fn relative_made_absolute(leading: &str, rendered: &str) -> Option<SrcRefusal> {
+    if has_scheme(leading) || is_scheme_relative(leading) {
+        // Absolute as written: the allow-list decides where it goes.
+        return None;
+    }
+    if is_scheme_relative(rendered) {
+        Some(SrcRefusal::MadeSchemeRelative)
+    } else if has_scheme(rendered) {
+        Some(SrcRefusal::MadeAbsolute)
+    } else {
+        None
+    }
+}
+
+/// Encodes the dots of every path segment (before any `?` or `#`) that is
+/// `.` or `..` and that a value touches (`from_vars`, sorted: a value inside
+/// it, or at its edge, as an empty value or a `/` that ends a value can
+/// make a segment of dots written in the template), so a value can never
+/// climb out of the include's directory: `Url::resolve` refuses such `%2E`
+/// segments. Dot segments written in the template alone are left to
+/// ordinary resolution.
+pub(crate) fn encode_value_dot_segments(s: String, from_vars: &[Range<usize>]) -> String {
+    let path_end = s.find(['?', '#']).unwrap_or(s.len());
+    let mut hits: Vec<Range<usize>> = Vec::new();
+    let mut start = 0;
+    let mut vars = from_vars.iter().peekable();
+    for seg in s[..path_end].split('/') {
+        let end = start + seg.len();
+        if matches!(seg, "." | "..") {
+            while vars.peek().is_some_and(|r| r.end < start) {
+                vars.next();
+            }
+            if vars.peek().is_some_and(|r| r.start <= end) {
+                hits.push(start..end);
+            }
+        }
+        start = end + 1;
+    }
+    if hits.is_empty() {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len() + 4 * hits.len());
+    let mut last = 0;
+    for r in hits {
+        out.push_str(&s[last..r.start]);
+        out.push_str(&"%2E".repeat(r.len()));
+        last = r.end;
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 /// Bytes meant for a URL as a `String`: invalid UTF-8 is percent-encoded

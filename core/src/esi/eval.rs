@@ -15,7 +15,8 @@
 //! includes for the assembler, which has its own depth and cycle limits.
 
 use super::compile::{InlineDef, Node};
-use super::{Include, Plan, RequestVars, Segment, Template};
+use super::vars::VarRef;
+use super::{Include, Plan, RequestInputs, RequestVars, Segment, Template};
 
 /// Most includes replaced by inline content in one evaluation.
 pub(crate) const MAX_INLINE_SUBSTITUTIONS: usize = 64;
@@ -31,6 +32,8 @@ struct Evaluator<'a> {
     active: Vec<usize>,
     substitutions: usize,
     nesting: usize,
+    /// The request inputs read so far.
+    inputs: RequestInputs,
 }
 
 fn push_literal(out: &mut Vec<Segment>, r: std::ops::Range<usize>) {
@@ -64,19 +67,29 @@ pub(crate) fn evaluate(t: &Template, vars: &RequestVars) -> Plan {
         active: Vec::new(),
         substitutions: 0,
         nesting: 0,
+        inputs: RequestInputs::default(),
     };
     let mut segments = Vec::new();
     ev.nodes(&t.nodes, &mut segments);
-    Plan { segments }
+    Plan {
+        segments,
+        inputs: ev.inputs,
+    }
 }
 
 impl<'a> Evaluator<'a> {
+    /// Records that the value of `v` is looked up.
+    fn read(&mut self, v: &VarRef) {
+        self.inputs.merge(v.input());
+    }
+
     fn nodes(&mut self, nodes: &'a [Node], out: &mut Vec<Segment>) {
         let mut scratch = Vec::new();
         for node in nodes {
             match node {
                 Node::Literal(r) => push_literal(out, r.clone()),
                 Node::Var(v) => {
+                    self.read(v);
                     scratch.clear();
                     v.write_markup(self.vars, &mut scratch);
                     push_text(out, &scratch);
@@ -86,8 +99,15 @@ impl<'a> Evaluator<'a> {
                     alt,
                     onerror_continue,
                 } => {
+                    for v in src.vars().chain(alt.iter().flat_map(|a| a.vars())) {
+                        self.read(v);
+                    }
                     let src = src.render(self.vars);
-                    if let Some(&idx) = self.t.inline_index.get(&src) {
+                    let inline = match src.refusal() {
+                        None => self.t.inline_index.get(src.as_str()),
+                        Some(_) => None,
+                    };
+                    if let Some(&idx) = inline {
                         if self.substitutions < MAX_INLINE_SUBSTITUTIONS
                             && self.nesting < MAX_INLINE_NESTING
                             && !self.active.contains(&idx)
@@ -106,10 +126,17 @@ impl<'a> Evaluator<'a> {
                     }));
                 }
                 Node::Choose { whens, otherwise } => {
-                    let body = whens
-                        .iter()
-                        .find(|(test, _)| test.is_true(self.vars))
-                        .map_or(otherwise, |(_, body)| body);
+                    // Every test up to the first true one is evaluated; all
+                    // of its variables count as read (even an operand that
+                    // `&`/`|` short-circuits past: reporting more is safe).
+                    let mut body = otherwise;
+                    for (test, when_body) in whens {
+                        test.for_each_var(&mut |v| self.inputs.merge(v.input()));
+                        if test.is_true(self.vars) {
+                            body = when_body;
+                            break;
+                        }
+                    }
                     self.nodes(body, out);
                 }
                 Node::Try { attempt, except } => {

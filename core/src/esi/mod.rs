@@ -64,18 +64,56 @@
 //!
 //! # Escaping
 //!
-//! Request data must never become markup or change which URL is fetched.
-//! Every substituted value (defaults included) is escaped for where it
-//! lands:
+//! Request data must never become markup, and must never take an include
+//! somewhere its template could not go. Every substituted value (defaults
+//! included) is escaped for where it lands:
 //!
 //! - In markup (`esi:vars` content): HTML-escaped, `& < > " '` become
 //!   entities, so a cookie holding `<esi:include src=/evil/>` or `<script>`
 //!   is inert text.
-//! - In an include `src`/`alt`: percent-encoded as a URL component (only
-//!   `A-Z a-z 0-9 - . _ ~` kept). Two exceptions keep their structure:
-//!   `$(QUERY_STRING)` (whole) also keeps `& = % + / ? : @ , ;`, and
-//!   `$(HTTP_HOST)` (whole) also keeps `: [ ]` for ports and IPv6 literals.
-//!   Spaces, quotes, `<`, `>`, `#` and anything else are always encoded.
+//! - In an include `src`/`alt`: substituted as URL text, then the result is
+//!   resolved against the page like any `src`, and the origin allow-list
+//!   decides whether it may be fetched. A value may supply a path, or a
+//!   path with a query; it is percent-encoded only where it would change
+//!   the URL's structure:
+//!   - always: `"`, `'`, `<`, `>`, `\`, `#`, space and all other whitespace
+//!     and control characters (CR, LF, TAB, NUL …), a `%` not followed by
+//!     two hex digits (a well-formed `%XX` is kept as written), and every
+//!     non-ASCII byte (the UTF-8 is percent-encoded);
+//!   - in the query (the text rendered before the value has a `?`, or a `#`):
+//!     also `&` and `?`, so a value cannot start another parameter, and `+`,
+//!     which a form decoder would read as a space. `=` is kept: after
+//!     `name=` it is harmless (servers split a parameter at its first `=`);
+//!   - in the path, `/ ? & = : @ ; , +` are kept.
+//!
+//!   Two variables keep their own rules: `$(QUERY_STRING)` whole keeps `&`,
+//!   `?` and `+` in the query (it is a query already), and `$(HTTP_HOST)`
+//!   whole keeps only `A-Z a-z 0-9 - . _ ~ : [ ]`, so it can name a host
+//!   and port where the template put it (`http://$(HTTP_HOST)/x`, then the
+//!   allow-list decides) but never add a path, query or userinfo.
+//!
+//!   Then the whole rendered text is checked:
+//!   - a path segment that is `.` or `..` and that a value touches (`..`,
+//!     `../x` or `a/../../b` in a value, or a value next to dots of the
+//!     template) has its dots encoded as `%2E`, which `Url::resolve`
+//!     refuses: a value never climbs out of the include's directory;
+//!   - if the template is a relative reference as written (its text before
+//!     the first variable has no `scheme:` and does not start with `//`),
+//!     a result that is absolute (`scheme:…`) or scheme-relative (`//…`,
+//!     `/\…`, `\\…`) is refused ([`SrcRefusal`]): the include fails like
+//!     any failed include (`alt`, `onerror="continue"` and `esi:try` apply).
+//!     Userinfo (`@` in the authority) is refused by the URL parser.
+//!
+//!   With `?frag=%2Ffragments%2Fpromo` (the value `/fragments/promo`):
+//!
+//!   | `src` | renders | then |
+//!   |---|---|---|
+//!   | `$(QUERY_STRING{frag})` | `/fragments/promo` | fetched |
+//!   | `/f?x=$(QUERY_STRING{frag})` | `/f?x=/fragments/promo` | fetched |
+//!   | `$(QUERY_STRING{frag})` with `//evil.test/x` | `//evil.test/x` | refused |
+//!   | `/f/$(QUERY_STRING{frag})` with `../../admin` | `/f/%2E%2E/%2E%2E/admin` | refused |
+//!   | `/f?q=$(QUERY_STRING{q})` with `a&b=1 #x` | `/f?q=a%26b=1%20%23x` | fetched |
+//!   | `http://$(HTTP_HOST)/x` | `http://shop.example/x` | allow-list |
 //! - In `when` tests: used raw; they are compared, never output.
 //!
 //! # Malformed input
@@ -249,11 +287,82 @@ pub struct RequestVars {
     pub query_string: Option<String>,
 }
 
+/// Which request inputs an evaluation read: what a response built from it
+/// depends on besides the URL.
+///
+/// A variable counts as read wherever its value is looked up: `esi:vars`
+/// content, include `src` and `alt`, the `test` of every `when` evaluated
+/// (in order, up to and including the first true one), the content of an
+/// `esi:inline` that is output, and both branches of an `esi:try`. A
+/// default (`$(X|'d')`) still reads `X`; unknown variables read nothing.
+/// Content of a branch not taken reads nothing: that is sound, because
+/// which branch is taken is itself decided only by inputs that were read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestInputs {
+    /// `HTTP_COOKIE`, whole or `{name}`.
+    pub cookie: bool,
+    /// `HTTP_HOST`.
+    pub host: bool,
+    /// `HTTP_REFERER`.
+    pub referer: bool,
+    /// `HTTP_USER_AGENT`, whole or `{browser}`, `{os}`, `{version}`.
+    pub user_agent: bool,
+    /// `HTTP_ACCEPT_LANGUAGE`, whole or `{lang}`.
+    pub accept_language: bool,
+    /// `QUERY_STRING`, whole or `{name}`.
+    pub query_string: bool,
+}
+
+impl RequestInputs {
+    /// Adds what `other` read (for a page and its fragments).
+    pub fn merge(&mut self, other: RequestInputs) {
+        self.cookie |= other.cookie;
+        self.host |= other.host;
+        self.referer |= other.referer;
+        self.user_agent |= other.user_agent;
+        self.accept_language |= other.accept_language;
+        self.query_string |= other.query_string;
+    }
+
+    /// Whether nothing was read: the output depends on the URL alone.
+    pub fn is_empty(&self) -> bool {
+        *self == RequestInputs::default()
+    }
+
+    /// Whether a cookie was read: the output is per user, and must not be
+    /// stored by shared caches (`Cache-Control: private, no-store`).
+    pub fn reads_cookie(&self) -> bool {
+        self.cookie
+    }
+
+    /// The request headers, lower-case, that a downstream cache must
+    /// `Vary` on: `user-agent`, `accept-language` and `referer` when read.
+    ///
+    /// `host` and the query string are never listed although they may have
+    /// been read: both are part of the URL, which every cache already uses
+    /// as its key, so varying on them would add nothing. The cookie is not
+    /// listed either: `Vary: Cookie` would make a shared cache keep one copy
+    /// per user; a page that reads it must not be shared at all (see
+    /// [`reads_cookie`](Self::reads_cookie)).
+    pub fn vary_headers(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.user_agent, "user-agent"),
+            (self.accept_language, "accept-language"),
+            (self.referer, "referer"),
+        ]
+        .into_iter()
+        .filter_map(|(read, name)| read.then_some(name))
+    }
+}
+
 /// The outcome of evaluating a template for one request, in document order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// What to output, in order.
     pub segments: Vec<Segment>,
+    /// The request inputs this evaluation read (not those of the fragments
+    /// it includes, which are evaluated separately).
+    pub inputs: RequestInputs,
 }
 
 /// One piece of a [`Plan`].
@@ -281,9 +390,103 @@ pub enum Segment {
 pub struct Include {
     /// The URL, variable-substituted and entity-decoded but not resolved
     /// against any base URL.
-    pub src: String,
+    pub src: IncludeSrc,
     /// The fallback URL, same form.
-    pub alt: Option<String>,
+    pub alt: Option<IncludeSrc>,
     /// `onerror="continue"`: on failure (after `alt`), output nothing.
     pub onerror_continue: bool,
+}
+
+/// An evaluated include `src` or `alt`: URL text, not yet resolved, and
+/// whether substituting variables made it a URL that must not be fetched
+/// (see the module doc, "Escaping"). Reads as a `&str` of the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncludeSrc {
+    text: String,
+    refused: Option<SrcRefusal>,
+}
+
+impl IncludeSrc {
+    /// An accepted URL text (as a template without variables gives).
+    pub fn new(text: impl Into<String>) -> Self {
+        IncludeSrc {
+            text: text.into(),
+            refused: None,
+        }
+    }
+
+    /// URL text that must not be fetched, for `reason`.
+    pub fn refused(text: impl Into<String>, reason: SrcRefusal) -> Self {
+        IncludeSrc {
+            text: text.into(),
+            refused: Some(reason),
+        }
+    }
+
+    /// The URL text, variables substituted.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Why this must not be fetched; `None` when it may be resolved (and
+    /// then checked against the allow-list) like any URL.
+    pub fn refusal(&self) -> Option<SrcRefusal> {
+        self.refused
+    }
+}
+
+impl From<String> for IncludeSrc {
+    fn from(text: String) -> Self {
+        IncludeSrc::new(text)
+    }
+}
+
+impl From<&str> for IncludeSrc {
+    fn from(text: &str) -> Self {
+        IncludeSrc::new(text)
+    }
+}
+
+impl std::ops::Deref for IncludeSrc {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for IncludeSrc {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for IncludeSrc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq<str> for IncludeSrc {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for IncludeSrc {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+/// Why an evaluated include `src`/`alt` is refused before resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SrcRefusal {
+    /// The template is a relative reference, but with its variables
+    /// substituted it names a scheme (`http://evil/`, `https:evil`).
+    #[error("a variable made a relative include absolute")]
+    MadeAbsolute,
+    /// The template is a relative reference, but with its variables
+    /// substituted it starts with `//` (or `/\`, `\\`): another host.
+    #[error("a variable made a relative include scheme-relative (another host)")]
+    MadeSchemeRelative,
 }

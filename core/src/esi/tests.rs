@@ -3,6 +3,7 @@
 //! includes print as `[inc src|alt|c]`, try blocks as `[try …|except …]`.
 
 use super::*;
+use crate::url::UrlError;
 
 fn render_into(t: &Template, segs: &[Segment], out: &mut Vec<u8>) {
     for s in segs {
@@ -206,7 +207,7 @@ fn vars_substitution() {
     );
     assert_eq!(
         render("<esi:include src=\"/p?$(QUERY_STRING)\" alt=\"/r?$(HTTP_REFERER)\"/>"),
-        "[inc /p?id=42&s=a+b%26c&x=%3Cesi%3Ainclude%20src%3D%2Fevil%2F%3E|/r?http%3A%2F%2Fref.example%2F%3Fa%3D1]"
+        "[inc /p?id=42&s=a+b%26c&x=%3Cesi%3Ainclude%20src%3D%2Fevil%2F%3E|/r?http://ref.example/%3Fa=1]"
     );
     assert_eq!(
         render("<esi:include src=\"http://$(HTTP_HOST)/f\"/>"),
@@ -228,10 +229,11 @@ fn hostile_values_are_escaped() {
         "<p title='it&#39;s'>&lt;esi:include src=&quot;/evil&quot;/&gt;\
          &lt;script&gt;alert(1)&lt;/script&gt;&lt;esi:include src=/evil/&gt;</p>"
     );
-    // In a URL the same values cannot add path segments, queries or fragments.
+    // In a URL the same values cannot end the attribute, add parameters
+    // or start a fragment.
     assert_eq!(
         render("<esi:include src=\"/f?c=$(HTTP_COOKIE{evil})&x=$(QUERY_STRING{x})\"/>"),
-        "[inc /f?c=%3Cesi%3Ainclude%20src%3D%22%2Fevil%22%2F%3E&x=%3Cesi%3Ainclude%20src%3D%2Fevil%2F%3E]"
+        "[inc /f?c=%3Cesi:include%20src=%22/evil%22/%3E&x=%3Cesi:include%20src=/evil/%3E]"
     );
     let v = RequestVars {
         query_string: Some("a=1 2\"<>#frag".into()),
@@ -834,4 +836,424 @@ fn chunk_safety_fuzz() {
             assert!(t.evaluate(&v) == plan, "seed {seed}");
         }
     }
+}
+
+fn inputs(input: &str, vars: &RequestVars) -> RequestInputs {
+    Template::compile(input.as_bytes()).evaluate(vars).inputs
+}
+
+fn read(names: &[&str]) -> RequestInputs {
+    let mut r = RequestInputs::default();
+    for n in names {
+        match *n {
+            "cookie" => r.cookie = true,
+            "host" => r.host = true,
+            "referer" => r.referer = true,
+            "user-agent" => r.user_agent = true,
+            "accept-language" => r.accept_language = true,
+            "query" => r.query_string = true,
+            other => panic!("{other}"),
+        }
+    }
+    r
+}
+
+#[test]
+fn request_inputs_read_by_each_construct() {
+    let v = RequestVars {
+        cookie: Some("a=1".into()),
+        ..vars()
+    };
+    let table: &[(&str, &[&str])] = &[
+        ("<p>plain</p>", &[]),
+        ("<esi:include src=\"/f\" alt=\"/g\"/>", &[]),
+        ("<esi:vars>$(NOPE) $(NOPE{x}|'d')</esi:vars>", &[]),
+        // Outside esi:vars, `$(…)` is text: nothing is looked up.
+        ("<p>$(HTTP_COOKIE)</p>", &[]),
+        ("<esi:vars>$(HTTP_COOKIE)</esi:vars>", &["cookie"]),
+        ("<esi:vars>$(HTTP_COOKIE{a})</esi:vars>", &["cookie"]),
+        ("<esi:vars>$(HTTP_COOKIE{none}|'d')</esi:vars>", &["cookie"]),
+        ("<esi:vars>$(HTTP_HOST)</esi:vars>", &["host"]),
+        ("<esi:vars>$(HTTP_REFERER)</esi:vars>", &["referer"]),
+        ("<esi:vars>$(HTTP_USER_AGENT{os})</esi:vars>", &["user-agent"]),
+        ("<esi:vars>$(HTTP_ACCEPT_LANGUAGE{en})</esi:vars>", &["accept-language"]),
+        ("<esi:vars>$(QUERY_STRING)</esi:vars>", &["query"]),
+        ("<esi:include src=\"/f?x=$(QUERY_STRING{x})\"/>", &["query"]),
+        ("<esi:include src=\"$(QUERY_STRING{x})\"/>", &["query"]),
+        ("<esi:include src=\"/f\" alt=\"/g/$(HTTP_COOKIE{a})\"/>", &["cookie"]),
+        ("<esi:include src=\"http://$(HTTP_HOST)/f\"/>", &["host"]),
+        // A refused src was still read.
+        ("<esi:include src=\"/$(HTTP_COOKIE{none})/evil\"/>", &["cookie"]),
+        // The test of an evaluated `when` is read, its untaken body is not.
+        (
+            "<esi:choose><esi:when test=\"$(HTTP_COOKIE{a}) == '2'\">\
+             <esi:vars>$(HTTP_REFERER)</esi:vars></esi:when></esi:choose>",
+            &["cookie"],
+        ),
+        // A cookie used only inside an untaken branch is not read.
+        (
+            "<esi:choose><esi:when test=\"'a' == 'b'\"><esi:vars>$(HTTP_COOKIE{a})</esi:vars>\
+             <esi:include src=\"/c/$(HTTP_COOKIE{a})\"/></esi:when>\
+             <esi:otherwise><esi:vars>$(HTTP_USER_AGENT)</esi:vars></esi:otherwise></esi:choose>",
+            &["user-agent"],
+        ),
+        // Tests after the chosen one are not evaluated.
+        (
+            "<esi:choose><esi:when test=\"$(HTTP_ACCEPT_LANGUAGE{en})\">en</esi:when>\
+             <esi:when test=\"$(HTTP_COOKIE{a})\">c</esi:when>\
+             <esi:otherwise>o</esi:otherwise></esi:choose>",
+            &["accept-language"],
+        ),
+        // Every test is evaluated when none is true, then `otherwise` runs.
+        (
+            "<esi:choose><esi:when test=\"$(HTTP_COOKIE{a}) == 2\">c</esi:when>\
+             <esi:when test=\"$(HTTP_USER_AGENT{os}) == 'X'\">u</esi:when>\
+             <esi:otherwise><esi:include src=\"/o?$(QUERY_STRING)\"/></esi:otherwise></esi:choose>",
+            &["cookie", "user-agent", "query"],
+        ),
+        // Nested choose: the inner test is read only in the taken branch.
+        (
+            "<esi:choose><esi:when test=\"1 == 1\"><esi:choose>\
+             <esi:when test=\"$(HTTP_HOST) == 'x'\">h</esi:when></esi:choose></esi:when>\
+             <esi:otherwise><esi:choose><esi:when test=\"$(HTTP_COOKIE{a})\">c</esi:when>\
+             </esi:choose></esi:otherwise></esi:choose>",
+            &["host"],
+        ),
+        // Both branches of a try are evaluated.
+        (
+            "<esi:try><esi:attempt><esi:include src=\"/a?h=$(HTTP_HOST)\"/></esi:attempt>\
+             <esi:except><esi:vars>$(HTTP_COOKIE{a})</esi:vars></esi:except></esi:try>",
+            &["host", "cookie"],
+        ),
+        // Inline content that is output is read, in place or substituted.
+        (
+            "<esi:inline name=\"/i\" fetchable=\"no\"><esi:vars>$(HTTP_REFERER)</esi:vars></esi:inline>",
+            &["referer"],
+        ),
+        (
+            "<esi:choose><esi:when test=\"'a' == 'b'\">\
+             <esi:inline name=\"/i\" fetchable=\"no\"><esi:vars>$(HTTP_REFERER)</esi:vars></esi:inline>\
+             </esi:when></esi:choose>",
+            &[],
+        ),
+        (
+            "<esi:choose><esi:when test=\"'a' == 'b'\">\
+             <esi:inline name=\"/i\" fetchable=\"no\"><esi:vars>$(HTTP_REFERER)</esi:vars></esi:inline>\
+             </esi:when></esi:choose><esi:include src=\"/i\"/>",
+            &["referer"],
+        ),
+    ];
+    for (page, want) in table {
+        assert_eq!(inputs(page, &v), read(want), "{page}");
+        // What is read does not depend on the values, only on the branches.
+        let empty = RequestVars::default();
+        if !page.contains("esi:choose") {
+            assert_eq!(inputs(page, &empty), read(want), "{page} (empty request)");
+        }
+    }
+}
+
+#[test]
+fn request_inputs_api() {
+    let none = RequestInputs::default();
+    assert!(none.is_empty() && !none.reads_cookie());
+    assert_eq!(none.vary_headers().count(), 0);
+    let mut all = read(&["host", "query"]);
+    assert!(!all.is_empty());
+    // Host and query are part of the URL: no Vary.
+    assert_eq!(all.vary_headers().count(), 0);
+    all.merge(read(&[
+        "referer",
+        "cookie",
+        "user-agent",
+        "accept-language",
+    ]));
+    assert!(all.reads_cookie());
+    assert_eq!(
+        all.vary_headers().collect::<Vec<_>>(),
+        ["user-agent", "accept-language", "referer"]
+    );
+    assert_eq!(
+        all,
+        read(&[
+            "host",
+            "query",
+            "referer",
+            "cookie",
+            "user-agent",
+            "accept-language"
+        ])
+    );
+    let mut one = RequestInputs::default();
+    one.merge(read(&["accept-language"]));
+    assert_eq!(one.vary_headers().collect::<Vec<_>>(), ["accept-language"]);
+}
+
+/// What becomes of an include `src` with variables.
+#[derive(Debug)]
+enum Src {
+    /// Renders to this text and resolves to this URL.
+    Fetch(&'static str, &'static str),
+    /// Refused before resolution.
+    Refused(&'static str, SrcRefusal),
+    /// Renders to this text, which the URL parser refuses.
+    Bad(&'static str, UrlError),
+}
+
+/// Form-encodes every byte but letters and digits.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn variables_in_src_are_url_text() {
+    use Src::{Bad, Fetch, Refused};
+    use SrcRefusal::{MadeAbsolute, MadeSchemeRelative};
+    use UrlError::{BadHost, EncodedDotSegment, UserInfo};
+    const FRAG: &str = "$(QUERY_STRING{frag})";
+    let dots = |s: &str| EncodedDotSegment(s.into());
+    // (src template with `F` for `$(QUERY_STRING{frag})`, frag, host, outcome)
+    let table: Vec<(&str, &str, &str, Src)> = vec![
+        (
+            "F",
+            "/fragments/promo",
+            "",
+            Fetch("/fragments/promo", "http://origin.test/fragments/promo"),
+        ),
+        (
+            "F",
+            "/promo?a=1&b=2",
+            "",
+            Fetch("/promo?a=1&b=2", "http://origin.test/promo?a=1&b=2"),
+        ),
+        ("F", "promo", "", Fetch("promo", "http://origin.test/promo")),
+        (
+            "F",
+            "//evil.test/x",
+            "",
+            Refused("//evil.test/x", MadeSchemeRelative),
+        ),
+        (
+            "/F",
+            "/evil.test/x",
+            "",
+            Refused("//evil.test/x", MadeSchemeRelative),
+        ),
+        (
+            "F",
+            "http://evil.test/",
+            "",
+            Refused("http://evil.test/", MadeAbsolute),
+        ),
+        ("F", "https:evil", "", Refused("https:evil", MadeAbsolute)),
+        (
+            "hF",
+            "ttp://evil.test/",
+            "",
+            Refused("http://evil.test/", MadeAbsolute),
+        ),
+        ("F", "a:b", "", Refused("a:b", MadeAbsolute)),
+        // The value `//evil.test`, sent as `frag=%2F%2Fevil.test`.
+        (
+            "F",
+            "//evil.test",
+            "",
+            Refused("//evil.test", MadeSchemeRelative),
+        ),
+        // A backslash is always encoded, so `/\` cannot start an authority.
+        (
+            "F",
+            "/\\evil.test",
+            "",
+            Fetch("/%5Cevil.test", "http://origin.test/%5Cevil.test"),
+        ),
+        (
+            "F",
+            "\\\\evil.test",
+            "",
+            Fetch("%5C%5Cevil.test", "http://origin.test/%5C%5Cevil.test"),
+        ),
+        // Userinfo can only reach an authority the template wrote, and the
+        // URL parser refuses it there.
+        (
+            "http://F/x",
+            "x@evil.test",
+            "",
+            Bad("http://x@evil.test/x", UserInfo),
+        ),
+        (
+            "http://F/x",
+            "origin.test",
+            "",
+            Fetch("http://origin.test/x", "http://origin.test/x"),
+        ),
+        (
+            "/f/F",
+            "a:b@c",
+            "",
+            Fetch("/f/a:b@c", "http://origin.test/f/a:b@c"),
+        ),
+        // Structure breakers are always encoded.
+        (
+            "/f?x=F",
+            "a\r\nb",
+            "",
+            Fetch("/f?x=a%0D%0Ab", "http://origin.test/f?x=a%0D%0Ab"),
+        ),
+        (
+            "/f/F",
+            "a\"b'c<d>",
+            "",
+            Fetch(
+                "/f/a%22b%27c%3Cd%3E",
+                "http://origin.test/f/a%22b%27c%3Cd%3E",
+            ),
+        ),
+        (
+            "/f/F",
+            "a#b c\td",
+            "",
+            Fetch("/f/a%23b%20c%09d", "http://origin.test/f/a%23b%20c%09d"),
+        ),
+        (
+            "/f/F",
+            "é",
+            "",
+            Fetch("/f/%C3%A9", "http://origin.test/f/%C3%A9"),
+        ),
+        (
+            "/f/F",
+            "%41%zz%",
+            "",
+            Fetch("/f/%41%25zz%25", "http://origin.test/f/%41%25zz%25"),
+        ),
+        // In the query a value cannot add parameters; `=` and `/` are kept.
+        (
+            "/f?a=F",
+            "1&admin=1?x+y",
+            "",
+            Fetch(
+                "/f?a=1%26admin=1%3Fx%2By",
+                "http://origin.test/f?a=1%26admin=1%3Fx%2By",
+            ),
+        ),
+        (
+            "/f?a=F",
+            "../x",
+            "",
+            Fetch("/f?a=../x", "http://origin.test/f?a=../x"),
+        ),
+        // Dot segments touched by a value are encoded, and refused.
+        ("/f/F", "..", "", Bad("/f/%2E%2E", dots("%2E%2E"))),
+        ("/f/F", ".", "", Bad("/f/%2E", dots("%2E"))),
+        ("/f/F", "../x", "", Bad("/f/%2E%2E/x", dots("%2E%2E"))),
+        (
+            "/f/F/x",
+            "a/../../b",
+            "",
+            Bad("/f/a/%2E%2E/%2E%2E/b/x", dots("%2E%2E")),
+        ),
+        ("/f/.F/x", ".", "", Bad("/f/%2E%2E/x", dots("%2E%2E"))),
+        ("/f/F../x", "a/", "", Bad("/f/a/%2E%2E/x", dots("%2E%2E"))),
+        ("/f/F", "%2e%2e", "", Bad("/f/%2e%2e", dots("%2e%2e"))),
+        (
+            "/f/F",
+            "..x/.a",
+            "",
+            Fetch("/f/..x/.a", "http://origin.test/f/..x/.a"),
+        ),
+        // Dots written in the template alone resolve as usual.
+        ("../f/F", "x", "", Fetch("../f/x", "http://origin.test/f/x")),
+        // The host stays a host.
+        (
+            "http://$(HTTP_HOST)/x",
+            "",
+            "shop.example:8080",
+            Fetch("http://shop.example:8080/x", "http://shop.example:8080/x"),
+        ),
+        (
+            "http://$(HTTP_HOST)/x",
+            "",
+            "evil.test/x?",
+            Bad(
+                "http://evil.test%2Fx%3F/x",
+                BadHost("evil.test%2Fx%3F".into()),
+            ),
+        ),
+        (
+            "/$(HTTP_HOST)/x",
+            "",
+            "",
+            Refused("//x", MadeSchemeRelative),
+        ),
+        // Absolute as written: the allow-list decides.
+        (
+            "//cdn.test/F",
+            "x",
+            "",
+            Fetch("//cdn.test/x", "http://cdn.test/x"),
+        ),
+    ];
+    let base = crate::url::Url::parse("http://origin.test/page").unwrap();
+    for (tpl, frag, host, want) in table {
+        let tpl = tpl.replace('F', FRAG);
+        let vars = RequestVars {
+            query_string: Some(format!("frag={}", form_encode(frag))),
+            host: (!host.is_empty()).then(|| host.to_owned()),
+            ..RequestVars::default()
+        };
+        let t = Template::compile(format!("<esi:include src=\"{tpl}\"/>").as_bytes());
+        let plan = t.evaluate(&vars);
+        let [Segment::Include(inc)] = &plan.segments[..] else {
+            panic!("{tpl}: {:?}", plan.segments);
+        };
+        let src = &inc.src;
+        let what = format!("{tpl} with {frag:?}/{host:?}");
+        match want {
+            Fetch(text, url) => {
+                assert_eq!((src.as_str(), src.refusal()), (text, None), "{what}");
+                let got = base.resolve(src).map(|u| u.to_string());
+                assert_eq!(got.as_deref(), Ok(url), "{what}");
+            }
+            Refused(text, reason) => {
+                assert_eq!(
+                    (src.as_str(), src.refusal()),
+                    (text, Some(reason)),
+                    "{what}"
+                );
+            }
+            Bad(text, error) => {
+                assert_eq!((src.as_str(), src.refusal()), (text, None), "{what}");
+                assert_eq!(
+                    base.resolve(src).map(|u| u.to_string()),
+                    Err(error),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn refused_src_is_not_an_inline_name() {
+    let t = Template::compile(
+        b"<esi:include src=\"$(QUERY_STRING{f})\"/><esi:inline name=\"//evil\" fetchable=\"no\">I</esi:inline>",
+    );
+    let vars = RequestVars {
+        query_string: Some("f=//evil".into()),
+        ..RequestVars::default()
+    };
+    let plan = t.evaluate(&vars);
+    let Segment::Include(inc) = &plan.segments[0] else {
+        panic!("{:?}", plan.segments);
+    };
+    assert_eq!(inc.src.refusal(), Some(SrcRefusal::MadeSchemeRelative));
 }

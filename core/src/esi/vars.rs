@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 
-use super::RequestVars;
+use super::{RequestInputs, RequestVars};
 
 /// Longest variable reference accepted, `$(` to `)` inclusive.
 pub(crate) const MAX_VAR_LEN: usize = 1024;
@@ -282,24 +282,33 @@ impl VarRef {
         html_escape(&self.value(vars), out);
     }
 
-    /// Appends the value percent-encoded, for an include `src`/`alt`.
-    pub(crate) fn write_url(&self, vars: &RequestVars, out: &mut String) {
-        let keep: fn(u8) -> bool = match (self.name, &self.key) {
-            (VarName::QueryString, None) => keep_in_query,
-            (VarName::Host, None) => keep_in_host,
-            _ => keep_in_component,
-        };
+    /// Appends the value as URL text, for an include `src`/`alt`: escaped
+    /// only where it could change the URL's structure (see the `esi` module
+    /// doc, "Escaping"). `in_query` says whether the text rendered before it
+    /// already has a `?` or `#`. Dot segments and absolute results are
+    /// handled on the whole rendered value, by the caller.
+    pub(crate) fn write_url(&self, vars: &RequestVars, in_query: bool, out: &mut String) {
         let value = self.value(vars);
-        // A value of `.` or `..` would be a dot segment in a path and climb
-        // out of the include's directory: encode the dots, which the URL
-        // parser then refuses outright (`fetch` would decode them again).
-        if matches!(&*value, "." | "..") {
-            for _ in 0..value.len() {
-                out.push_str("%2E");
-            }
-            return;
+        match (self.name, &self.key) {
+            (VarName::Host, None) => percent_encode(value.as_bytes(), keep_in_host, out),
+            (VarName::QueryString, None) => url_text_encode(&value, in_query, true, out),
+            _ => url_text_encode(&value, in_query, false, out),
         }
-        percent_encode(value.as_bytes(), keep, out);
+    }
+
+    /// Which request input a lookup of this reference reads, if any.
+    pub(crate) fn input(&self) -> RequestInputs {
+        let mut i = RequestInputs::default();
+        match self.name {
+            VarName::Cookie => i.cookie = true,
+            VarName::QueryString => i.query_string = true,
+            VarName::Host => i.host = true,
+            VarName::Referer => i.referer = true,
+            VarName::UserAgent => i.user_agent = true,
+            VarName::AcceptLanguage => i.accept_language = true,
+            VarName::Unknown => {}
+        }
+        i
     }
 }
 
@@ -493,31 +502,56 @@ fn keep_in_component(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// A whole query string keeps its structure (parameters, existing escapes).
-fn keep_in_query(b: u8) -> bool {
-    keep_in_component(b)
-        || matches!(
-            b,
-            b'&' | b'=' | b'%' | b'+' | b'/' | b'?' | b':' | b'@' | b',' | b';'
-        )
-}
-
 /// A host keeps its port and IPv6 brackets, but never `/`, `@` or `?`,
 /// which would move the request to another host or path.
 fn keep_in_host(b: u8) -> bool {
     keep_in_component(b) || matches!(b, b':' | b'[' | b']')
 }
 
+/// Appends a value as URL text: every byte is kept except those that could
+/// change the URL's structure, which are percent-encoded:
+///
+/// - always: `"`, `'`, `<`, `>`, `\`, `#`, space and every other control
+///   or whitespace byte, non-ASCII bytes (the UTF-8 is encoded), and a `%`
+///   not followed by two hex digits (a well-formed `%XX` is kept);
+/// - in the query (`in_query`), unless the value is the whole query string
+///   (`whole_query`): also `&` and `?` (a value cannot start another
+///   parameter) and `+` (a form decoder would read it as a space).
+pub(crate) fn url_text_encode(s: &str, in_query: bool, whole_query: bool, out: &mut String) {
+    let b = s.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        let encode = match c {
+            b'"' | b'\'' | b'<' | b'>' | b'\\' | b'#' => true,
+            0..=0x20 | 0x7F..=0xFF => true,
+            b'%' => !b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)),
+            b'&' | b'?' | b'+' => in_query && !whole_query,
+            _ => false,
+        };
+        if encode {
+            push_escape(c, out);
+        } else {
+            // Only ASCII is kept, so a byte is a char.
+            out.push(char::from(c));
+        }
+    }
+}
+
+fn push_escape(b: u8, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 15)]));
+}
+
 /// Percent-encodes every byte of `s` for which `keep` is false.
 pub(crate) fn percent_encode(s: &[u8], keep: fn(u8) -> bool, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in s {
         if keep(b) {
             out.push(char::from(b));
         } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
+            push_escape(b, out);
         }
     }
 }
@@ -704,15 +738,28 @@ mod tests {
             out,
             b"&lt;esi:include src=&quot;/x&quot;/&gt; &amp; &#39;q&#39;".to_vec()
         );
+        let url = |s: &str, in_query: bool, whole: bool| {
+            let mut out = String::new();
+            url_text_encode(s, in_query, whole, &mut out);
+            out
+        };
+        // Path: `/ ? & = : @ ; , + ~` kept; structure breakers encoded.
+        assert_eq!(
+            url("/a/b?c=d&e+f:g@h;i,~", false, false),
+            "/a/b?c=d&e+f:g@h;i,~"
+        );
+        assert_eq!(
+            url("a b\t\r\n\0\"'<>\\#é\u{7f}", false, false),
+            "a%20b%09%0D%0A%00%22%27%3C%3E%5C%23%C3%A9%7F"
+        );
+        assert_eq!(url("%41%zz%4%", false, false), "%41%25zz%254%25");
+        // Query: also `& ? +`, but `=` and `/` are kept.
+        assert_eq!(url("a=1&b?c+d/e", true, false), "a=1%26b%3Fc%2Bd/e");
+        // The whole query string keeps its parameters.
+        assert_eq!(url("a=1&b=%20+c?d #", true, true), "a=1&b=%20+c?d%20%23");
         let mut out = String::new();
-        percent_encode("a b/<\"'>#é".as_bytes(), keep_in_component, &mut out);
-        assert_eq!(out, "a%20b%2F%3C%22%27%3E%23%C3%A9");
-        let mut out = String::new();
-        percent_encode(b"a=1&b=%20+c/d?e:f@g,h;i x\"<#", keep_in_query, &mut out);
-        assert_eq!(out, "a=1&b=%20+c/d?e:f@g,h;i%20x%22%3C%23");
-        let mut out = String::new();
-        percent_encode(b"[::1]:80/evil@x", keep_in_host, &mut out);
-        assert_eq!(out, "[::1]:80%2Fevil%40x");
+        percent_encode(b"[::1]:80/evil@x%", keep_in_host, &mut out);
+        assert_eq!(out, "[::1]:80%2Fevil%40x%25");
     }
 
     #[test]
@@ -722,17 +769,25 @@ mod tests {
         let mut out = Vec::new();
         evil.write_markup(&r, &mut out);
         assert_eq!(out, b"&lt;esi:include src=/x/&gt;".to_vec());
-        let mut out = String::new();
-        evil.write_url(&r, &mut out);
-        assert_eq!(out, "%3Cesi%3Ainclude%20src%3D%2Fx%2F%3E");
-        let mut out = String::new();
-        var("$(HTTP_HOST)").unwrap().write_url(&r, &mut out);
-        assert_eq!(out, "example.com:8080");
-        let mut out = String::new();
-        var("$(QUERY_STRING)").unwrap().write_url(&r, &mut out);
-        assert_eq!(out, "x=1&q=hello+world%21&e=%3Cb%3E&flag&x=2&bad=%zz");
-        let mut out = String::new();
-        var("$(QUERY_STRING{q})").unwrap().write_url(&r, &mut out);
-        assert_eq!(out, "hello%20world%21");
+        let url = |v: &str, in_query: bool| {
+            let mut out = String::new();
+            var(v).unwrap().write_url(&r, in_query, &mut out);
+            out
+        };
+        assert_eq!(
+            url("$(HTTP_COOKIE{evil})", false),
+            "%3Cesi:include%20src=/x/%3E"
+        );
+        assert_eq!(url("$(HTTP_HOST)", false), "example.com:8080");
+        assert_eq!(
+            url("$(QUERY_STRING)", true),
+            "x=1&q=hello+world%21&e=%3Cb%3E&flag&x=2&bad=%25zz"
+        );
+        assert_eq!(url("$(QUERY_STRING{q})", true), "hello%20world!");
+        assert_eq!(url("$(QUERY_STRING{x})", true), "1");
+        assert_eq!(
+            url("$(HTTP_COOKIE{evil})", true),
+            "%3Cesi:include%20src=/x/%3E"
+        );
     }
 }
