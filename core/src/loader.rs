@@ -28,6 +28,7 @@ use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
 use crate::cache::key::cache_key;
+use crate::cache::lru::Lru;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
@@ -151,13 +152,38 @@ pub enum Outcome {
 }
 
 /// Compiled templates, kept per isolate so a cache hit does not re-parse.
-#[derive(Default)]
+/// Bounded by bytes ([`TEMPLATE_MEMO_MAX_BYTES`]: source plus an estimate of
+/// the compiled nodes), least recently used evicted first.
 pub struct TemplateMemo {
-    map: RefCell<HashMap<String, (u64, Rc<Template>)>>,
+    lru: RefCell<Lru<(u64, Rc<Template>)>>,
 }
 
-/// Templates kept at most; past that the memo starts over (cheap and bounded).
-const MAX_TEMPLATES: usize = 256;
+impl Default for TemplateMemo {
+    fn default() -> Self {
+        TemplateMemo {
+            lru: RefCell::new(Lru::new(
+                TEMPLATE_MEMO_MAX_BYTES,
+                TEMPLATE_MEMO_MAX_BYTES / 4,
+            )),
+        }
+    }
+}
+
+/// Bytes of compiled templates kept per isolate.
+pub const TEMPLATE_MEMO_MAX_BYTES: usize = 8 << 20;
+
+/// Estimated memory of one compiled template: its copy of the source plus,
+/// per ESI tag or variable reference in it, room for a few nodes.
+fn template_bytes(t: &Template) -> usize {
+    const PER_MARKUP: usize = 4 * 64;
+    let src = t.source();
+    let markup = memchr::memmem::find_iter(src, b"<esi:").count()
+        + memchr::memmem::find_iter(src, b"$(").count()
+        + memchr::memmem::find_iter(src, b"<!--esi").count();
+    src.len()
+        .saturating_add(markup.saturating_mul(PER_MARKUP))
+        .saturating_add(std::mem::size_of::<Template>())
+}
 
 impl TemplateMemo {
     /// The compiled form of `frag` (from `url`), compiling it on first use
@@ -174,18 +200,22 @@ impl TemplateMemo {
         let Some(key) = &frag.cache_key else {
             return compile();
         };
-        if let Some((stored_at, t)) = self.map.borrow().get(key) {
-            if *stored_at == frag.stored_at {
-                return Rc::clone(t);
+        if let Some((stored_at, t)) = self.lru.borrow_mut().get(key) {
+            if stored_at == frag.stored_at {
+                return t;
             }
         }
         let t = compile();
-        let mut map = self.map.borrow_mut();
-        if map.len() >= MAX_TEMPLATES {
-            map.clear();
-        }
-        map.insert(key.clone(), (frag.stored_at, Rc::clone(&t)));
+        let size = template_bytes(&t);
+        self.lru
+            .borrow_mut()
+            .insert(key, (frag.stored_at, Rc::clone(&t)), size);
         t
+    }
+
+    /// Bytes charged for the templates held.
+    pub fn bytes(&self) -> usize {
+        self.lru.borrow().bytes()
     }
 }
 
@@ -195,59 +225,84 @@ impl TemplateMemo {
 /// also covers for KV's eventual consistency: a read right after a write may
 /// return the old value, or nothing, for up to 60 s. Only cacheable entries
 /// ever get here; private fragments never do.
-#[derive(Default)]
+///
+/// Bounded by [`RECENT_MAX_BYTES`], counting bodies, keys and metadata
+/// ([`Recent::entry_bytes`]); the least recently used entries are evicted
+/// first, and an entry over [`RECENT_MAX_ENTRY_BYTES`] is not kept.
 pub struct Recent {
-    map: RefCell<HashMap<String, (EntryMeta, Rc<Fragment>)>>,
-    bytes: std::cell::Cell<usize>,
+    lru: RefCell<Lru<Cached>>,
 }
 
-/// Upper bound of bodies kept in [`Recent`] (the isolate has 128 MB in all).
-const RECENT_MAX_BYTES: usize = 16 << 20;
+impl Default for Recent {
+    fn default() -> Self {
+        Recent {
+            lru: RefCell::new(Lru::new(RECENT_MAX_BYTES, RECENT_MAX_ENTRY_BYTES)),
+        }
+    }
+}
+
+/// Upper bound of [`Recent`] (the isolate has 128 MB in all).
+pub const RECENT_MAX_BYTES: usize = 16 << 20;
+
+/// Largest single entry [`Recent`] keeps.
+pub const RECENT_MAX_ENTRY_BYTES: usize = RECENT_MAX_BYTES / 8;
+
+fn opt_len(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::len)
+}
 
 impl Recent {
+    /// What one entry costs besides its key: body, header strings kept in
+    /// the metadata and the fragment, and the structs themselves.
+    pub fn entry_bytes(meta: &EntryMeta, frag: &Fragment) -> usize {
+        frag.body.len()
+            + opt_len(&meta.content_type)
+            + opt_len(&meta.etag)
+            + opt_len(&meta.last_modified)
+            + opt_len(&meta.cache_control)
+            + opt_len(&frag.content_type)
+            + opt_len(&frag.cache_control)
+            + opt_len(&frag.cache_key)
+            + opt_len(&frag.location)
+            + std::mem::size_of::<EntryMeta>()
+            + std::mem::size_of::<Fragment>()
+    }
+
     fn remember(&self, key: &str, meta: &EntryMeta, frag: &Rc<Fragment>) {
-        let mut map = self.map.borrow_mut();
-        let size = frag.body.len();
-        if size > RECENT_MAX_BYTES / 8 {
-            return;
-        }
-        if self.bytes.get() + size > RECENT_MAX_BYTES {
-            map.clear();
-            self.bytes.set(0);
-        }
-        if let Some((_, old)) = map.insert(key.to_owned(), (meta.clone(), Rc::clone(frag))) {
-            self.bytes
-                .set(self.bytes.get().saturating_sub(old.body.len()));
-        }
-        self.bytes.set(self.bytes.get() + size);
+        let size = Self::entry_bytes(meta, frag);
+        self.lru
+            .borrow_mut()
+            .insert(key, (meta.clone(), Rc::clone(frag)), size);
     }
 
     /// Drops every remembered copy whose key starts with `prefix`.
     pub fn forget_prefix(&self, prefix: &str) {
-        let mut map = self.map.borrow_mut();
-        let mut freed = 0;
-        map.retain(|k, (_, f)| {
-            let keep = !k.starts_with(prefix);
-            if !keep {
-                freed += f.body.len();
-            }
-            keep
-        });
-        self.bytes.set(self.bytes.get().saturating_sub(freed));
+        self.lru.borrow_mut().remove_prefix(prefix);
     }
 
     /// Drops the remembered copy of `key`.
     fn forget(&self, key: &str) {
-        if let Some((_, old)) = self.map.borrow_mut().remove(key) {
-            self.bytes
-                .set(self.bytes.get().saturating_sub(old.body.len()));
-        }
+        self.lru.borrow_mut().remove(key);
     }
 
-    /// The remembered copy of `key`.
-    fn get(&self, key: &str) -> Option<(EntryMeta, Rc<Fragment>)> {
-        let map = self.map.borrow();
-        map.get(key).map(|(m, f)| (m.clone(), Rc::clone(f)))
+    /// The remembered copy of `key` (marking it recently used).
+    fn get(&self, key: &str) -> Option<Cached> {
+        self.lru.borrow_mut().get(key)
+    }
+
+    /// Bytes charged for the entries held.
+    pub fn bytes(&self) -> usize {
+        self.lru.borrow().bytes()
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.lru.borrow().len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.lru.borrow().is_empty()
     }
 }
 
@@ -1038,5 +1093,105 @@ mod tests {
         assert!(!HOP_BY_HOP.contains(&"cookie") && !HOP_BY_HOP.contains(&"authorization"));
         assert!(HOP_BY_HOP.contains(&"connection") && HOP_BY_HOP.contains(&"host"));
         assert_eq!(HOP_BY_HOP.len() + 2, UNFORWARDABLE_HEADERS.len());
+    }
+
+    fn entry(key: &str, body_len: usize, stored_at: u64) -> (EntryMeta, Rc<Fragment>) {
+        let meta = EntryMeta::new(stored_at, stored_at + 10, stored_at + 20, 200, 1).with_headers(
+            Some("text/html"),
+            Some("\"e\""),
+            None,
+            Some("max-age=10"),
+        );
+        let frag = Fragment {
+            status: 200,
+            body: Rc::from(vec![b'x'; body_len]),
+            content_type: Some("text/html".into()),
+            cache_control: Some("max-age=10".into()),
+            esi: false,
+            stored_at,
+            cache_key: Some(key.to_owned()),
+            set_cookies: Vec::new(),
+            location: None,
+        };
+        (meta, Rc::new(frag))
+    }
+
+    #[test]
+    fn recent_counts_keys_and_metadata_and_evicts_lru() {
+        let recent = Recent::default();
+        let (m, f) = entry("k0", 1_000, 1);
+        recent.remember("k0", &m, &f);
+        let one = Lru::<Cached>::charge("k0", Recent::entry_bytes(&m, &f));
+        assert_eq!(recent.bytes(), one);
+        assert!(
+            one > 1_000 + 2 * 2 + "text/html".len() * 2,
+            "metadata counted"
+        );
+        // Fill to the cap with entries of the same size; "k0" is kept in use.
+        let per = RECENT_MAX_ENTRY_BYTES - 1_000;
+        let mut i = 1;
+        while recent.bytes() + Lru::<Cached>::charge("kN", per) <= RECENT_MAX_BYTES {
+            let (m, f) = entry(&format!("k{i}"), per, 1);
+            recent.remember(&format!("k{i}"), &m, &f);
+            assert!(recent.get("k0").is_some());
+            i += 1;
+        }
+        let held = recent.len();
+        let (m, f) = entry("new", per, 1);
+        recent.remember("new", &m, &f);
+        assert!(recent.bytes() <= RECENT_MAX_BYTES);
+        assert!(recent.get("k0").is_some(), "recently used survives");
+        assert!(recent.get("k1").is_none(), "least recently used evicted");
+        assert!(recent.get("new").is_some());
+        assert_eq!(
+            recent.len(),
+            held,
+            "one out, one in: nothing cleared wholesale"
+        );
+    }
+
+    #[test]
+    fn recent_does_not_keep_an_entry_over_its_limit() {
+        let recent = Recent::default();
+        let (m, f) = entry("small", 10, 1);
+        recent.remember("small", &m, &f);
+        let (m, f) = entry("big", RECENT_MAX_ENTRY_BYTES, 1);
+        recent.remember("big", &m, &f);
+        assert!(recent.get("big").is_none());
+        assert!(recent.get("small").is_some());
+        recent.forget_prefix("sm");
+        assert_eq!((recent.len(), recent.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn template_memo_is_bounded_in_bytes_and_keeps_recent_templates() {
+        struct NoLog;
+        impl Log for NoLog {
+            fn log(&self, _: LogLevel, _: &str) {}
+        }
+        let memo = TemplateMemo::default();
+        let url = Url::parse("http://o.test/t").unwrap();
+        let body = |n: usize| {
+            let mut b = vec![b'a'; n];
+            b.extend_from_slice(b"<esi:include src=\"/x\"/>");
+            b
+        };
+        let frag = |key: &str, n: usize, at: u64| Fragment {
+            body: Rc::from(body(n)),
+            cache_key: Some(key.to_owned()),
+            stored_at: at,
+            ..(*entry(key, 0, at).1).clone()
+        };
+        let hot = frag("hot", 100, 1);
+        let first = memo.get(&hot, &url, &NoLog);
+        for i in 0..64 {
+            memo.get(&frag(&format!("t{i}"), 512 << 10, 1), &url, &NoLog);
+            assert!(Rc::ptr_eq(&first, &memo.get(&hot, &url, &NoLog)));
+            assert!(memo.bytes() <= TEMPLATE_MEMO_MAX_BYTES);
+        }
+        assert!(memo.bytes() > TEMPLATE_MEMO_MAX_BYTES / 2);
+        // A new version of the same key is recompiled.
+        let hot2 = frag("hot", 100, 2);
+        assert!(!Rc::ptr_eq(&first, &memo.get(&hot2, &url, &NoLog)));
     }
 }

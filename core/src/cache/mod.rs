@@ -10,11 +10,13 @@
 //! - [`key`]: cache keys, including declared variants.
 //! - [`flight`]: the single-flight map (one origin fetch per key per isolate).
 //! - [`backoff`]: jittered exponential back-off after failed refreshes.
+//! - [`lru`]: the byte-bounded LRU map behind the isolate's memory caches.
 
 pub mod backoff;
 pub mod entry;
 pub mod flight;
 pub mod key;
+pub mod lru;
 pub mod policy;
 
 pub use entry::{EntryMeta, Freshness};
