@@ -19,6 +19,8 @@
 //! What the origin returns decides what is stored ([`crate::cache::policy`]).
 //! A refresh that fails never overwrites a good entry, and sets the key's
 //! back-off; a KV read error counts as a miss; a KV write error is logged.
+//! Every KV call is bounded in time ([`crate::cache::kv`]): a read that
+//! times out is a miss, a write that times out is logged.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,6 +30,7 @@ use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
 use crate::cache::key::cache_key;
+use crate::cache::kv::TimedStore;
 use crate::cache::lru::Lru;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
@@ -567,13 +570,15 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader for one client request.
+    /// A loader for one client request. Every store call made through it
+    /// (reads, write-backs, purges) is bounded in time ([`TimedStore`]).
     pub fn new(
-        ports: Ports,
+        mut ports: Ports,
         shared: Rc<Shared>,
         config: Rc<Config>,
         req: Rc<ClientRequest>,
     ) -> Self {
+        ports.store = TimedStore::wrap(ports.store, Rc::clone(&ports.clock));
         Loader {
             ports,
             shared,
