@@ -30,14 +30,15 @@ use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
 use crate::cache::key::cache_key;
-use crate::cache::kv::TimedStore;
+use crate::cache::kv::{TimedStore, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::lru::Lru;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
 use crate::esi::Template;
 use crate::ports::{
-    LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
+    LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoreError,
+    StoredEntry,
 };
 use crate::request::ClientRequest;
 use crate::url::Url;
@@ -312,6 +313,22 @@ impl Recent {
 /// An entry as held in memory: metadata and the shareable fragment.
 type Cached = (EntryMeta, Rc<Fragment>);
 
+/// The result of one KV read: the entry if present in the current layout.
+type StoreRead = Result<Option<Cached>, StoreError>;
+
+/// Time a flight may spend after its origin fetch timed out: the
+/// write-back's check for a newer copy and its write, each bounded by
+/// [`crate::cache::kv`].
+pub const FLIGHT_WRITE_BUDGET_MS: u64 = KV_READ_TIMEOUT_MS + KV_WRITE_TIMEOUT_MS;
+
+/// How long a flight with origin timeout `timeout_ms` may live: its fetch
+/// timeout plus [`FLIGHT_WRITE_BUDGET_MS`]. An older flight is dead: the
+/// next request leads a new one and waiters stop waiting (the fetch port
+/// is trusted to honour its timeout, but not relied on to).
+pub fn flight_lifetime_ms(timeout_ms: u32) -> u64 {
+    u64::from(timeout_ms) + FLIGHT_WRITE_BUDGET_MS
+}
+
 /// State shared by every request in one isolate.
 #[derive(Default)]
 pub struct Shared {
@@ -319,7 +336,7 @@ pub struct Shared {
     pub flights: Rc<Flights<Outcome>>,
     /// In-flight KV reads by cache key: a burst on a key this isolate has
     /// no fresh copy of makes one KV read, not one per request.
-    reads: Rc<Flights<Option<Cached>>>,
+    reads: Rc<Flights<StoreRead>>,
     /// Back-off after failed refreshes.
     pub backoff: Backoff,
     /// Compiled templates.
@@ -642,20 +659,36 @@ impl Loader {
         // This isolate's own copy, if still fresh, answers without a KV read;
         // otherwise KV may hold a newer one (another isolate refreshed it).
         let mut found = self.shared.recent.get(&key);
-        let fresh_here = found
-            .as_ref()
-            .is_some_and(|(m, _)| m.classify(now) == Freshness::Fresh);
+        let here = found.as_ref().map(|(m, _)| m.classify(now));
         // While a fetch of this key is in flight here, KV cannot know better
-        // than its outcome: a burst on a cold or stale key then costs one KV
-        // read, not one per request.
-        if !fresh_here && !self.shared.flights.in_flight(&key) {
-            if let Some(read) = self.read(&key, policy.timeout_ms).await {
-                if found
-                    .as_ref()
-                    .is_none_or(|(m, _)| read.0.stored_at > m.stored_at)
-                {
-                    found = Some(read);
+        // than its outcome when this isolate has a stale copy to serve
+        // meanwhile, or when the flight's leader found nothing usable in KV
+        // before starting: a burst on a stale or cold key then costs one KV
+        // read, not one per request. Without a copy of its own, a request
+        // reads KV even while a refresh is in flight (reads are shared), so
+        // a stale copy there is served rather than waiting on a refresh that
+        // may fail.
+        let flight = self.shared.flights.current(&key, now);
+        let skip_read = here == Some(Freshness::Fresh)
+            || flight
+                .as_ref()
+                .is_some_and(|f| f.nothing_stored() || here == Some(Freshness::Stale));
+        // Whether KV answered and had nothing usable.
+        let mut nothing_stored = false;
+        if !skip_read {
+            match self.read(&key, policy.timeout_ms).await {
+                Ok(Some(read)) => {
+                    nothing_stored = read.0.classify(now) == Freshness::Expired;
+                    if found
+                        .as_ref()
+                        .is_none_or(|(m, _)| read.0.stored_at > m.stored_at)
+                    {
+                        found = Some(read);
+                    }
                 }
+                Ok(None) => nothing_stored = true,
+                // Logged by the read; KV's content is unknown.
+                Err(_) => {}
             }
         }
         // The awaits above let other requests run: one may have fetched and
@@ -690,31 +723,24 @@ impl Loader {
                 Freshness::Expired => {}
             }
         }
-        self.cold(key, url.clone(), policy, cache)
+        self.cold(key, url.clone(), policy, cache, nothing_stored)
     }
 
     /// Reads `key` from KV, sharing one read among concurrent requests of
-    /// this isolate. A read error counts as absent.
-    async fn read(&self, key: &str, timeout_ms: u32) -> Option<Cached> {
+    /// this isolate. An error (or a timeout) is logged; callers treat it as
+    /// a miss.
+    async fn read(&self, key: &str, timeout_ms: u32) -> StoreRead {
         let now = self.ports.clock.now_ms();
         let reads = Rc::clone(&self.shared.reads);
-        match reads.join(key, now) {
+        match reads.join_for(key, now, KV_READ_TIMEOUT_MS) {
             Join::Leader(guard) => {
-                let result = match self.ports.store.get(key).await {
-                    Ok(e) => e.filter(|e| e.meta.version == META_VERSION).map(|e| {
-                        let meta = e.meta.clone();
-                        let frag = Rc::new(Fragment::from_entry(e, key));
-                        self.shared.recent.remember(key, &meta, &frag);
-                        (meta, frag)
-                    }),
-                    Err(e) => {
-                        self.log(
-                            LogLevel::Warn,
-                            &format!("{key}: KV read failed, treating as a miss: {e}"),
-                        );
-                        None
-                    }
-                };
+                let result = self.stored(key, self.ports.store.get(key).await);
+                if let Err(e) = &result {
+                    self.log(
+                        LogLevel::Warn,
+                        &format!("{key}: KV read failed, treating as a miss: {e}"),
+                    );
+                }
                 guard.complete(result.clone());
                 result
             }
@@ -723,15 +749,20 @@ impl Loader {
                 match self.wait(&reads, &handle, deadline).await {
                     Ok(r) => (*r).clone(),
                     // The reading request went away: read for ourselves.
-                    Err(_) => match self.ports.store.get(key).await {
-                        Ok(Some(e)) if e.meta.version == META_VERSION => {
-                            Some((e.meta.clone(), Rc::new(Fragment::from_entry(e, key))))
-                        }
-                        _ => None,
-                    },
+                    Err(_) => self.stored(key, self.ports.store.get(key).await),
                 }
             }
         }
+    }
+
+    /// A KV answer as held in memory (and remembered there).
+    fn stored(&self, key: &str, r: Result<Option<StoredEntry>, StoreError>) -> StoreRead {
+        Ok(r?.filter(|e| e.meta.version == META_VERSION).map(|e| {
+            let meta = e.meta.clone();
+            let frag = Rc::new(Fragment::from_entry(e, key));
+            self.shared.recent.remember(key, &meta, &frag);
+            (meta, frag)
+        }))
     }
 
     /// A load that never touches the cache nor other requests.
@@ -834,7 +865,8 @@ impl Loader {
         if !self.shared.backoff.allows(key, now) {
             return false;
         }
-        match self.shared.flights.join(key, now) {
+        let lifetime = flight_lifetime_ms(policy.timeout_ms);
+        match self.shared.flights.join_for(key, now, lifetime) {
             Join::Follower(_) => false,
             Join::Leader(guard) => {
                 let req = self.origin_request(url, policy, false);
@@ -845,10 +877,23 @@ impl Loader {
         }
     }
 
-    fn cold(&self, key: String, url: Url, policy: Policy, cache: CachePolicy) -> Lookup {
+    /// Joins (or leads) the flight of a key with no usable copy at hand.
+    /// `nothing_stored`: KV answered and had none either.
+    fn cold(
+        &self,
+        key: String,
+        url: Url,
+        policy: Policy,
+        cache: CachePolicy,
+        nothing_stored: bool,
+    ) -> Lookup {
         let now = self.ports.clock.now_ms();
-        let (status, handle, deadline) = match self.shared.flights.join(&key, now) {
+        let lifetime = flight_lifetime_ms(policy.timeout_ms);
+        let (status, handle, deadline) = match self.shared.flights.join_for(&key, now, lifetime) {
             Join::Leader(guard) => {
+                if nothing_stored {
+                    guard.set_nothing_stored();
+                }
                 let handle = guard.handle();
                 let req = self.origin_request(&url, &policy, false);
                 let job = fetch_and_store(self.clone(), guard, req, policy.clone(), false);
@@ -912,7 +957,8 @@ impl Loader {
 
     /// Waits for a flight's outcome until `deadline`, on a signal owned by
     /// this request (its own promise and timer in the Worker), registered
-    /// with the flight so that publishing the outcome wakes it.
+    /// with the flight so that publishing the outcome wakes it. A flight
+    /// past its lifetime is given up on as abandoned.
     async fn wait<T>(
         &self,
         flights: &Flights<T>,
@@ -925,6 +971,9 @@ impl Loader {
                 return Ok(o);
             }
             let now = self.ports.clock.now_ms();
+            if now >= handle.expires_at() {
+                return Err(LoadError::Abandoned);
+            }
             if now >= deadline {
                 return Err(LoadError::WaitTimeout(now - started));
             }
@@ -934,7 +983,8 @@ impl Loader {
             }
             // No await between the checks above and registering: nothing can
             // publish in between (one thread), so no wake-up is lost.
-            let (wake, signal) = self.ports.signals.signal(deadline - now);
+            let until = deadline.min(handle.expires_at());
+            let (wake, signal) = self.ports.signals.signal(until - now);
             let id = handle.add_waiter(wake);
             signal.await;
             handle.remove_waiter(id);

@@ -415,6 +415,9 @@ pub enum Script {
     },
     /// Never answers (the request's timeout fires).
     Hang,
+    /// Never answers at all, ignoring the request's timeout: an origin
+    /// port that fails to honour it.
+    Stall,
     /// Connection reset after `latency_ms`.
     Reset {
         /// Delay before the reset.
@@ -521,6 +524,9 @@ impl Origin for OriginPort {
         let path = req.url.path_and_query();
         origin.requests.borrow_mut().push(req.clone());
         let script = origin.scripts.borrow().get(&path).cloned();
+        if matches!(script, Some(Script::Stall)) {
+            return Box::pin(std::future::pending());
+        }
         let clock = SimClockPort(Rc::clone(&origin.clock));
         Box::pin(async move {
             let timeout = u64::from(req.timeout_ms);
@@ -533,7 +539,9 @@ impl Origin for OriginPort {
                         body: b"not found".to_vec(),
                     }),
                 ),
-                Some(Script::Hang) => (u64::MAX, Err(OriginError::Timeout(req.timeout_ms))),
+                Some(Script::Hang | Script::Stall) => {
+                    (u64::MAX, Err(OriginError::Timeout(req.timeout_ms)))
+                }
                 Some(Script::Reset { latency_ms }) => (
                     latency_ms,
                     Err(OriginError::Network("connection reset".into())),
