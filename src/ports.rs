@@ -9,10 +9,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
+use futures_util::stream::{self, StreamExt};
 use worker::kv::KvStore;
 use worker::{
-    AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
-    Response,
+    AbortController, ByteStream, Context, Delay, Fetch, Headers, Method, Request, RequestInit,
+    RequestRedirect, Response, ResponseBody,
 };
 
 use fragcache_core::cache::policy::parse_directives;
@@ -136,22 +137,14 @@ impl Origin for FetchOrigin {
                     .send_with_signal(&signal)
                     .await
                     .map_err(|e| OriginError::Network(e.to_string()))?;
-                let declared = resp
-                    .headers()
-                    .get("content-length")
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse::<usize>().ok());
-                if declared.is_some_and(|n| n > max) {
-                    return Err(OriginError::TooLarge(max));
-                }
-                let body = resp
-                    .bytes()
+                let body = match read_body(&mut resp, max)
                     .await
-                    .map_err(|e| OriginError::Network(e.to_string()))?;
-                if body.len() > max {
-                    return Err(OriginError::TooLarge(max));
-                }
+                    .map_err(|e| OriginError::Network(e.to_string()))?
+                {
+                    LimitedBody::Complete(body) => body,
+                    // Dropping the rest of the stream cancels it.
+                    LimitedBody::TooLarge { .. } => return Err(OriginError::TooLarge(max)),
+                };
                 let headers = resp
                     .headers()
                     .entries()
@@ -165,7 +158,12 @@ impl Origin for FetchOrigin {
             };
             let timer = Delay::from(Duration::from_millis(u64::from(timeout_ms)));
             match select(Box::pin(work), timer).await {
-                Either::Left((r, _)) => r,
+                Either::Left((r, _)) => {
+                    if matches!(r, Err(OriginError::TooLarge(_))) {
+                        controller.abort();
+                    }
+                    r
+                }
                 Either::Right(_) => {
                     controller.abort();
                     Err(OriginError::Timeout(timeout_ms))
@@ -173,6 +171,67 @@ impl Origin for FetchOrigin {
             }
         })
     }
+}
+
+/// A response body read up to a limit.
+pub enum LimitedBody {
+    /// The whole body, at most the limit.
+    Complete(Vec<u8>),
+    /// The body is larger than the limit. Reading stopped at the first
+    /// chunk that passed it: `read` holds what was read (empty when a
+    /// `Content-Length` over the limit refused it unread, and the response
+    /// body is then untouched), `rest` the unread remainder of a streamed
+    /// body. Dropping `rest` cancels the stream.
+    TooLarge {
+        /// Bytes read before giving up.
+        read: Vec<u8>,
+        /// The rest of the body, unread.
+        rest: Option<ByteStream>,
+    },
+}
+
+/// Reads `resp`'s body as a stream with a running count, stopping as soon
+/// as it passes `max` bytes, so a body is never buffered past its limit,
+/// whether or not it declares a `Content-Length` (chunked bodies do not).
+pub async fn read_body(resp: &mut Response, max: usize) -> worker::Result<LimitedBody> {
+    let declared = resp
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Ok(LimitedBody::TooLarge {
+            read: Vec::new(),
+            rest: None,
+        });
+    }
+    let mut stream = match resp.body() {
+        ResponseBody::Empty => return Ok(LimitedBody::Complete(Vec::new())),
+        ResponseBody::Body(bytes) if bytes.len() <= max => {
+            return Ok(LimitedBody::Complete(bytes.clone()))
+        }
+        ResponseBody::Body(_) => {
+            return Ok(LimitedBody::TooLarge {
+                read: Vec::new(),
+                rest: None,
+            })
+        }
+        ResponseBody::Stream(_) => resp.stream()?,
+    };
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let over = body.len() + chunk.len() > max;
+        body.extend_from_slice(&chunk);
+        if over {
+            return Ok(LimitedBody::TooLarge {
+                read: body,
+                rest: Some(stream),
+            });
+        }
+    }
+    Ok(LimitedBody::Complete(body))
 }
 
 /// `Date.now()` and `setTimeout`.
@@ -316,22 +375,34 @@ fn strip_surrogate_control(resp: Response) -> worker::Result<Response> {
 /// processing (`Surrogate-Control: content="ESI/1.0"`), reads it as a page
 /// shell (`Ok`); otherwise returns the response to send as is (`Err`),
 /// without `Surrogate-Control`. Shells over the fragment size limit are
-/// passed through unprocessed.
+/// passed through unprocessed: reading stops at the limit and the response
+/// sent is what was read followed by the unread rest.
 pub async fn surrogate_shell(
     mut resp: Response,
     loader: &Loader,
 ) -> worker::Result<std::result::Result<Fragment, Response>> {
     let sc = resp.headers().get("surrogate-control")?.unwrap_or_default();
     let max = loader.config().limits.max_fragment_bytes;
-    let declared = resp
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok());
-    if resp.status_code() != 200 || !parse_directives(&sc).esi || declared.is_some_and(|n| n > max)
-    {
+    if resp.status_code() != 200 || !parse_directives(&sc).esi {
         return Ok(Err(strip_surrogate_control(resp)?));
     }
-    let body = resp.bytes().await?;
+    let body = match read_body(&mut resp, max).await? {
+        LimitedBody::Complete(body) => body,
+        LimitedBody::TooLarge { read, rest: None } if read.is_empty() => {
+            return Ok(Err(strip_surrogate_control(resp)?));
+        }
+        LimitedBody::TooLarge { read, rest } => {
+            let head = stream::once(async move { Ok::<Vec<u8>, worker::Error>(read) });
+            let body = match rest {
+                Some(rest) => Response::from_stream(head.chain(rest))?,
+                None => Response::from_stream(head)?,
+            };
+            let again = body
+                .with_status(resp.status_code())
+                .with_headers(resp.headers().clone());
+            return Ok(Err(strip_surrogate_control(again)?));
+        }
+    };
     let header = |name: &str| resp.headers().get(name).ok().flatten();
     let set_cookies = resp
         .headers()
