@@ -12,8 +12,9 @@
 //!    before them is ready, so time to first byte does not wait for a slow
 //!    fragment further down, and total time is close to the slowest fragment.
 //!
-//! Nested includes (a fragment that contains ESI) are assembled recursively
-//! and buffered, up to `limits.max_depth` levels, with cycle detection.
+//! Nested includes (a fragment that contains ESI) are assembled recursively,
+//! up to `limits.max_depth` levels, with cycle detection; their output is
+//! held as references to template sources and fragment bodies, not copies.
 //!
 //! # Failure policy
 //!
@@ -25,7 +26,8 @@
 //! route, 502 otherwise); after bytes were sent the slot stays empty and the
 //! failure is logged, because a streamed page cannot change its status.
 //! Includes past `max_includes`, past the page deadline, outside the
-//! allow-list, or beyond `max_depth` fail the same way.
+//! allow-list, or beyond `max_depth` fail the same way. Output past
+//! `max_page_bytes` ends the page, logged, as described next.
 //!
 //! # Output budget
 //!
