@@ -26,7 +26,9 @@ fn config() -> Rc<Config> {
               "pages": [ {{ "path": "/" }} ],
               "fragments": [
                 {{ "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0,
-                   "xfetch_beta": 0, "timeout_ms": {TIMEOUT_MS} }}
+                   "xfetch_beta": 0, "timeout_ms": {TIMEOUT_MS} }},
+                {{ "path": "/w/*", "soft_ttl": 10, "hard_ttl": 300, "timeout_ms": {TIMEOUT_MS},
+                   "cold_wait_ms": 30000 }}
               ]
             }}"#
         ))
@@ -253,4 +255,21 @@ fn a_refresh_that_never_ends_is_retried_after_the_flight_lifetime() {
     let next = w.load("/f/r");
     w.sim.run();
     assert_eq!(take(&next).1.as_deref(), Ok("new"));
+}
+
+#[test]
+fn followers_stop_waiting_when_the_flight_dies() {
+    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS as u32);
+    let w = World::new(7);
+    w.sim.origin.script("/w/n", Script::Stall);
+    let start = w.sim.now();
+    let _leader = w.load("/w/n");
+    w.sim.run_until(start + 10);
+    // Willing to wait 30 s, longer than the flight may live.
+    let follower = w.load("/w/n");
+    w.sim.run_until(start + 20_000);
+    let (status, r, t) = take(&follower);
+    assert_eq!(status, CacheStatus::Error);
+    assert_eq!(r, Err(LoadError::Abandoned));
+    assert_eq!(t, start + lifetime);
 }
