@@ -158,8 +158,9 @@ async fn pass_or_assemble(mut resp: Response, loader: Loader) -> Result<Served> 
         return Ok(Served::Response(ports::pass_on(resp)));
     }
     let max = loader.config().limits.max_shell_bytes;
-    let Some(body) = ports::read_limited(&mut resp, max).await? else {
-        return Ok(Served::Reply(shell_too_large(&loader)));
+    let body = match ports::read_body(&mut resp, max).await? {
+        ports::LimitedBody::Complete(body) => body,
+        ports::LimitedBody::TooLarge => return Ok(Served::Reply(shell_too_large(&loader))),
     };
     let shell = OriginResponse {
         status,

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use worker::kv::KvStore;
 use worker::{
     AbortController, Context, Delay, Fetch, Headers, Method, Request, RequestInit, RequestRedirect,
-    Response,
+    Response, ResponseBody,
 };
 
 use fragcache_core::cache::EntryMeta;
@@ -136,10 +136,14 @@ impl Origin for FetchOrigin {
                 let headers = header_map(resp.headers());
                 let status = StatusCode::from_u16(resp.status_code())
                     .map_err(|e| OriginError::Network(format!("bad status: {e}")))?;
-                let body = read_limited(&mut resp, max)
+                let body = match read_body(&mut resp, max)
                     .await
                     .map_err(|e| OriginError::Network(e.to_string()))?
-                    .ok_or(OriginError::TooLarge(max))?;
+                {
+                    LimitedBody::Complete(body) => body,
+                    // Dropping the rest of the stream cancels it.
+                    LimitedBody::TooLarge => return Err(OriginError::TooLarge(max)),
+                };
                 Ok(OriginResponse {
                     status,
                     headers,
@@ -148,7 +152,12 @@ impl Origin for FetchOrigin {
             };
             let timer = Delay::from(Duration::from_millis(u64::from(timeout_ms)));
             match select(Box::pin(work), timer).await {
-                Either::Left((r, _)) => r,
+                Either::Left((r, _)) => {
+                    if matches!(r, Err(OriginError::TooLarge(_))) {
+                        controller.abort();
+                    }
+                    r
+                }
                 Either::Right(_) => {
                     controller.abort();
                     Err(OriginError::Timeout(timeout_ms))
@@ -156,6 +165,48 @@ impl Origin for FetchOrigin {
             }
         })
     }
+}
+
+/// A response body read up to a limit.
+pub enum LimitedBody {
+    /// The whole body, at most the limit.
+    Complete(Vec<u8>),
+    /// The body is larger than the limit; reading stopped at the first
+    /// chunk that passed it, and the rest of the stream was cancelled.
+    TooLarge,
+}
+
+/// Reads `resp`'s body as a stream with a running count, stopping as soon
+/// as it passes `max` bytes, so a body is never buffered past its limit,
+/// whether or not it declares a `Content-Length` (chunked bodies do not).
+pub async fn read_body(resp: &mut Response, max: usize) -> worker::Result<LimitedBody> {
+    let declared = resp
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Ok(LimitedBody::TooLarge);
+    }
+    let mut stream = match resp.body() {
+        ResponseBody::Empty => return Ok(LimitedBody::Complete(Vec::new())),
+        ResponseBody::Body(bytes) if bytes.len() <= max => {
+            return Ok(LimitedBody::Complete(bytes.clone()))
+        }
+        ResponseBody::Body(_) => return Ok(LimitedBody::TooLarge),
+        ResponseBody::Stream(_) => resp.stream()?,
+    };
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > max {
+            // Dropping the stream cancels the rest of the body.
+            return Ok(LimitedBody::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(LimitedBody::Complete(body))
 }
 
 /// `Date.now()` and `setTimeout`.
@@ -267,33 +318,6 @@ pub fn worker_headers(map: &HeaderMap) -> Headers {
         }
     }
     headers
-}
-
-/// Reads a body as it streams in, giving up (`Ok(None)`) as soon as it
-/// passes `max` bytes, whether or not the origin declared a length: a
-/// chunked body is never buffered past its limit.
-pub async fn read_limited(resp: &mut Response, max: usize) -> worker::Result<Option<Vec<u8>>> {
-    let declared = resp
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Ok(None);
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0));
-    let mut stream = match resp.stream() {
-        Ok(s) => s,
-        // No body at all.
-        Err(_) => return Ok(Some(body)),
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > max {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
 }
 
 /// Sends the client's request to `target` unchanged (method, headers,

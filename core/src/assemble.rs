@@ -12,8 +12,9 @@
 //!    before them is ready, so time to first byte does not wait for a slow
 //!    fragment further down, and total time is close to the slowest fragment.
 //!
-//! Nested includes (a fragment that contains ESI) are assembled recursively
-//! and buffered, up to `limits.max_depth` levels, with cycle detection.
+//! Nested includes (a fragment that contains ESI) are assembled recursively,
+//! up to `limits.max_depth` levels, with cycle detection; their output is
+//! held as references to template sources and fragment bodies, not copies.
 //!
 //! # Failure policy
 //!
@@ -26,7 +27,32 @@
 //! failure is logged, because a streamed page cannot change its status.
 //! Includes past `max_includes`, past the page deadline, outside the
 //! allow-list, or beyond `max_depth` fail the same way. Output past
-//! `max_page_bytes` is cut off and logged.
+//! `max_page_bytes` ends the page, logged, as described next.
+//!
+//! # Output budget
+//!
+//! The page has one byte budget, `limits.max_page_bytes`, and every piece
+//! of output is charged against it *before* it is used: literal ranges of
+//! a template (so `esi:inline` copies count each time they are output),
+//! evaluated text, fragment bodies (each time a fragment is included), at
+//! every nesting level. Pieces are not copied while the page is assembled:
+//! a segment's output is a list of references to template sources and
+//! fragment bodies, and bytes are copied once, into the chunk handed to the
+//! caller. So neither the output nor any buffer built for it can exceed the
+//! budget, however often a shell includes or inlines the same big fragment.
+//!
+//! The budget counts bytes *produced*, not bytes sent, and is never given
+//! back: the output of an `esi:try` attempt that is discarded for the
+//! except branch stays charged. This keeps the budget monotone (a piece
+//! refused for lack of budget could not have fitted later either) and
+//! bounds the work done, not only what is sent.
+//!
+//! A piece that does not fit exhausts the budget: it and every later piece
+//! fail with [`IncludeError::PageTooLarge`], which no fallback (`alt`,
+//! `onerror="continue"`, `esi:except`) absorbs. At the top level this ends
+//! the page: the segments before the first one that failed are sent, the
+//! rest is cut off and an error is logged; if nothing was produced yet, the
+//! page fails like any other include failure before the first byte.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -88,6 +114,9 @@ pub enum IncludeError {
         /// Its status.
         status: u16,
     },
+    /// The page's output budget (`limits.max_page_bytes`) is used up.
+    #[error("page output exceeds max_page_bytes ({0})")]
+    PageTooLarge(usize),
     /// Loading failed.
     #[error("{url}: {error}")]
     Load {
@@ -146,9 +175,38 @@ struct PageState {
     uncertain: Cell<bool>,
     set_cookies: RefCell<Vec<String>>,
     vary: RefCell<VaryHint>,
+    /// Bytes of output charged so far (see the module's "Output budget").
+    produced: Cell<usize>,
+    /// `limits.max_page_bytes`.
+    max_bytes: usize,
+    /// Set once a piece did not fit: every later charge fails too.
+    exhausted: Cell<bool>,
 }
 
-type SegmentFuture = LocalFuture<Result<Vec<u8>, IncludeError>>;
+/// One piece of output, referenced rather than copied.
+enum Piece {
+    /// A byte range of a template's source.
+    Source(Rc<Template>, std::ops::Range<usize>),
+    /// A whole fragment body.
+    Body(Rc<[u8]>),
+    /// Bytes made during evaluation.
+    Owned(Vec<u8>),
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Source(t, r) => t.source().get(r.clone()).unwrap_or_default(),
+            Piece::Body(b) => b,
+            Piece::Owned(v) => v,
+        }
+    }
+}
+
+/// The output of a segment, in order.
+type Output = Vec<Piece>;
+
+type SegmentFuture = LocalFuture<Result<Output, IncludeError>>;
 
 /// A page being assembled.
 pub struct Page {
@@ -177,6 +235,9 @@ impl Page {
             uncertain: Cell::new(false),
             set_cookies: RefCell::new(Vec::new()),
             vary: RefCell::new(VaryHint::default()),
+            produced: Cell::new(0),
+            max_bytes: config.limits.max_page_bytes,
+            exhausted: Cell::new(false),
         });
         let plan: Plan = template.evaluate(&state.vars);
         let base = Rc::new(base);
@@ -278,21 +339,21 @@ impl Page {
     /// the caller decides (by whether it has sent anything) what that means.
     pub async fn next_chunk(&mut self) -> Option<Chunk> {
         if let Some(e) = self.held_error.take() {
-            return Some(Chunk::Failed(e));
+            return self.failed(e);
         }
         if self.done {
             return None;
         }
-        let mut bytes = match self.stream.next().await? {
-            Ok(bytes) => bytes,
-            Err(e) => return Some(Chunk::Failed(e)),
+        let mut pieces = match self.stream.next().await? {
+            Ok(pieces) => pieces,
+            Err(e) => return self.failed(e),
         };
         // Everything after it that is ready right now goes out in the same
         // chunk: one write instead of one per literal and fragment. Segments
         // not ready stay queued and their wake-ups are kept by the stream.
         loop {
             match self.stream.next().now_or_never() {
-                Some(Some(Ok(more))) => bytes.extend_from_slice(&more),
+                Some(Some(Ok(more))) => pieces.extend(more),
                 Some(Some(Err(e))) => {
                     self.held_error = Some(e);
                     break;
@@ -304,20 +365,49 @@ impl Page {
                 None => break,
             }
         }
-        let max = self.state.loader.config().limits.max_page_bytes;
-        if self.sent + bytes.len() > max {
-            self.done = true;
-            self.state.log(
-                LogLevel::Error,
-                &format!("page exceeds max_page_bytes ({max}); output cut off"),
-            );
-            let keep = max.saturating_sub(self.sent);
-            self.sent = max;
-            bytes.truncate(keep);
-            return Some(Chunk::Bytes(bytes));
+        // The only copy of the output: every piece was charged, so this
+        // buffer stays within the budget.
+        let len = pieces.iter().map(|p| p.bytes().len()).sum();
+        let mut bytes = Vec::with_capacity(len);
+        for p in &pieces {
+            bytes.extend_from_slice(p.bytes());
         }
         self.sent += bytes.len();
+        debug_assert!(self.sent <= self.state.max_bytes);
+        if bytes.is_empty() {
+            if let Some(e) = self.held_error.take() {
+                return self.failed(e);
+            }
+        }
         Some(Chunk::Bytes(bytes))
+    }
+
+    /// A failed top-level segment. An exhausted budget ends the page: as a
+    /// failure if nothing was produced yet, else by cutting the rest off.
+    fn failed(&mut self, e: IncludeError) -> Option<Chunk> {
+        if !matches!(e, IncludeError::PageTooLarge(_)) {
+            return Some(Chunk::Failed(e));
+        }
+        self.done = true;
+        self.stream = FuturesOrdered::new();
+        self.state.log(
+            LogLevel::Error,
+            &format!(
+                "page exceeds max_page_bytes ({}); output cut off after {} bytes",
+                self.state.max_bytes, self.sent
+            ),
+        );
+        if self.sent == 0 {
+            Some(Chunk::Failed(e))
+        } else {
+            None
+        }
+    }
+
+    /// Bytes of output charged against the page's budget so far: an upper
+    /// bound of what was, or will be, copied into chunks.
+    pub fn bytes_charged(&self) -> usize {
+        self.state.produced.get()
     }
 
     /// Collects the whole page; a failed top-level include fails the page.
@@ -344,6 +434,18 @@ struct Started {
 impl PageState {
     fn log(&self, level: LogLevel, msg: &str) {
         self.loader.ports().log.log(level, msg);
+    }
+
+    /// Charges `n` bytes of output against the page's budget, before they
+    /// are used. Once a charge fails, every later one fails too.
+    fn charge(&self, n: usize) -> Result<(), IncludeError> {
+        let used = self.produced.get();
+        if self.exhausted.get() || used.saturating_add(n) > self.max_bytes {
+            self.exhausted.set(true);
+            return Err(IncludeError::PageTooLarge(self.max_bytes));
+        }
+        self.produced.set(used + n);
+        Ok(())
     }
 
     /// Resolves, checks and looks up one include `src`.
@@ -423,7 +525,7 @@ impl PageState {
         started: Started,
         depth: u32,
         chain: &[String],
-    ) -> Result<Vec<u8>, IncludeError> {
+    ) -> Result<Output, IncludeError> {
         let Started {
             url,
             report,
@@ -461,9 +563,13 @@ impl PageState {
         url: Url,
         depth: u32,
         chain: Rc<Vec<String>>,
-    ) -> Result<Vec<u8>, IncludeError> {
+    ) -> Result<Output, IncludeError> {
+        let whole = |frag: &Fragment| {
+            self.charge(frag.body.len())?;
+            Ok(vec![Piece::Body(Rc::clone(&frag.body))])
+        };
         if !may_contain_esi(&frag.body) {
-            return Ok(frag.body.to_vec());
+            return whole(frag);
         }
         let template =
             self.loader
@@ -471,7 +577,7 @@ impl PageState {
                 .templates
                 .get(frag, &url, self.loader.ports().log.as_ref());
         if !template.has_esi() {
-            return Ok(frag.body.to_vec());
+            return whole(frag);
         }
         let plan = template.evaluate(&self.vars);
         let base = Rc::new(url);
@@ -483,7 +589,7 @@ impl PageState {
         let parts = join_all(futures).await;
         let mut out = Vec::new();
         for part in parts {
-            out.extend_from_slice(&part?);
+            out.extend(part?);
         }
         Ok(out)
     }
@@ -513,7 +619,7 @@ impl PageState {
         depth: u32,
         chain: Rc<Vec<String>>,
         pre: Option<Result<Started, IncludeError>>,
-    ) -> Result<Vec<u8>, IncludeError> {
+    ) -> Result<Output, IncludeError> {
         let first = match pre {
             Some(started) => started,
             None => self.start(&inc.src, &base, depth, &chain).await,
@@ -525,6 +631,10 @@ impl PageState {
             },
             Err(e) => e,
         };
+        // No fallback can help once the page's output budget is used up.
+        if matches!(err, IncludeError::PageTooLarge(_)) {
+            return Err(err);
+        }
         self.log(LogLevel::Warn, &format!("include failed: {err}"));
         let err = match &inc.alt {
             Some(alt) => {
@@ -534,6 +644,7 @@ impl PageState {
                 };
                 match attempt {
                     Ok(bytes) => return Ok(bytes),
+                    Err(e @ IncludeError::PageTooLarge(_)) => return Err(e),
                     Err(e) => {
                         self.log(LogLevel::Warn, &format!("alt failed: {e}"));
                         // Report the cause the operator can act on: the src failure
@@ -549,7 +660,7 @@ impl PageState {
             None => err,
         };
         if inc.onerror_continue {
-            return Ok(Vec::new());
+            return Ok(Output::new());
         }
         Err(err)
     }
@@ -564,12 +675,15 @@ impl PageState {
         base: Rc<Url>,
         depth: u32,
         chain: Rc<Vec<String>>,
-    ) -> Result<Vec<u8>, IncludeError> {
+    ) -> Result<Output, IncludeError> {
         match self
             .sequence(&template, attempt, &base, depth, &chain)
             .await
         {
-            Ok(bytes) => Ok(bytes),
+            Ok(out) => Ok(out),
+            // The attempt's charged output is not given back (see the
+            // module's "Output budget"), and an exhausted budget is final.
+            Err(e @ IncludeError::PageTooLarge(_)) => Err(e),
             Err(e) => {
                 self.log(
                     LogLevel::Info,
@@ -587,14 +701,14 @@ impl PageState {
         base: &Rc<Url>,
         depth: u32,
         chain: &Rc<Vec<String>>,
-    ) -> Result<Vec<u8>, IncludeError> {
+    ) -> Result<Output, IncludeError> {
         let futures: Vec<SegmentFuture> = segments
             .into_iter()
             .map(|seg| segment_future(self, template, seg, base, depth, Rc::clone(chain), None))
             .collect();
         let mut out = Vec::new();
         for part in join_all(futures).await {
-            out.extend_from_slice(&part?);
+            out.extend(part?);
         }
         Ok(out)
     }
@@ -611,10 +725,18 @@ fn segment_future(
 ) -> SegmentFuture {
     match seg {
         Segment::Literal(range) => {
-            let bytes = template.source().get(range).unwrap_or_default().to_vec();
-            Box::pin(std::future::ready(Ok(bytes)))
+            let len = template.source().get(range.clone()).map_or(0, <[u8]>::len);
+            let out = state
+                .charge(len)
+                .map(|()| vec![Piece::Source(Rc::clone(template), range)]);
+            Box::pin(std::future::ready(out))
         }
-        Segment::Text(bytes) => Box::pin(std::future::ready(Ok(bytes))),
+        Segment::Text(bytes) => {
+            let out = state
+                .charge(bytes.len())
+                .map(|()| vec![Piece::Owned(bytes)]);
+            Box::pin(std::future::ready(out))
+        }
         Segment::Include(inc) => {
             Box::pin(Rc::clone(state).include(inc, Rc::clone(base), depth, chain, pre))
         }

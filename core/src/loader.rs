@@ -19,6 +19,8 @@
 //! What the origin returns decides what is stored ([`crate::cache::policy`]).
 //! A refresh that fails never overwrites a good entry, and sets the key's
 //! back-off; a KV read error counts as a miss; a KV write error is logged.
+//! Every KV call is bounded in time ([`crate::cache::kv`]): a read that
+//! times out is a miss, a write that times out is logged.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,6 +32,8 @@ use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
 use crate::cache::key::cache_key;
+use crate::cache::kv::{TimedStore, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
+use crate::cache::lru::Lru;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
@@ -38,7 +42,8 @@ use crate::headers::{
     decode_block, encode_block, keep_from_origin, value as header_value, MAX_STORED_HEADER_BYTES,
 };
 use crate::ports::{
-    LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
+    LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoreError,
+    StoredEntry,
 };
 use crate::request::ClientRequest;
 use crate::url::Url;
@@ -163,13 +168,38 @@ pub enum Outcome {
 }
 
 /// Compiled templates, kept per isolate so a cache hit does not re-parse.
-#[derive(Default)]
+/// Bounded by bytes ([`TEMPLATE_MEMO_MAX_BYTES`]: source plus an estimate of
+/// the compiled nodes), least recently used evicted first.
 pub struct TemplateMemo {
-    map: RefCell<HashMap<String, (u64, Rc<Template>)>>,
+    lru: RefCell<Lru<(u64, Rc<Template>)>>,
 }
 
-/// Templates kept at most; past that the memo starts over (cheap and bounded).
-const MAX_TEMPLATES: usize = 256;
+impl Default for TemplateMemo {
+    fn default() -> Self {
+        TemplateMemo {
+            lru: RefCell::new(Lru::new(
+                TEMPLATE_MEMO_MAX_BYTES,
+                TEMPLATE_MEMO_MAX_BYTES / 4,
+            )),
+        }
+    }
+}
+
+/// Bytes of compiled templates kept per isolate.
+pub const TEMPLATE_MEMO_MAX_BYTES: usize = 8 << 20;
+
+/// Estimated memory of one compiled template: its copy of the source plus,
+/// per ESI tag or variable reference in it, room for a few nodes.
+fn template_bytes(t: &Template) -> usize {
+    const PER_MARKUP: usize = 4 * 64;
+    let src = t.source();
+    let markup = memchr::memmem::find_iter(src, b"<esi:").count()
+        + memchr::memmem::find_iter(src, b"$(").count()
+        + memchr::memmem::find_iter(src, b"<!--esi").count();
+    src.len()
+        .saturating_add(markup.saturating_mul(PER_MARKUP))
+        .saturating_add(std::mem::size_of::<Template>())
+}
 
 impl TemplateMemo {
     /// The compiled form of `frag` (from `url`), compiling it on first use
@@ -186,18 +216,22 @@ impl TemplateMemo {
         let Some(key) = &frag.cache_key else {
             return compile();
         };
-        if let Some((stored_at, t)) = self.map.borrow().get(key) {
-            if *stored_at == frag.stored_at {
-                return Rc::clone(t);
+        if let Some((stored_at, t)) = self.lru.borrow_mut().get(key) {
+            if stored_at == frag.stored_at {
+                return t;
             }
         }
         let t = compile();
-        let mut map = self.map.borrow_mut();
-        if map.len() >= MAX_TEMPLATES {
-            map.clear();
-        }
-        map.insert(key.clone(), (frag.stored_at, Rc::clone(&t)));
+        let size = template_bytes(&t);
+        self.lru
+            .borrow_mut()
+            .insert(key, (frag.stored_at, Rc::clone(&t)), size);
         t
+    }
+
+    /// Bytes charged for the templates held.
+    pub fn bytes(&self) -> usize {
+        self.lru.borrow().bytes()
     }
 }
 
@@ -207,64 +241,109 @@ impl TemplateMemo {
 /// also covers for KV's eventual consistency: a read right after a write may
 /// return the old value, or nothing, for up to 60 s. Only cacheable entries
 /// ever get here; private fragments never do.
-#[derive(Default)]
+///
+/// Bounded by [`RECENT_MAX_BYTES`], counting bodies, keys and metadata
+/// ([`Recent::entry_bytes`]); the least recently used entries are evicted
+/// first, and an entry over [`RECENT_MAX_ENTRY_BYTES`] is not kept.
 pub struct Recent {
-    map: RefCell<HashMap<String, (EntryMeta, Rc<Fragment>)>>,
-    bytes: std::cell::Cell<usize>,
+    lru: RefCell<Lru<Cached>>,
 }
 
-/// Upper bound of bodies kept in [`Recent`] (the isolate has 128 MB in all).
-const RECENT_MAX_BYTES: usize = 16 << 20;
+impl Default for Recent {
+    fn default() -> Self {
+        Recent {
+            lru: RefCell::new(Lru::new(RECENT_MAX_BYTES, RECENT_MAX_ENTRY_BYTES)),
+        }
+    }
+}
+
+/// Upper bound of [`Recent`] (the isolate has 128 MB in all).
+pub const RECENT_MAX_BYTES: usize = 16 << 20;
+
+/// Largest single entry [`Recent`] keeps.
+pub const RECENT_MAX_ENTRY_BYTES: usize = RECENT_MAX_BYTES / 8;
+
+fn opt_len(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::len)
+}
 
 impl Recent {
+    /// What one entry costs besides its key: body, header strings kept in
+    /// the metadata and the fragment, and the structs themselves.
+    pub fn entry_bytes(meta: &EntryMeta, frag: &Fragment) -> usize {
+        frag.body.len()
+            + opt_len(&meta.content_type)
+            + opt_len(&meta.etag)
+            + opt_len(&meta.last_modified)
+            + opt_len(&meta.cache_control)
+            + opt_len(&frag.content_type)
+            + opt_len(&frag.cache_control)
+            + opt_len(&frag.cache_key)
+            + frag
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum::<usize>()
+            + std::mem::size_of::<EntryMeta>()
+            + std::mem::size_of::<Fragment>()
+    }
+
     fn remember(&self, key: &str, meta: &EntryMeta, frag: &Rc<Fragment>) {
-        let mut map = self.map.borrow_mut();
-        let size = frag.body.len();
-        if size > RECENT_MAX_BYTES / 8 {
-            return;
-        }
-        if self.bytes.get() + size > RECENT_MAX_BYTES {
-            map.clear();
-            self.bytes.set(0);
-        }
-        if let Some((_, old)) = map.insert(key.to_owned(), (meta.clone(), Rc::clone(frag))) {
-            self.bytes
-                .set(self.bytes.get().saturating_sub(old.body.len()));
-        }
-        self.bytes.set(self.bytes.get() + size);
+        let size = Self::entry_bytes(meta, frag);
+        self.lru
+            .borrow_mut()
+            .insert(key, (meta.clone(), Rc::clone(frag)), size);
     }
 
     /// Drops every remembered copy whose key starts with `prefix`.
     pub fn forget_prefix(&self, prefix: &str) {
-        let mut map = self.map.borrow_mut();
-        let mut freed = 0;
-        map.retain(|k, (_, f)| {
-            let keep = !k.starts_with(prefix);
-            if !keep {
-                freed += f.body.len();
-            }
-            keep
-        });
-        self.bytes.set(self.bytes.get().saturating_sub(freed));
+        self.lru.borrow_mut().remove_prefix(prefix);
     }
 
     /// Drops the remembered copy of `key`.
     fn forget(&self, key: &str) {
-        if let Some((_, old)) = self.map.borrow_mut().remove(key) {
-            self.bytes
-                .set(self.bytes.get().saturating_sub(old.body.len()));
-        }
+        self.lru.borrow_mut().remove(key);
     }
 
-    /// The remembered copy of `key`.
-    fn get(&self, key: &str) -> Option<(EntryMeta, Rc<Fragment>)> {
-        let map = self.map.borrow();
-        map.get(key).map(|(m, f)| (m.clone(), Rc::clone(f)))
+    /// The remembered copy of `key` (marking it recently used).
+    fn get(&self, key: &str) -> Option<Cached> {
+        self.lru.borrow_mut().get(key)
+    }
+
+    /// Bytes charged for the entries held.
+    pub fn bytes(&self) -> usize {
+        self.lru.borrow().bytes()
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.lru.borrow().len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.lru.borrow().is_empty()
     }
 }
 
 /// An entry as held in memory: metadata and the shareable fragment.
 type Cached = (EntryMeta, Rc<Fragment>);
+
+/// The result of one KV read: the entry if present in the current layout.
+type StoreRead = Result<Option<Cached>, StoreError>;
+
+/// Time a flight may spend after its origin fetch timed out: the
+/// write-back's check for a newer copy and its write, each bounded by
+/// [`crate::cache::kv`].
+pub const FLIGHT_WRITE_BUDGET_MS: u64 = KV_READ_TIMEOUT_MS + KV_WRITE_TIMEOUT_MS;
+
+/// How long a flight with origin timeout `timeout_ms` may live: its fetch
+/// timeout plus [`FLIGHT_WRITE_BUDGET_MS`]. An older flight is dead: the
+/// next request leads a new one and waiters stop waiting (the fetch port
+/// is trusted to honour its timeout, but not relied on to).
+pub fn flight_lifetime_ms(timeout_ms: u32) -> u64 {
+    u64::from(timeout_ms) + FLIGHT_WRITE_BUDGET_MS
+}
 
 /// State shared by every request in one isolate.
 #[derive(Default)]
@@ -273,7 +352,7 @@ pub struct Shared {
     pub flights: Rc<Flights<Outcome>>,
     /// In-flight KV reads by cache key: a burst on a key this isolate has
     /// no fresh copy of makes one KV read, not one per request.
-    reads: Rc<Flights<Option<Cached>>>,
+    reads: Rc<Flights<StoreRead>>,
     /// Back-off after failed refreshes.
     pub backoff: Backoff,
     /// Compiled templates.
@@ -530,13 +609,15 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader for one client request.
+    /// A loader for one client request. Every store call made through it
+    /// (reads, write-backs, purges) is bounded in time ([`TimedStore`]).
     pub fn new(
-        ports: Ports,
+        mut ports: Ports,
         shared: Rc<Shared>,
         config: Rc<Config>,
         req: Rc<ClientRequest>,
     ) -> Self {
+        ports.store = TimedStore::wrap(ports.store, Rc::clone(&ports.clock));
         Loader {
             ports,
             shared,
@@ -600,20 +681,36 @@ impl Loader {
         // This isolate's own copy, if still fresh, answers without a KV read;
         // otherwise KV may hold a newer one (another isolate refreshed it).
         let mut found = self.shared.recent.get(&key);
-        let fresh_here = found
-            .as_ref()
-            .is_some_and(|(m, _)| m.classify(now) == Freshness::Fresh);
+        let here = found.as_ref().map(|(m, _)| m.classify(now));
         // While a fetch of this key is in flight here, KV cannot know better
-        // than its outcome: a burst on a cold or stale key then costs one KV
-        // read, not one per request.
-        if !fresh_here && !self.shared.flights.in_flight(&key) {
-            if let Some(read) = self.read(&key, policy.timeout_ms).await {
-                if found
-                    .as_ref()
-                    .is_none_or(|(m, _)| read.0.stored_at > m.stored_at)
-                {
-                    found = Some(read);
+        // than its outcome when this isolate has a stale copy to serve
+        // meanwhile, or when the flight's leader found nothing usable in KV
+        // before starting: a burst on a stale or cold key then costs one KV
+        // read, not one per request. Without a copy of its own, a request
+        // reads KV even while a refresh is in flight (reads are shared), so
+        // a stale copy there is served rather than waiting on a refresh that
+        // may fail.
+        let flight = self.shared.flights.current(&key, now);
+        let skip_read = here == Some(Freshness::Fresh)
+            || flight
+                .as_ref()
+                .is_some_and(|f| f.nothing_stored() || here == Some(Freshness::Stale));
+        // Whether KV answered and had nothing usable.
+        let mut nothing_stored = false;
+        if !skip_read {
+            match self.read(&key, policy.timeout_ms).await {
+                Ok(Some(read)) => {
+                    nothing_stored = read.0.classify(now) == Freshness::Expired;
+                    if found
+                        .as_ref()
+                        .is_none_or(|(m, _)| read.0.stored_at > m.stored_at)
+                    {
+                        found = Some(read);
+                    }
                 }
+                Ok(None) => nothing_stored = true,
+                // Logged by the read; KV's content is unknown.
+                Err(_) => {}
             }
         }
         // The awaits above let other requests run: one may have fetched and
@@ -648,31 +745,24 @@ impl Loader {
                 Freshness::Expired => {}
             }
         }
-        self.cold(key, url.clone(), policy, cache)
+        self.cold(key, url.clone(), policy, cache, nothing_stored)
     }
 
     /// Reads `key` from KV, sharing one read among concurrent requests of
-    /// this isolate. A read error counts as absent.
-    async fn read(&self, key: &str, timeout_ms: u32) -> Option<Cached> {
+    /// this isolate. An error (or a timeout) is logged; callers treat it as
+    /// a miss.
+    async fn read(&self, key: &str, timeout_ms: u32) -> StoreRead {
         let now = self.ports.clock.now_ms();
         let reads = Rc::clone(&self.shared.reads);
-        match reads.join(key, now) {
+        match reads.join_for(key, now, KV_READ_TIMEOUT_MS) {
             Join::Leader(guard) => {
-                let result = match self.ports.store.get(key).await {
-                    Ok(e) => e.filter(|e| e.meta.version == META_VERSION).map(|e| {
-                        let meta = e.meta.clone();
-                        let frag = Rc::new(Fragment::from_entry(e, key));
-                        self.shared.recent.remember(key, &meta, &frag);
-                        (meta, frag)
-                    }),
-                    Err(e) => {
-                        self.log(
-                            LogLevel::Warn,
-                            &format!("{key}: KV read failed, treating as a miss: {e}"),
-                        );
-                        None
-                    }
-                };
+                let result = self.stored(key, self.ports.store.get(key).await);
+                if let Err(e) = &result {
+                    self.log(
+                        LogLevel::Warn,
+                        &format!("{key}: KV read failed, treating as a miss: {e}"),
+                    );
+                }
                 guard.complete(result.clone());
                 result
             }
@@ -681,15 +771,20 @@ impl Loader {
                 match self.wait(&reads, &handle, deadline).await {
                     Ok(r) => (*r).clone(),
                     // The reading request went away: read for ourselves.
-                    Err(_) => match self.ports.store.get(key).await {
-                        Ok(Some(e)) if e.meta.version == META_VERSION => {
-                            Some((e.meta.clone(), Rc::new(Fragment::from_entry(e, key))))
-                        }
-                        _ => None,
-                    },
+                    Err(_) => self.stored(key, self.ports.store.get(key).await),
                 }
             }
         }
+    }
+
+    /// A KV answer as held in memory (and remembered there).
+    fn stored(&self, key: &str, r: Result<Option<StoredEntry>, StoreError>) -> StoreRead {
+        Ok(r?.filter(|e| e.meta.version == META_VERSION).map(|e| {
+            let meta = e.meta.clone();
+            let frag = Rc::new(Fragment::from_entry(e, key));
+            self.shared.recent.remember(key, &meta, &frag);
+            (meta, frag)
+        }))
     }
 
     /// A load that never touches the cache nor other requests.
@@ -803,7 +898,8 @@ impl Loader {
         if !self.shared.backoff.allows(key, now) {
             return false;
         }
-        match self.shared.flights.join(key, now) {
+        let lifetime = flight_lifetime_ms(policy.timeout_ms);
+        match self.shared.flights.join_for(key, now, lifetime) {
             Join::Follower(_) => false,
             Join::Leader(guard) => {
                 let req = self.origin_request(url, policy, false);
@@ -814,10 +910,23 @@ impl Loader {
         }
     }
 
-    fn cold(&self, key: String, url: Url, policy: Policy, cache: CachePolicy) -> Lookup {
+    /// Joins (or leads) the flight of a key with no usable copy at hand.
+    /// `nothing_stored`: KV answered and had none either.
+    fn cold(
+        &self,
+        key: String,
+        url: Url,
+        policy: Policy,
+        cache: CachePolicy,
+        nothing_stored: bool,
+    ) -> Lookup {
         let now = self.ports.clock.now_ms();
-        let (status, handle, deadline) = match self.shared.flights.join(&key, now) {
+        let lifetime = flight_lifetime_ms(policy.timeout_ms);
+        let (status, handle, deadline) = match self.shared.flights.join_for(&key, now, lifetime) {
             Join::Leader(guard) => {
+                if nothing_stored {
+                    guard.set_nothing_stored();
+                }
                 let handle = guard.handle();
                 let req = self.origin_request(&url, &policy, false);
                 let job = fetch_and_store(self.clone(), guard, req, policy.clone(), false);
@@ -881,7 +990,8 @@ impl Loader {
 
     /// Waits for a flight's outcome until `deadline`, on a signal owned by
     /// this request (its own promise and timer in the Worker), registered
-    /// with the flight so that publishing the outcome wakes it.
+    /// with the flight so that publishing the outcome wakes it. A flight
+    /// past its lifetime is given up on as abandoned.
     async fn wait<T>(
         &self,
         flights: &Flights<T>,
@@ -894,6 +1004,9 @@ impl Loader {
                 return Ok(o);
             }
             let now = self.ports.clock.now_ms();
+            if now >= handle.expires_at() {
+                return Err(LoadError::Abandoned);
+            }
             if now >= deadline {
                 return Err(LoadError::WaitTimeout(now - started));
             }
@@ -903,7 +1016,8 @@ impl Loader {
             }
             // No await between the checks above and registering: nothing can
             // publish in between (one thread), so no wake-up is lost.
-            let (wake, signal) = self.ports.signals.signal(deadline - now);
+            let until = deadline.min(handle.expires_at());
+            let (wake, signal) = self.ports.signals.signal(until - now);
             let id = handle.add_waiter(wake);
             signal.await;
             handle.remove_waiter(id);
@@ -1102,5 +1216,105 @@ mod tests {
         assert!(!HOP_BY_HOP.contains(&"cookie") && !HOP_BY_HOP.contains(&"authorization"));
         assert!(HOP_BY_HOP.contains(&"connection") && HOP_BY_HOP.contains(&"host"));
         assert_eq!(HOP_BY_HOP.len() + 2, UNFORWARDABLE_HEADERS.len());
+    }
+
+    fn entry(key: &str, body_len: usize, stored_at: u64) -> (EntryMeta, Rc<Fragment>) {
+        let meta = EntryMeta::new(stored_at, stored_at + 10, stored_at + 20, 200, 1).with_headers(
+            Some("text/html"),
+            Some("\"e\""),
+            None,
+            Some("max-age=10"),
+        );
+        let frag = Fragment {
+            status: StatusCode::OK,
+            body: Rc::from(vec![b'x'; body_len]),
+            headers: HeaderMap::new(),
+            content_type: Some("text/html".into()),
+            cache_control: Some("max-age=10".into()),
+            esi: false,
+            stored_at,
+            cache_key: Some(key.to_owned()),
+            set_cookies: Vec::new(),
+        };
+        (meta, Rc::new(frag))
+    }
+
+    #[test]
+    fn recent_counts_keys_and_metadata_and_evicts_lru() {
+        let recent = Recent::default();
+        let (m, f) = entry("k0", 1_000, 1);
+        recent.remember("k0", &m, &f);
+        let one = Lru::<Cached>::charge("k0", Recent::entry_bytes(&m, &f));
+        assert_eq!(recent.bytes(), one);
+        assert!(
+            one > 1_000 + 2 * 2 + "text/html".len() * 2,
+            "metadata counted"
+        );
+        // Fill to the cap with entries of the same size; "k0" is kept in use.
+        let per = RECENT_MAX_ENTRY_BYTES - 1_000;
+        let mut i = 1;
+        while recent.bytes() + Lru::<Cached>::charge("kN", per) <= RECENT_MAX_BYTES {
+            let (m, f) = entry(&format!("k{i}"), per, 1);
+            recent.remember(&format!("k{i}"), &m, &f);
+            assert!(recent.get("k0").is_some());
+            i += 1;
+        }
+        let held = recent.len();
+        let (m, f) = entry("new", per, 1);
+        recent.remember("new", &m, &f);
+        assert!(recent.bytes() <= RECENT_MAX_BYTES);
+        assert!(recent.get("k0").is_some(), "recently used survives");
+        assert!(recent.get("k1").is_none(), "least recently used evicted");
+        assert!(recent.get("new").is_some());
+        assert_eq!(
+            recent.len(),
+            held,
+            "one out, one in: nothing cleared wholesale"
+        );
+    }
+
+    #[test]
+    fn recent_does_not_keep_an_entry_over_its_limit() {
+        let recent = Recent::default();
+        let (m, f) = entry("small", 10, 1);
+        recent.remember("small", &m, &f);
+        let (m, f) = entry("big", RECENT_MAX_ENTRY_BYTES, 1);
+        recent.remember("big", &m, &f);
+        assert!(recent.get("big").is_none());
+        assert!(recent.get("small").is_some());
+        recent.forget_prefix("sm");
+        assert_eq!((recent.len(), recent.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn template_memo_is_bounded_in_bytes_and_keeps_recent_templates() {
+        struct NoLog;
+        impl Log for NoLog {
+            fn log(&self, _: LogLevel, _: &str) {}
+        }
+        let memo = TemplateMemo::default();
+        let url = Url::parse("http://o.test/t").unwrap();
+        let body = |n: usize| {
+            let mut b = vec![b'a'; n];
+            b.extend_from_slice(b"<esi:include src=\"/x\"/>");
+            b
+        };
+        let frag = |key: &str, n: usize, at: u64| Fragment {
+            body: Rc::from(body(n)),
+            cache_key: Some(key.to_owned()),
+            stored_at: at,
+            ..(*entry(key, 0, at).1).clone()
+        };
+        let hot = frag("hot", 100, 1);
+        let first = memo.get(&hot, &url, &NoLog);
+        for i in 0..64 {
+            memo.get(&frag(&format!("t{i}"), 512 << 10, 1), &url, &NoLog);
+            assert!(Rc::ptr_eq(&first, &memo.get(&hot, &url, &NoLog)));
+            assert!(memo.bytes() <= TEMPLATE_MEMO_MAX_BYTES);
+        }
+        assert!(memo.bytes() > TEMPLATE_MEMO_MAX_BYTES / 2);
+        // A new version of the same key is recompiled.
+        let hot2 = frag("hot", 100, 2);
+        assert!(!Rc::ptr_eq(&first, &memo.get(&hot2, &url, &NoLog)));
     }
 }

@@ -7,7 +7,8 @@
 //! milliseconds of real time, and always the same way for the same seed.
 //!
 //! - [`SimClock`]: manual clock whose `sleep` futures are driven by [`Sim`].
-//! - [`MemStore`]: KV stand-in with expiry, counters and failure injection.
+//! - [`MemStore`]: KV stand-in with expiry, counters, failure injection,
+//!   latency and hangs.
 //! - [`ScriptedOrigin`]: origin with per-path responses, latency, failures,
 //!   hangs, and a record of every request it received.
 //! - [`SeededRng`]: xorshift generator.
@@ -282,6 +283,10 @@ pub struct MemStore {
     pub fail_gets: Cell<bool>,
     /// When set, every `put` fails.
     pub fail_puts: Cell<bool>,
+    /// When set, every call (get, put, delete, list) never completes.
+    pub hang: Cell<bool>,
+    /// Virtual delay before every call completes (its effect happens then).
+    pub latency_ms: Cell<u64>,
 }
 
 impl MemStore {
@@ -318,29 +323,54 @@ impl MemStore {
 
 struct MemStorePort(Rc<MemStore>);
 
+impl MemStorePort {
+    /// Runs `op` on the store after the configured latency, or never when
+    /// the store hangs.
+    fn call<T: 'static>(&self, op: impl FnOnce(&MemStore) -> T + 'static) -> LocalFuture<T> {
+        let s = Rc::clone(&self.0);
+        if s.hang.get() {
+            return Box::pin(std::future::pending());
+        }
+        let latency = s.latency_ms.get();
+        if latency == 0 {
+            return Box::pin(std::future::ready(op(&s)));
+        }
+        let sleep = SimClockPort(Rc::clone(&s.clock)).sleep(latency);
+        Box::pin(async move {
+            sleep.await;
+            op(&s)
+        })
+    }
+}
+
 impl FragmentStore for MemStorePort {
     fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
-        let keys = self
-            .0
-            .keys()
-            .into_iter()
-            .filter(|k| k.starts_with(prefix))
-            .collect();
-        Box::pin(std::future::ready(Ok(keys)))
+        let prefix = prefix.to_owned();
+        self.call(move |s| {
+            Ok(s.keys()
+                .into_iter()
+                .filter(|k| k.starts_with(&prefix))
+                .collect())
+        })
     }
     fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>> {
-        self.0.entries.borrow_mut().remove(key);
-        Box::pin(std::future::ready(Ok(())))
+        let key = key.to_owned();
+        self.call(move |s| {
+            s.entries.borrow_mut().remove(&key);
+            Ok(())
+        })
     }
     fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>> {
         let s = &self.0;
         s.gets.set(s.gets.get() + 1);
-        let r = if s.fail_gets.get() {
-            Err(StoreError("injected read failure".into()))
-        } else {
-            Ok(s.entry(key))
-        };
-        Box::pin(std::future::ready(r))
+        let key = key.to_owned();
+        self.call(move |s| {
+            if s.fail_gets.get() {
+                Err(StoreError("injected read failure".into()))
+            } else {
+                Ok(s.entry(&key))
+            }
+        })
     }
     fn put(
         &self,
@@ -348,8 +378,15 @@ impl FragmentStore for MemStorePort {
         entry: StoredEntry,
         ttl_s: u64,
     ) -> LocalFuture<Result<(), StoreError>> {
-        let s = &self.0;
-        let r = if s.fail_puts.get() {
+        let key = key.to_owned();
+        self.call(move |s| s.put_now(&key, entry, ttl_s))
+    }
+}
+
+impl MemStore {
+    fn put_now(&self, key: &str, entry: StoredEntry, ttl_s: u64) -> Result<(), StoreError> {
+        let s = self;
+        if s.fail_puts.get() {
             Err(StoreError("injected write failure".into()))
         } else if ttl_s < 60 {
             Err(StoreError(format!(
@@ -359,8 +396,7 @@ impl FragmentStore for MemStorePort {
             s.puts.set(s.puts.get() + 1);
             s.insert(key, entry, ttl_s);
             Ok(())
-        };
-        Box::pin(std::future::ready(r))
+        }
     }
 }
 
@@ -380,6 +416,9 @@ pub enum Script {
     },
     /// Never answers (the request's timeout fires).
     Hang,
+    /// Never answers at all, ignoring the request's timeout: an origin
+    /// port that fails to honour it.
+    Stall,
     /// Connection reset after `latency_ms`.
     Reset {
         /// Delay before the reset.
@@ -492,6 +531,9 @@ impl Origin for OriginPort {
         let path = req.url.path_and_query();
         origin.requests.borrow_mut().push(req.clone());
         let script = origin.scripts.borrow().get(&path).cloned();
+        if matches!(script, Some(Script::Stall)) {
+            return Box::pin(std::future::pending());
+        }
         let clock = SimClockPort(Rc::clone(&origin.clock));
         Box::pin(async move {
             let timeout = u64::from(req.timeout_ms);
@@ -504,7 +546,9 @@ impl Origin for OriginPort {
                         body: b"not found".to_vec(),
                     }),
                 ),
-                Some(Script::Hang) => (u64::MAX, Err(OriginError::Timeout(req.timeout_ms))),
+                Some(Script::Hang | Script::Stall) => {
+                    (u64::MAX, Err(OriginError::Timeout(req.timeout_ms)))
+                }
                 Some(Script::Reset { latency_ms }) => (
                     latency_ms,
                     Err(OriginError::Network("connection reset".into())),
@@ -588,6 +632,8 @@ impl Sim {
                 puts: Cell::new(0),
                 fail_gets: Cell::new(false),
                 fail_puts: Cell::new(false),
+                hang: Cell::new(false),
+                latency_ms: Cell::new(0),
             }),
             origin: Rc::new(ScriptedOrigin {
                 clock: Rc::clone(&clock),

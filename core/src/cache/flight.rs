@@ -18,6 +18,14 @@
 //! The leader's [`LeaderGuard`] removes the map entry when the load ends,
 //! success or failure, and also when it is dropped without an outcome, so a
 //! failed or cancelled load never poisons later requests.
+//!
+//! A flight joined with [`Flights::join_for`] has a maximum lifetime. Past
+//! it the flight is dead even if its leader never finished (a fetch that
+//! ignored its timeout): the next request to join becomes the leader of a
+//! new flight, and waiters stop waiting ([`FlightHandle::expires_at`]).
+//! Every flight is identified by its own cell, not by its key, so the old
+//! leader's late outcome lands in the old cell only, and its guard never
+//! removes the newer flight.
 
 use std::cell::{Cell as StdCell, RefCell};
 use std::collections::HashMap;
@@ -31,6 +39,8 @@ pub type Shared<T> = Rc<T>;
 struct Cell<T> {
     key: String,
     started_at: u64,
+    expires_at: u64,
+    nothing_stored: StdCell<bool>,
     outcome: RefCell<Option<Rc<T>>>,
     waiters: RefCell<Vec<(u64, Wake)>>,
     next_waiter: StdCell<u64>,
@@ -68,6 +78,18 @@ impl<T> FlightHandle<T> {
     /// When the leader started (ms).
     pub fn started_at(&self) -> u64 {
         self.cell.started_at
+    }
+
+    /// When the flight is considered dead if it has no outcome yet (ms;
+    /// `u64::MAX` for a flight without a lifetime).
+    pub fn expires_at(&self) -> u64 {
+        self.cell.expires_at
+    }
+
+    /// Whether the leader found no usable stored copy before it started
+    /// (see [`LeaderGuard::set_nothing_stored`]).
+    pub fn nothing_stored(&self) -> bool {
+        self.cell.nothing_stored.get()
     }
 
     /// Registers `wake` to be called when the outcome is published or the
@@ -118,16 +140,33 @@ impl<T> Flights<T> {
     }
 
     /// Becomes the leader for `key`, or a follower of the current leader.
+    /// The flight lives until its leader ends it.
     pub fn join(self: &Rc<Self>, key: &str, now: u64) -> Join<T> {
+        self.join_for(key, now, u64::MAX)
+    }
+
+    /// Like [`Flights::join`], but a new flight is dead `lifetime_ms` after
+    /// it started, and a dead flight is replaced: this request then leads a
+    /// new one (the old one's waiters are woken and see it gone).
+    pub fn join_for(self: &Rc<Self>, key: &str, now: u64, lifetime_ms: u64) -> Join<T> {
         let mut map = self.map.borrow_mut();
         if let Some(cell) = map.get(key) {
-            return Join::Follower(FlightHandle {
-                cell: Rc::clone(cell),
-            });
+            if now < cell.expires_at {
+                return Join::Follower(FlightHandle {
+                    cell: Rc::clone(cell),
+                });
+            }
+            let dead = Rc::clone(cell);
+            map.remove(key);
+            drop(map);
+            dead.wake_all();
+            map = self.map.borrow_mut();
         }
         let cell = Rc::new(Cell {
             key: key.to_owned(),
             started_at: now,
+            expires_at: now.saturating_add(lifetime_ms),
+            nothing_stored: StdCell::new(false),
             outcome: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             next_waiter: StdCell::new(0),
@@ -141,9 +180,18 @@ impl<T> Flights<T> {
         })
     }
 
-    /// Whether a load of `key` is in flight.
+    /// Whether a load of `key` is in flight (possibly past its lifetime).
     pub fn in_flight(&self, key: &str) -> bool {
         self.map.borrow().contains_key(key)
+    }
+
+    /// The flight of `key`, if one is in flight and not past its lifetime.
+    pub fn current(&self, key: &str, now: u64) -> Option<FlightHandle<T>> {
+        self.map
+            .borrow()
+            .get(key)
+            .filter(|c| now < c.expires_at)
+            .map(|c| FlightHandle { cell: Rc::clone(c) })
     }
 
     /// Whether the flight behind `handle` is still running. A handle with no
@@ -188,6 +236,12 @@ impl<T> LeaderGuard<T> {
     /// The key being loaded.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Records that the store held no usable copy when this load started,
+    /// so that requests joining the flight need not look there again.
+    pub fn set_nothing_stored(&self) {
+        self.cell.nothing_stored.set(true);
     }
 
     /// A handle the leader itself can poll like a follower.
@@ -299,6 +353,37 @@ mod tests {
         assert!(f.is_empty());
         assert!(h.outcome().is_none());
         assert!(matches!(f.join("k", 1), Join::Leader(_)));
+    }
+
+    #[test]
+    fn a_flight_past_its_lifetime_is_replaced_and_its_late_outcome_stays_put() {
+        let f: Rc<Flights<u32>> = Flights::new();
+        let Join::Leader(old) = f.join_for("k", 0, 100) else {
+            unreachable!()
+        };
+        let Join::Follower(h) = f.join_for("k", 99, 100) else {
+            panic!("alive until its lifetime ends")
+        };
+        assert_eq!(h.expires_at(), 100);
+        assert!(f.current("k", 99).is_some() && f.current("k", 100).is_none());
+        let woken = Rc::new(StdCell::new(false));
+        let w = Rc::clone(&woken);
+        h.add_waiter(Box::new(move || w.set(true)));
+        let Join::Leader(new) = f.join_for("k", 100, 100) else {
+            panic!("a dead flight is replaced")
+        };
+        assert!(woken.get(), "the dead flight's waiters are woken");
+        assert!(!f.is_live(&h));
+        // The old leader finishes late: its outcome goes to its own cell.
+        old.complete(1);
+        assert!(f.in_flight("k"), "the new flight is untouched");
+        let Join::Follower(h2) = f.join_for("k", 150, 100) else {
+            panic!("the new flight leads")
+        };
+        assert!(h2.outcome().is_none());
+        new.publish(2);
+        assert_eq!(h2.outcome().as_deref(), Some(&2));
+        assert_eq!(h.outcome().as_deref(), Some(&1));
     }
 
     #[test]

@@ -10,11 +10,15 @@
 //! - [`key`]: cache keys, including declared variants.
 //! - [`flight`]: the single-flight map (one origin fetch per key per isolate).
 //! - [`backoff`]: jittered exponential back-off after failed refreshes.
+//! - [`kv`]: bounded-time access to the fragment store.
+//! - [`lru`]: the byte-bounded LRU map behind the isolate's memory caches.
 
 pub mod backoff;
 pub mod entry;
 pub mod flight;
 pub mod key;
+pub mod kv;
+pub mod lru;
 pub mod policy;
 
 pub use entry::{EntryMeta, Freshness};
