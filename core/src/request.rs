@@ -43,6 +43,14 @@ impl ClientRequest {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of header `name` (lower-case), in order.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// All `Cookie` headers joined with `; `, as one header would carry them.
     pub fn cookie_header(&self) -> Option<String> {
         let parts: Vec<&str> = self
