@@ -27,7 +27,7 @@ use std::rc::Rc;
 use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
-use crate::cache::key::cache_key;
+use crate::cache::key::{cache_key, header_value};
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
@@ -719,27 +719,22 @@ impl Loader {
 
     /// The origin request for `url`. Credentials (`Cookie`, `Authorization`)
     /// go only to the configured origin and only for loads that are never
-    /// cached or shared; a cacheable load sends just the route's forwarded
-    /// headers and the cookies it declares it varies on.
+    /// cached or shared; a cacheable load sends just the headers its key
+    /// varies on, each with the very value that went into the key
+    /// ([`header_value`]: normalised, so requests that share a key send the
+    /// same request), and the cookies it varies on. A route's forwarded
+    /// headers are among its varied ones (the configuration insists on it);
+    /// an uncached load forwards them as the client sent them.
     fn origin_request(&self, url: &Url, policy: &Policy, with_credentials: bool) -> OriginRequest {
         let mut headers: Vec<(String, String)> = Vec::new();
-        for name in &policy.forward {
-            if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
-                continue;
-            }
-            for (n, v) in &self.req.headers {
-                if n == name {
-                    headers.push((n.clone(), v.clone()));
-                }
-            }
-        }
         let own_origin = url.origin() == self.config.origin;
         if let Some(cache) = &policy.cache {
             for name in &cache.vary.headers {
-                if !headers.iter().any(|(n, _)| n == name) && !HOP_BY_HOP.contains(&name.as_str()) {
-                    if let Some(v) = self.req.header(name) {
-                        headers.push((name.clone(), v.to_owned()));
-                    }
+                if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
+                    continue;
+                }
+                if let Some(v) = header_value(&self.req, name) {
+                    headers.push((name.clone(), v));
                 }
             }
             let cookies: Vec<String> = cache
@@ -751,12 +746,22 @@ impl Loader {
             if own_origin && !cookies.is_empty() {
                 headers.push(("cookie".into(), cookies.join("; ")));
             }
-        } else if with_credentials && own_origin {
-            if let Some(c) = self.req.cookie_header() {
-                headers.push(("cookie".into(), c));
+        } else {
+            for name in &policy.forward {
+                if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
+                    continue;
+                }
+                for v in self.req.header_all(name) {
+                    headers.push((name.clone(), v.to_owned()));
+                }
             }
-            if let Some(a) = self.req.header("authorization") {
-                headers.push(("authorization".into(), a.to_owned()));
+            if with_credentials && own_origin {
+                if let Some(c) = self.req.cookie_header() {
+                    headers.push(("cookie".into(), c));
+                }
+                if let Some(a) = self.req.header("authorization") {
+                    headers.push(("authorization".into(), a.to_owned()));
+                }
             }
         }
         headers.push((SURROGATE_CAPABILITY.0.into(), SURROGATE_CAPABILITY.1.into()));

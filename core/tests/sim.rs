@@ -69,6 +69,20 @@ impl World {
         )
     }
 
+    /// A loader for a client request to `path` with `headers`.
+    fn loader_with(&self, path: &str, headers: &[(&str, &str)]) -> Loader {
+        let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
+        for (n, v) in headers {
+            req = req.with_header(n, v);
+        }
+        Loader::new(
+            self.sim.ports(),
+            Rc::clone(&self.shared),
+            Rc::clone(&self.config),
+            Rc::new(req),
+        )
+    }
+
     /// Loads `path` as an include: (status, body or error, finish time).
     fn load(&self, path: &str) -> Slot<Loaded> {
         let loader = self.loader("/", None);
@@ -328,16 +342,83 @@ fn private_fragments_are_per_request_with_own_cookies() {
 fn cacheable_fetches_never_carry_credentials() {
     let w = World::new(12);
     w.sim.origin.script("/f/pub", Script::ok("P", 5));
-    let loader = w.loader("/", Some("session=alice"));
-    let url = Url::parse(&format!("{ORIGIN}/f/pub")).unwrap();
-    w.sim
-        .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
-    let r = &w.sim.origin.requests()[0];
-    assert!(r
+    w.sim.origin.script("/f/private", Script::ok("me", 5));
+    let credentials = [
+        ("cookie", "session=alice"),
+        ("authorization", "Bearer alice-token"),
+    ];
+    for path in ["/f/pub", "/f/private"] {
+        let loader = w.loader_with("/", &credentials);
+        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
+        w.sim
+            .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
+    }
+    let reqs = w.sim.origin.requests();
+    assert_eq!(reqs.len(), 2);
+    let has = |r: &fragcache_core::ports::OriginRequest, name: &str, value: &str| {
+        r.headers.iter().any(|(n, v)| n == name && v == value)
+    };
+    // The cacheable load: neither credential, nor any other spelling of them.
+    assert_eq!(reqs[0].url.path(), "/f/pub");
+    assert!(reqs[0]
         .headers
         .iter()
         .all(|(n, _)| n != "cookie" && n != "authorization"));
-    assert!(r.headers.iter().any(|(n, _)| n == "surrogate-capability"));
+    assert!(reqs[0].headers.iter().all(|(_, v)| !v.contains("alice")));
+    assert!(has(
+        &reqs[0],
+        "surrogate-capability",
+        "fragcache=\"ESI/1.0\""
+    ));
+    // The private load gets both, so the check above could have seen them.
+    assert_eq!(reqs[1].url.path(), "/f/private");
+    assert!(has(&reqs[1], "cookie", "session=alice"), "{:?}", reqs[1]);
+    assert!(has(&reqs[1], "authorization", "Bearer alice-token"));
+}
+
+#[test]
+fn header_values_that_differ_in_case_and_spacing_share_a_key_and_an_origin_request() {
+    let w = World::new(24);
+    w.sim.origin.script("/v/n", Script::ok("v{{serial}}", 5));
+    let first = w.loader_with("/", &[("accept-language", "EN-gb,\tfr")]);
+    // Two instances of the header, odd spacing and case.
+    let second = w.loader_with(
+        "/",
+        &[("accept-language", " en-GB"), ("Accept-Language", "  FR ")],
+    );
+    let url = Url::parse(&format!("{ORIGIN}/v/n")).unwrap();
+    let u = url.clone();
+    let (s1, b1) = w.sim.block_on(async move {
+        let (s, r) = first.lookup_fragment(&u).await.finish().await;
+        (s, r.map(|f| f.cache_key.clone()))
+    });
+    assert_eq!(s1, CacheStatus::Miss);
+    // Past the soft TTL (60 s ± 10%): the second request is served the same entry
+    // (stale, so same key) and refreshes it with its own headers.
+    w.sim.run_until(w.sim.now() + 70_000);
+    let (s2, b2) = w.sim.block_on(async move {
+        let (s, r) = second.lookup_fragment(&url).await.finish().await;
+        (s, r.map(|f| f.cache_key.clone()))
+    });
+    assert_eq!(s2, CacheStatus::Stale);
+    assert_eq!(b1, b2);
+    let key = b1.unwrap().unwrap();
+    assert!(
+        key.ends_with("#c.currency|h.accept-language=en-gb, fr"),
+        "{key}"
+    );
+    let reqs = w.sim.origin.requests();
+    assert_eq!(reqs.len(), 2, "one miss, one refresh");
+    for r in &reqs {
+        let langs: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "accept-language")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(langs, ["en-gb, fr"]);
+    }
+    assert_eq!(reqs[0].headers, reqs[1].headers);
 }
 
 type PageResult = (u16, Vec<(String, String)>, String, u64, u64);
