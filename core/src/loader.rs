@@ -35,6 +35,7 @@ use crate::esi::Template;
 use crate::ports::{
     LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoredEntry,
 };
+use crate::purge::PurgeLog;
 use crate::request::ClientRequest;
 use crate::url::Url;
 
@@ -271,6 +272,9 @@ pub struct Shared {
     /// When this isolate last wrote each key (ms), to respect KV's one write
     /// per second per key.
     last_write: RefCell<HashMap<String, u64>>,
+    /// Recent purges: fetches that started before one covering their key
+    /// neither keep nor store what they got.
+    pub purges: PurgeLog,
 }
 
 impl Shared {
@@ -904,6 +908,8 @@ async fn fetch_and_store(
     let key = guard.key().to_owned();
     let url = req.url.to_string();
     let started = ports.clock.now_ms();
+    // A purge recorded after this point covers what this fetch returns.
+    let epoch = shared.purges.epoch();
     let result = ports.origin.fetch(req).await;
     let now = ports.clock.now_ms();
     let fetch_ms = u32::try_from(now.saturating_sub(started)).unwrap_or(u32::MAX);
@@ -960,8 +966,21 @@ async fn fetch_and_store(
                 // tombstone sends the next request down the cold path.
                 shared.recent.forget(&key);
                 let tombstone = EntryMeta::new(now, now, now, resp.status, fetch_ms);
-                write_back(&loader, &key, Vec::new(), tombstone, 0, started).await;
+                write_back(&loader, &key, Vec::new(), tombstone, 0, started, epoch).await;
             }
+            drop(guard);
+        }
+        Decision::Store { .. } if shared.purges.purged_since(epoch, &key) => {
+            // Fetched before a purge of this key: possibly the old content.
+            // The request that started it asked before the purge and may
+            // have it; nobody else may, and it is neither kept nor stored.
+            shared.backoff.record_success(&key);
+            ports.log.log(
+                LogLevel::Info,
+                &format!("{url}: purged while being fetched; not stored"),
+            );
+            let frag = Rc::new(Fragment::from_response(&resp, now, None, false));
+            guard.publish(Outcome::Personal(frag));
             drop(guard);
         }
         Decision::Store { soft_s, hard_s } => {
@@ -984,14 +1003,16 @@ async fn fetch_and_store(
             // write. The flight stays open until the write is done so that
             // requests arriving meanwhile join it rather than fetch again.
             guard.publish(Outcome::Shared(frag));
-            write_back(&loader, &key, resp.body, meta, hard_ms, started).await;
+            write_back(&loader, &key, resp.body, meta, hard_ms, started, epoch).await;
             drop(guard);
         }
     }
 }
 
 /// Writes an entry, at most once per second per key from this isolate, and
-/// not at all if another isolate stored a newer copy while we fetched.
+/// not at all if another isolate stored a newer copy (or a purge its
+/// tombstone) after our fetch started at `started`, nor if this isolate
+/// purged the key since `epoch`.
 async fn write_back(
     loader: &Loader,
     key: &str,
@@ -999,6 +1020,7 @@ async fn write_back(
     meta: EntryMeta,
     hard_ms: u64,
     started: u64,
+    epoch: u64,
 ) {
     let ports = &loader.ports;
     let now = ports.clock.now_ms();
@@ -1019,6 +1041,10 @@ async fn write_back(
         if current.meta.version == META_VERSION && current.meta.stored_at > started {
             return;
         }
+    }
+    // The read above let a purge run; nothing is awaited from here to the put.
+    if loader.shared.purges.purged_since(epoch, key) {
+        return;
     }
     // KV refuses expirationTtl below 60 s; the soft/hard deadlines in the
     // metadata are what freshness uses, so a longer KV life is harmless.

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::future::select;
 
 use crate::ports::{
-    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
+    Background, Clock, FragmentStore, KeyList, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake as WakeFn,
 };
 
@@ -281,6 +281,8 @@ pub struct MemStore {
     pub fail_gets: Cell<bool>,
     /// When set, every `put` fails.
     pub fail_puts: Cell<bool>,
+    /// Most keys one `list` call returns (unlimited by default).
+    pub list_limit: Cell<usize>,
 }
 
 impl MemStore {
@@ -318,14 +320,17 @@ impl MemStore {
 struct MemStorePort(Rc<MemStore>);
 
 impl FragmentStore for MemStorePort {
-    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
-        let keys = self
+    fn list(&self, prefix: &str) -> LocalFuture<Result<KeyList, StoreError>> {
+        let mut keys: Vec<String> = self
             .0
             .keys()
             .into_iter()
             .filter(|k| k.starts_with(prefix))
             .collect();
-        Box::pin(std::future::ready(Ok(keys)))
+        let limit = self.0.list_limit.get();
+        let truncated = keys.len() > limit;
+        keys.truncate(limit);
+        Box::pin(std::future::ready(Ok(KeyList { keys, truncated })))
     }
     fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>> {
         self.0.entries.borrow_mut().remove(key);
@@ -580,6 +585,7 @@ impl Sim {
                 puts: Cell::new(0),
                 fail_gets: Cell::new(false),
                 fail_puts: Cell::new(false),
+                list_limit: Cell::new(usize::MAX),
             }),
             origin: Rc::new(ScriptedOrigin {
                 clock: Rc::clone(&clock),
