@@ -41,7 +41,8 @@
 //! # Normalisations
 //!
 //! These, and only these, make different requests share a key:
-//! query parameter order and empty parameters (`?b=2&&a=1` ≡ `?a=1&b=2`);
+//! query parameter order and empty parameters (`?b=2&&a=1` ≡ `?a=1&b=2`,
+//! `?&` ≡ no query);
 //! the case of hex digits in `%xx` escapes of the path; header values as
 //! [`normalize_header_value`] makes them (several instances joined with
 //! `, `, whitespace runs collapsed, ASCII lower-cased); the country's case.
@@ -166,8 +167,13 @@ pub fn cache_key(
     req: &ClientRequest,
 ) -> String {
     let mut key = key_prefix(kind, route_id, &url.origin(), url.path());
-    if let Some(q) = url.query() {
-        let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+    let mut params: Vec<&str> = url
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !params.is_empty() {
         params.sort_unstable();
         key.push('?');
         key.push_str(&params.join("&"));
