@@ -5,7 +5,11 @@
 //! `Authorization: Bearer <token>`, the token being the Worker secret
 //! `FRAGCACHE_PURGE_TOKEN`. Each path removes every stored variant of that
 //! URL (any query string, any `vary` values) on every route that covers it;
-//! a path ending in `*` removes everything under that prefix.
+//! a path ending in `*` removes everything under that prefix. A `path` is
+//! percent-decoded, then encoded again as a URL path must be (non-ASCII,
+//! spaces), so `/fragments/caf%C3%A9` and `/fragments/a%20b` reach the keys
+//! of those includes; a character an include spelt encoded without need
+//! (`%7C` for `|`) is reached by encoding it twice (`%257C`).
 //!
 //! # What a purge does
 //!

@@ -257,7 +257,12 @@ fn model(i: &Input) -> Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        // Failures are printed with their inputs, not kept in a file.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Same key exactly when the model says the inputs are the same. `b`
     /// is `a` with one or two fields taken from another random input, so
