@@ -20,7 +20,7 @@ use worker::{
 use fragcache_core::cache::EntryMeta;
 use fragcache_core::loader::HOP_BY_HOP;
 use fragcache_core::ports::{
-    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
+    Background, Clock, FragmentStore, KeyList, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake,
 };
 use fragcache_core::serve::passthrough_headers;
@@ -61,13 +61,14 @@ impl FragmentStore for KvFragments {
         })
     }
 
-    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
+    fn list(&self, prefix: &str) -> LocalFuture<Result<KeyList, StoreError>> {
         let kv = self.0.clone();
         let prefix = prefix.to_owned();
         Box::pin(async move {
             let mut keys = Vec::new();
             let mut cursor: Option<String> = None;
-            // KV lists 1,000 keys per call; follow the cursor, within reason.
+            // KV lists 1,000 keys per call; follow the cursor, within reason
+            // (a cursor left over means the listing was cut short).
             for _ in 0..10 {
                 let mut req = kv.list().prefix(prefix.clone());
                 if let Some(c) = cursor.take() {
@@ -80,7 +81,10 @@ impl FragmentStore for KvFragments {
                     _ => break,
                 }
             }
-            Ok(keys)
+            Ok(KeyList {
+                keys,
+                truncated: cursor.is_some(),
+            })
         })
     }
 

@@ -1249,6 +1249,25 @@ fn parse_fragment(
         None => Vary::default(),
     };
 
+    // A forwarded header shapes the origin's answer; if the key did not vary
+    // on it, the first requester's value would decide everyone's copy.
+    for (i, item) in o.array("forward_headers")?.iter().enumerate() {
+        let name = item
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        if !vary.headers.contains(&name) {
+            let vary_field = o.field("vary.headers");
+            return Err(ConfigError::new(
+                format!("{}[{i}]", o.field("forward_headers")),
+                Some(item),
+                format!(
+                    "a forwarded header shapes the response, so the cached copy must vary on it: add \"{name}\" to {vary_field}, or mark the route private"
+                ),
+            ));
+        }
+    }
+
     let private_if_cookie = match o.str("private_if_cookie")? {
         Some(name) => {
             Some(cookie_name(name).map_err(|problem| o.err("private_if_cookie", problem))?)
@@ -2104,13 +2123,43 @@ mod tests {
             "automatically",
         );
         let c = Config::from_json_str(&cached(
-            r#""forward_headers": ["Accept-Language", "accept-language", "X-Trace"]"#,
+            r#""forward_headers": ["Accept-Language", "accept-language", "X-Trace"],
+               "vary": { "headers": ["x-trace", "Accept-Language"] }"#,
         ))
         .unwrap();
         assert_eq!(
             c.fragments[0].forward_headers,
             ["accept-language", "x-trace"]
         );
+    }
+
+    #[test]
+    fn cacheable_routes_vary_on_what_they_forward() {
+        let json = r#"{ "origin": "http://o.test", "fragments": [
+            { "path": "/a", "private": true, "forward_headers": ["x-request-id"] },
+            { "path": "/b", "soft_ttl": 1, "hard_ttl": 60 },
+            { "path": "/c/*", "soft_ttl": 1, "hard_ttl": 60,
+              "vary": { "headers": ["x-device"] },
+              "forward_headers": ["Accept-Language", "X-Device"] } ] }"#;
+        let e = error(json);
+        assert_eq!(
+            e,
+            ConfigError {
+                field: "fragments[2].forward_headers[0]".into(),
+                value: r#""Accept-Language""#.into(),
+                problem: "a forwarded header shapes the response, so the cached copy must vary on it: add \"accept-language\" to fragments[2].vary.headers, or mark the route private".into(),
+            }
+        );
+        // Forwarding needs no vary on a private route, and case does not matter.
+        let ok = json.replace(r#""X-Device"]"#, r#""X-Device"], "private_if_cookie": "s""#);
+        assert!(error(&ok).problem.contains("must vary"), "still cacheable");
+        let ok = json.replace(r#"["x-device"]"#, r#"["X-DEVICE", "accept-language"]"#);
+        let c = Config::from_json_str(&ok).unwrap();
+        assert_eq!(
+            c.fragments[2].forward_headers,
+            ["accept-language", "x-device"]
+        );
+        assert_eq!(c.fragments[0].forward_headers, ["x-request-id"]);
     }
 
     #[test]

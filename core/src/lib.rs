@@ -25,7 +25,7 @@
 //!   cold single-flight, private bypass).
 //! - [`assemble`]: ordered, concurrent, streaming page assembly.
 //! - [`serve`]: one request end to end: route, shell, headers, first bytes.
-//! - [`purge`]: deleting stored entries when content changes.
+//! - [`purge`]: purging stored entries when content changes.
 //! - [`request`]: the parts of the client request the core reads.
 //! - [`testing`]: in-memory fakes and a deterministic executor for
 //!   simulations.

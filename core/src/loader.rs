@@ -31,7 +31,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
-use crate::cache::key::cache_key;
+use crate::cache::key::{cache_key, header_value};
 use crate::cache::kv::{TimedStore, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::lru::Lru;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
@@ -39,12 +39,13 @@ use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, FragmentRoute, PageRoute, Vary, UNFORWARDABLE_HEADERS};
 use crate::esi::Template;
 use crate::headers::{
-    decode_block, encode_block, keep_from_origin, value as header_value, MAX_STORED_HEADER_BYTES,
+    decode_block, encode_block, keep_from_origin, value as to_header_value, MAX_STORED_HEADER_BYTES,
 };
 use crate::ports::{
     LocalFuture, Log, LogLevel, OriginError, OriginRequest, OriginResponse, Ports, StoreError,
     StoredEntry,
 };
+use crate::purge::PurgeLog;
 use crate::request::ClientRequest;
 use crate::url::Url;
 
@@ -362,6 +363,9 @@ pub struct Shared {
     /// When this isolate last wrote each key (ms), to respect KV's one write
     /// per second per key.
     last_write: RefCell<HashMap<String, u64>>,
+    /// Recent purges: fetches that started before one covering their key
+    /// neither keep nor store what they got.
+    pub purges: PurgeLog,
 }
 
 impl Shared {
@@ -833,33 +837,30 @@ impl Loader {
 
     /// The origin request for `url`. Credentials (`Cookie`, `Authorization`)
     /// go only to the configured origin and only for loads that are never
-    /// cached or shared; a cacheable load sends just the route's forwarded
-    /// headers and the cookies it declares it varies on.
+    /// cached or shared; a cacheable load sends just the headers its key
+    /// varies on, each with the very value that went into the key
+    /// ([`header_value`]: normalised, so requests that share a key send the
+    /// same request), and the cookies it varies on. A route's forwarded
+    /// headers are among its varied ones (the configuration insists on it);
+    /// an uncached load forwards them as the client sent them.
     fn origin_request(&self, url: &Url, policy: &Policy, with_credentials: bool) -> OriginRequest {
         let mut headers = HeaderMap::new();
-        for name in &policy.forward {
-            if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
-                continue;
-            }
-            for v in self.req.headers.get_all(name.as_str()) {
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.append(n, v.clone());
-                }
-            }
-        }
         let own_origin = url.origin() == self.config.origin;
         let add = |headers: &mut HeaderMap, name: &str, value: &str| {
-            if let (Ok(n), Some(v)) = (HeaderName::from_bytes(name.as_bytes()), header_value(value))
-            {
+            if let (Ok(n), Some(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                to_header_value(value),
+            ) {
                 headers.append(n, v);
             }
         };
         if let Some(cache) = &policy.cache {
             for name in &cache.vary.headers {
-                if !headers.contains_key(name.as_str()) && !HOP_BY_HOP.contains(&name.as_str()) {
-                    if let Some(v) = self.req.header(name) {
-                        add(&mut headers, name, v);
-                    }
+                if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
+                    continue;
+                }
+                if let Some(v) = header_value(&self.req, name) {
+                    add(&mut headers, name, &v);
                 }
             }
             let cookies: Vec<String> = cache
@@ -871,12 +872,24 @@ impl Loader {
             if own_origin && !cookies.is_empty() {
                 add(&mut headers, "cookie", &cookies.join("; "));
             }
-        } else if with_credentials && own_origin {
-            if let Some(c) = self.req.cookie_header() {
-                add(&mut headers, "cookie", &c);
+        } else {
+            for name in &policy.forward {
+                if UNFORWARDABLE_HEADERS.contains(&name.as_str()) {
+                    continue;
+                }
+                for v in self.req.headers.get_all(name.as_str()) {
+                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                        headers.append(n, v.clone());
+                    }
+                }
             }
-            if let Some(a) = self.req.header("authorization") {
-                add(&mut headers, "authorization", a);
+            if with_credentials && own_origin {
+                if let Some(c) = self.req.cookie_header() {
+                    add(&mut headers, "cookie", &c);
+                }
+                if let Some(a) = self.req.header("authorization") {
+                    add(&mut headers, "authorization", a);
+                }
             }
         }
         add(&mut headers, SURROGATE_CAPABILITY.0, SURROGATE_CAPABILITY.1);
@@ -1042,6 +1055,8 @@ async fn fetch_and_store(
     let key = guard.key().to_owned();
     let url = req.url.to_string();
     let started = ports.clock.now_ms();
+    // A purge recorded after this point covers what this fetch returns.
+    let epoch = shared.purges.epoch();
     let result = ports.origin.fetch(req).await;
     let now = ports.clock.now_ms();
     let fetch_ms = u32::try_from(now.saturating_sub(started)).unwrap_or(u32::MAX);
@@ -1104,8 +1119,27 @@ async fn fetch_and_store(
                 // tombstone sends the next request down the cold path.
                 shared.recent.forget(&key);
                 let tombstone = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
-                write_back(&loader, &key, Vec::new(), tombstone, 0, started).await;
+                write_back(&loader, &key, Vec::new(), tombstone, 0, started, epoch).await;
             }
+            drop(guard);
+        }
+        Decision::Store { .. } if shared.purges.purged_since(epoch, &key) => {
+            // Fetched before a purge of this key: possibly the old content.
+            // The request that started it asked before the purge and may
+            // have it; nobody else may, and it is neither kept nor stored.
+            shared.backoff.record_success(&key);
+            ports.log.log(
+                LogLevel::Info,
+                &format!("{url}: purged while being fetched; not stored"),
+            );
+            let frag = Rc::new(Fragment::from_response(
+                &resp,
+                now,
+                None,
+                false,
+                policy.shell,
+            ));
+            guard.publish(Outcome::Personal(frag));
             drop(guard);
         }
         Decision::Store { soft_s, hard_s } => {
@@ -1157,14 +1191,16 @@ async fn fetch_and_store(
             // write. The flight stays open until the write is done so that
             // requests arriving meanwhile join it rather than fetch again.
             guard.publish(Outcome::Shared(frag));
-            write_back(&loader, &key, value, meta, hard_ms, started).await;
+            write_back(&loader, &key, value, meta, hard_ms, started, epoch).await;
             drop(guard);
         }
     }
 }
 
 /// Writes an entry, at most once per second per key from this isolate, and
-/// not at all if another isolate stored a newer copy while we fetched.
+/// not at all if another isolate stored a newer copy (or a purge its
+/// tombstone) after our fetch started at `started`, nor if this isolate
+/// purged the key since `epoch`.
 async fn write_back(
     loader: &Loader,
     key: &str,
@@ -1172,6 +1208,7 @@ async fn write_back(
     meta: EntryMeta,
     hard_ms: u64,
     started: u64,
+    epoch: u64,
 ) {
     let ports = &loader.ports;
     let now = ports.clock.now_ms();
@@ -1192,6 +1229,10 @@ async fn write_back(
         if current.meta.version == META_VERSION && current.meta.stored_at > started {
             return;
         }
+    }
+    // The read above let a purge run; nothing is awaited from here to the put.
+    if loader.shared.purges.purged_since(epoch, key) {
+        return;
     }
     // KV refuses expirationTtl below 60 s; the soft/hard deadlines in the
     // metadata are what freshness uses, so a longer KV life is harmless.

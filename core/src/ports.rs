@@ -80,12 +80,22 @@ pub struct StoredEntry {
 #[error("fragment store: {0}")]
 pub struct StoreError(pub String);
 
+/// What [`FragmentStore::list`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyList {
+    /// The keys listed.
+    pub keys: Vec<String>,
+    /// Whether more keys matched than were listed.
+    pub truncated: bool,
+}
+
 /// The shared fragment cache (Workers KV in production).
 pub trait FragmentStore {
     /// Reads one entry; `Ok(None)` when absent.
     fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>>;
-    /// Every live key starting with `prefix` (for purging).
-    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>>;
+    /// Live keys starting with `prefix` (for purging), as many as the store
+    /// lists in one go; [`KeyList::truncated`] says whether there were more.
+    fn list(&self, prefix: &str) -> LocalFuture<Result<KeyList, StoreError>>;
     /// Removes one entry.
     fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>>;
     /// Writes one entry that the store may drop after `expiration_ttl_s`.

@@ -49,6 +49,11 @@ impl ClientRequest {
         self.headers.get(name).and_then(text)
     }
 
+    /// Every textual value of header `name`, in order.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.get_all(name).into_iter().filter_map(text)
+    }
+
     /// All `Cookie` headers joined with `; `, as one header would carry them.
     pub fn cookie_header(&self) -> Option<String> {
         let parts: Vec<&str> = self

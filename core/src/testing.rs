@@ -27,7 +27,7 @@ use futures_util::future::select;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::ports::{
-    Background, Clock, FragmentStore, LocalFuture, Log, LogLevel, Origin, OriginError,
+    Background, Clock, FragmentStore, KeyList, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake as WakeFn,
 };
 
@@ -287,6 +287,8 @@ pub struct MemStore {
     pub hang: Cell<bool>,
     /// Virtual delay before every call completes (its effect happens then).
     pub latency_ms: Cell<u64>,
+    /// Most keys one `list` call returns (unlimited by default).
+    pub list_limit: Cell<usize>,
 }
 
 impl MemStore {
@@ -344,13 +346,18 @@ impl MemStorePort {
 }
 
 impl FragmentStore for MemStorePort {
-    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
+    fn list(&self, prefix: &str) -> LocalFuture<Result<KeyList, StoreError>> {
         let prefix = prefix.to_owned();
         self.call(move |s| {
-            Ok(s.keys()
+            let mut keys: Vec<String> = s
+                .keys()
                 .into_iter()
                 .filter(|k| k.starts_with(&prefix))
-                .collect())
+                .collect();
+            let limit = s.list_limit.get();
+            let truncated = keys.len() > limit;
+            keys.truncate(limit);
+            Ok(KeyList { keys, truncated })
         })
     }
     fn delete(&self, key: &str) -> LocalFuture<Result<(), StoreError>> {
@@ -634,6 +641,7 @@ impl Sim {
                 fail_puts: Cell::new(false),
                 hang: Cell::new(false),
                 latency_ms: Cell::new(0),
+                list_limit: Cell::new(usize::MAX),
             }),
             origin: Rc::new(ScriptedOrigin {
                 clock: Rc::clone(&clock),

@@ -39,10 +39,11 @@ fn errors_are_plain_data() {
     let expected = ConfigError {
         field: "origin".into(),
         value: "\"ftp://x\"".into(),
-        problem: e.problem.clone(),
+        problem:
+            "is not a usable origin: unsupported scheme \"ftp\": only http and https are allowed"
+                .into(),
     };
     assert_eq!(e, expected);
-    assert!(e.problem.contains("only http and https"), "{e}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use fragcache_core::cache::{CacheStatus, EntryMeta};
+use fragcache_core::cache::{CacheStatus, EntryMeta, Freshness};
 use fragcache_core::config::Config;
 use fragcache_core::loader::{LoadError, Loader, Shared};
 use fragcache_core::ports::StoredEntry;
@@ -69,6 +69,20 @@ impl World {
         )
     }
 
+    /// A loader for a client request to `path` with `headers`.
+    fn loader_with(&self, path: &str, headers: &[(&str, &str)]) -> Loader {
+        let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
+        for (n, v) in headers {
+            req = req.with_header(n, v);
+        }
+        Loader::new(
+            self.sim.ports(),
+            Rc::clone(&self.shared),
+            Rc::clone(&self.config),
+            Rc::new(req),
+        )
+    }
+
     /// Loads `path` as an include: (status, body or error, finish time).
     fn load(&self, path: &str) -> Slot<Loaded> {
         let loader = self.loader("/", None);
@@ -95,6 +109,23 @@ impl World {
             },
             3600,
         );
+    }
+
+    /// Stored keys that a read would not treat as absent (purge tombstones
+    /// are expired at once).
+    fn servable_keys(&self) -> Vec<String> {
+        let now = self.sim.now();
+        self.sim
+            .store
+            .keys()
+            .into_iter()
+            .filter(|k| {
+                self.sim
+                    .store
+                    .entry(k)
+                    .is_some_and(|e| e.meta.classify(now) != Freshness::Expired)
+            })
+            .collect()
     }
 
     fn key_of(&self, path: &str) -> String {
@@ -324,13 +355,84 @@ fn private_fragments_are_per_request_with_own_cookies() {
 fn cacheable_fetches_never_carry_credentials() {
     let w = World::new(12);
     w.sim.origin.script("/f/pub", Script::ok("P", 5));
-    let loader = w.loader("/", Some("session=alice"));
-    let url = Url::parse(&format!("{ORIGIN}/f/pub")).unwrap();
-    w.sim
-        .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
-    let r = &w.sim.origin.requests()[0];
-    assert!(!r.headers.contains_key("cookie") && !r.headers.contains_key("authorization"));
-    assert!(r.headers.contains_key("surrogate-capability"));
+    w.sim.origin.script("/f/private", Script::ok("me", 5));
+    let credentials = [
+        ("cookie", "session=alice"),
+        ("authorization", "Bearer alice-token"),
+    ];
+    for path in ["/f/pub", "/f/private"] {
+        let loader = w.loader_with("/", &credentials);
+        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
+        w.sim
+            .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
+    }
+    let reqs = w.sim.origin.requests();
+    assert_eq!(reqs.len(), 2);
+    let has = |r: &fragcache_core::ports::OriginRequest, name: &str, value: &str| {
+        r.headers.get_all(name).iter().any(|v| v == value)
+    };
+    // The cacheable load: neither credential, nor any other spelling of them.
+    assert_eq!(reqs[0].url.path(), "/f/pub");
+    assert!(!reqs[0].headers.contains_key("cookie"));
+    assert!(!reqs[0].headers.contains_key("authorization"));
+    assert!(reqs[0]
+        .headers
+        .values()
+        .all(|v| !String::from_utf8_lossy(v.as_bytes()).contains("alice")));
+    assert!(has(
+        &reqs[0],
+        "surrogate-capability",
+        "fragcache=\"ESI/1.0\""
+    ));
+    // The private load gets both, so the check above could have seen them.
+    assert_eq!(reqs[1].url.path(), "/f/private");
+    assert!(has(&reqs[1], "cookie", "session=alice"), "{:?}", reqs[1]);
+    assert!(has(&reqs[1], "authorization", "Bearer alice-token"));
+}
+
+#[test]
+fn header_values_that_differ_in_case_and_spacing_share_a_key_and_an_origin_request() {
+    let w = World::new(24);
+    w.sim.origin.script("/v/n", Script::ok("v{{serial}}", 5));
+    let first = w.loader_with("/", &[("accept-language", "EN-gb,\tfr")]);
+    // Two instances of the header, odd spacing and case.
+    let second = w.loader_with(
+        "/",
+        &[("accept-language", " en-GB"), ("Accept-Language", "  FR ")],
+    );
+    let url = Url::parse(&format!("{ORIGIN}/v/n")).unwrap();
+    let u = url.clone();
+    let (s1, b1) = w.sim.block_on(async move {
+        let (s, r) = first.lookup_fragment(&u).await.finish().await;
+        (s, r.map(|f| f.cache_key.clone()))
+    });
+    assert_eq!(s1, CacheStatus::Miss);
+    // Past the soft TTL (60 s ± 10%): the second request is served the same entry
+    // (stale, so same key) and refreshes it with its own headers.
+    w.sim.run_until(w.sim.now() + 70_000);
+    let (s2, b2) = w.sim.block_on(async move {
+        let (s, r) = second.lookup_fragment(&url).await.finish().await;
+        (s, r.map(|f| f.cache_key.clone()))
+    });
+    assert_eq!(s2, CacheStatus::Stale);
+    assert_eq!(b1, b2);
+    let key = b1.unwrap().unwrap();
+    assert!(
+        key.ends_with("#c.currency|h.accept-language=en-gb, fr"),
+        "{key}"
+    );
+    let reqs = w.sim.origin.requests();
+    assert_eq!(reqs.len(), 2, "one miss, one refresh");
+    for r in &reqs {
+        let langs: Vec<&str> = r
+            .headers
+            .get_all("accept-language")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(langs, ["en-gb, fr"]);
+    }
+    assert_eq!(reqs[0].headers, reqs[1].headers);
 }
 
 type PageResult = (u16, Vec<(String, String)>, String, u64, u64);
@@ -631,7 +733,8 @@ fn purge_removes_every_variant_of_a_path_and_nothing_else() {
         fragcache_core::purge::purge(&loader, &["/f/p1".to_owned()]).await
     });
     assert_eq!(report.deleted.len(), 3, "{report:?}");
-    let left = w.sim.store.keys();
+    assert!(!report.truncated);
+    let left = w.servable_keys();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().any(|k| k.ends_with("/f/p10")));
     // The isolate's memory forgot them too: the next request is a miss.
@@ -643,8 +746,10 @@ fn purge_removes_every_variant_of_a_path_and_nothing_else() {
     let report = w
         .sim
         .block_on(async move { fragcache_core::purge::purge(&loader, &["/f/*".to_owned()]).await });
-    assert_eq!(report.deleted.len(), 3);
-    assert!(w.sim.store.keys().is_empty());
+    // The two live entries, and the three tombstones again (a listing does
+    // not tell them apart).
+    assert_eq!(report.deleted.len(), 5);
+    assert!(w.servable_keys().is_empty());
 }
 
 #[test]
@@ -705,4 +810,199 @@ fn pages_built_from_varying_fragments_say_so() {
             Some("private, no-store")
         );
     }
+}
+
+fn purge(w: &World, shared: &Rc<Shared>, paths: &[&str]) -> fragcache_core::purge::PurgeReport {
+    let loader = Loader::new(
+        w.sim.ports(),
+        Rc::clone(shared),
+        Rc::clone(&w.config),
+        Rc::new(ClientRequest::new(Url::parse("http://shop.test/").unwrap())),
+    );
+    let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    // Runs the purge without letting virtual time pass (or anything else
+    // that is waiting on a timer finish).
+    let slot = w
+        .sim
+        .spawn(async move { fragcache_core::purge::purge(&loader, &paths).await });
+    w.sim.run_until(w.sim.now());
+    take(&slot)
+}
+
+/// Whether the store holds a servable copy of `path` with `body`.
+fn stored_body(w: &World, path: &str) -> Option<String> {
+    let now = w.sim.now();
+    w.sim
+        .store
+        .entry(&w.key_of(path))
+        .filter(|e| e.meta.classify(now) != Freshness::Expired)
+        .map(|e| String::from_utf8_lossy(&e.body).into_owned())
+}
+
+#[test]
+fn a_purge_during_a_refresh_keeps_the_old_content_out() {
+    let w = World::new(25);
+    w.seed_entry("/f/pr", "old", 20_000, 10_000, 300_000);
+    w.sim
+        .origin
+        .script("/f/pr", Script::ok("before purge", 1_000));
+    let t0 = w.sim.now();
+    let stale = w.load("/f/pr");
+    w.sim.run_until(t0 + 500);
+    assert_eq!(take(&stale).1.as_deref(), Ok("old"));
+    assert_eq!(w.sim.origin.count("/f/pr"), 1, "refresh in flight");
+    // The content changes at the origin and is purged mid-refresh.
+    w.sim.origin.script("/f/pr", Script::ok("after purge", 100));
+    let report = purge(&w, &w.shared, &["/f/pr"]);
+    assert_eq!(report.deleted.len(), 1);
+    // A request during the refresh gets neither the old entry nor the
+    // refresh's pre-purge answer.
+    let during = w.load("/f/pr");
+    w.sim.run();
+    let (_, body, _) = take(&during);
+    assert_eq!(body.as_deref(), Ok("after purge"));
+    assert_eq!(stored_body(&w, "/f/pr"), None, "nothing written back");
+    assert!(w.sim.log.contains("purged while being fetched"));
+    // The next request fetches fresh content, which is stored.
+    let next = w.load("/f/pr");
+    w.sim.run();
+    let (status, body, _) = take(&next);
+    assert_eq!(
+        (status, body.as_deref()),
+        (CacheStatus::Miss, Ok("after purge"))
+    );
+    assert_eq!(stored_body(&w, "/f/pr").as_deref(), Some("after purge"));
+    let again = w.load("/f/pr");
+    w.sim.run();
+    assert_eq!(take(&again).0, CacheStatus::Hit);
+}
+
+#[test]
+fn a_purge_in_the_same_millisecond_as_the_refresh_start_still_wins() {
+    // The tombstone's stored_at equals the refresh's start: only this
+    // isolate's purge record can tell that the purge came after.
+    let w = World::new(26);
+    w.seed_entry("/f/ms", "old", 20_000, 10_000, 300_000);
+    w.sim
+        .origin
+        .script("/f/ms", Script::ok("before purge", 100));
+    let t0 = w.sim.now();
+    let stale = w.load("/f/ms");
+    w.sim.run_until(t0);
+    assert_eq!(take(&stale).1.as_deref(), Ok("old"));
+    assert_eq!(w.sim.origin.count("/f/ms"), 1);
+    purge(&w, &w.shared, &["/f/ms"]);
+    assert_eq!(w.sim.now(), t0);
+    w.sim.run();
+    assert_eq!(stored_body(&w, "/f/ms"), None);
+    w.sim.origin.script("/f/ms", Script::ok("after purge", 10));
+    let next = w.load("/f/ms");
+    w.sim.run();
+    assert_eq!(take(&next).1.as_deref(), Ok("after purge"));
+}
+
+#[test]
+fn a_purge_racing_a_cold_miss() {
+    let w = World::new(27);
+    w.sim
+        .origin
+        .script("/f/cold", Script::ok("before purge", 1_000));
+    let t0 = w.sim.now();
+    let leader = w.load("/f/cold");
+    let early_follower = w.load("/f/cold");
+    w.sim.run_until(t0 + 500);
+    w.sim
+        .origin
+        .script("/f/cold", Script::ok("after purge", 100));
+    purge(&w, &w.shared, &["/f/cold"]);
+    let late_follower = w.load("/f/cold");
+    w.sim.run();
+    // The leader asked before the purge and may have what it fetched;
+    // nobody else gets it, and it is not stored.
+    let (status, body, _) = take(&leader);
+    assert_eq!(
+        (status, body.as_deref()),
+        (CacheStatus::Bypass, Ok("before purge"))
+    );
+    for f in [early_follower, late_follower] {
+        let (status, body, _) = take(&f);
+        assert_eq!(
+            (status, body.as_deref()),
+            (CacheStatus::Bypass, Ok("after purge"))
+        );
+    }
+    assert_eq!(stored_body(&w, "/f/cold"), None);
+    let next = w.load("/f/cold");
+    w.sim.run();
+    let (status, body, _) = take(&next);
+    assert_eq!(
+        (status, body.as_deref()),
+        (CacheStatus::Miss, Ok("after purge"))
+    );
+    assert_eq!(stored_body(&w, "/f/cold").as_deref(), Some("after purge"));
+}
+
+#[test]
+fn a_refresh_in_another_isolate_does_not_write_over_the_tombstone() {
+    let w = World::new(28);
+    w.seed_entry("/f/iso", "old", 20_000, 10_000, 300_000);
+    w.sim
+        .origin
+        .script("/f/iso", Script::ok("before purge", 1_000));
+    let t0 = w.sim.now();
+    let stale = w.load("/f/iso");
+    w.sim.run_until(t0 + 500);
+    assert_eq!(take(&stale).1.as_deref(), Ok("old"));
+    // The purge request lands on another isolate.
+    let other = Shared::new();
+    let report = purge(&w, &other, &["/f/iso"]);
+    assert_eq!(report.deleted, [w.key_of("/f/iso")]);
+    w.sim.run();
+    assert_eq!(w.sim.origin.count("/f/iso"), 1);
+    assert_eq!(stored_body(&w, "/f/iso"), None, "the tombstone stays");
+    let tombstone = w.sim.store.entry(&w.key_of("/f/iso")).unwrap();
+    assert!(tombstone.body.is_empty());
+    assert_eq!(tombstone.meta.stored_at, t0 + 500);
+}
+
+#[test]
+fn purge_reaches_paths_that_keys_escape_and_reports_truncation() {
+    let w = World::new(29);
+    let paths = [
+        "/f/a%20b|c",
+        "/f/a%20b|c?x=1",
+        "/f/%c3%a9t%C3%A9",
+        "/f/100%25",
+        "/f/x%7Cy",
+    ];
+    for p in paths {
+        w.sim.origin.script(p, Script::ok(p, 5));
+        let s = w.load(p);
+        w.sim.run();
+        assert!(take(&s).1.is_ok(), "{p}");
+    }
+    assert_eq!(w.servable_keys().len(), 5);
+    // Paths as the purge endpoint hands them over: percent-decoded, then
+    // encoded again as a URL path must be. A character the include spelt
+    // encoded without need (`%7C` for `|`) is purged by encoding it twice.
+    let decoded = fragcache_core::purge::paths_from_query(Some(
+        "path=/f/a%20b%7Cc&path=/f/%C3%A9t%C3%A9&path=/f/100%2525&path=/f/x%257Cy",
+    ))
+    .unwrap();
+    assert_eq!(decoded, ["/f/a b|c", "/f/été", "/f/100%25", "/f/x%7Cy"]);
+    let decoded: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let report = purge(&w, &w.shared, &decoded);
+    assert_eq!(report.deleted.len(), 5, "{report:?}");
+    assert!(w.servable_keys().is_empty());
+    assert!(!report.truncated);
+
+    // A listing cut short says so.
+    for i in 0..3 {
+        w.seed_entry(&format!("/f/t{i}"), "x", 0, 10_000, 300_000);
+    }
+    w.sim.store.list_limit.set(2);
+    let report = purge(&w, &w.shared, &["/f/t*"]);
+    assert!(report.truncated, "{report:?}");
+    assert!(report.to_json().contains("\"truncated\":true"));
+    assert_eq!(report.deleted.len(), 2);
 }

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use futures_util::future::{select, Either};
 
-use crate::ports::{Clock, FragmentStore, LocalFuture, StoreError, StoredEntry};
+use crate::ports::{Clock, FragmentStore, KeyList, LocalFuture, StoreError, StoredEntry};
 
 /// Longest wait for one KV `get`. Reads from a KV edge cache take a few
 /// milliseconds and cold reads from the central store some hundreds; past a
@@ -63,7 +63,7 @@ impl FragmentStore for TimedStore {
         self.bounded("get", KV_READ_TIMEOUT_MS, self.inner.get(key))
     }
 
-    fn list(&self, prefix: &str) -> LocalFuture<Result<Vec<String>, StoreError>> {
+    fn list(&self, prefix: &str) -> LocalFuture<Result<KeyList, StoreError>> {
         self.bounded("list", KV_LIST_TIMEOUT_MS, self.inner.list(prefix))
     }
 
