@@ -334,8 +334,10 @@ test("variants: one entry and one fetch per currency, whoever asks", async () =>
     ["currency=EUR", "currency=USD"],
   );
   for (const r of origin.requests("/frag/price")) assert.equal(r.headers.authorization, undefined);
-  // A variant page is as shareable as its shell says.
+  // A variant page is as shareable as its shell says, and tells shared
+  // caches that it varies on cookies.
   assert.notEqual(eur2.res.headers.get("cache-control"), "private, no-store");
+  assert.match(eur2.res.headers.get("vary") ?? "", /(^|,\s*)cookie(\s*,|$)/i);
 });
 
 test("private_if_cookie: cached for anonymous users, per request once signed in", async () => {
@@ -350,6 +352,8 @@ test("private_if_cookie: cached for anonymous users, per request once signed in"
   assert.equal(anon2.body, "[maybe:anon:1]");
   assert.equal(fragStatus(anon2.res, "/frag/maybe"), "hit");
   assert.notEqual(anon2.res.headers.get("cache-control"), "private, no-store");
+  // Signed-in users get another answer: shared caches must keep them apart.
+  assert.match(anon2.res.headers.get("vary") ?? "", /(^|,\s*)cookie(\s*,|$)/i);
   assert.equal(origin.count("/frag/maybe"), 1);
 
   for (const [i, who] of ["heidi", "ivan", "heidi"].entries()) {
@@ -495,8 +499,14 @@ test("limits: output past max_page_bytes is cut off", async () => {
   for (let i = 0; i < 5; i++) origin.route(`/frag/long-${i}`, { body: String(i).repeat(900) });
   const { status, body } = await get("/live/long");
   assert.equal(status, 200);
-  assert.equal(body.length, 4000);
-  assert.equal(body, `<p>x</p>${"0".repeat(900)}${"1".repeat(900)}${"2".repeat(900)}${"3".repeat(900)}${"4".repeat(392)}`);
+  // Output is charged against the budget before it is copied, and ends at
+  // the first piece that does not fit: a prefix of the whole page, cut at a
+  // piece boundary, never past the limit.
+  const whole = `<p>x</p>${[0, 1, 2, 3, 4].map((i) => String(i).repeat(900)).join("")}`;
+  assert.ok(body.length <= 4000, `${body.length} bytes`);
+  assert.ok(body.length >= 8 + 2 * 900, `${body.length} bytes`);
+  assert.equal((body.length - 8) % 900, 0, "cut between pieces");
+  assert.equal(body, whole.slice(0, body.length));
 });
 
 test("limits: a fragment larger than max_fragment_bytes fails and its alt is used", async () => {
@@ -567,17 +577,46 @@ test(
 );
 
 // A cacheable route whose origin answers `private` or with `Set-Cookie`
-// (DESIGN section 5: "or a response the origin marks private").
+// A response the origin marks personal (`Cache-Control: private`,
+// `no-store`, or `Set-Cookie`) on a route configured as cacheable. The first
+// time, the fragment is cold when the headers go out, which alone makes the
+// page private; so the test goes on: from then on the isolate remembers the
+// answer is personal ("bypass" at header time, not a cold "miss"), and the
+// page is private because of that. It is never stored, never shared.
 test(
-  "a fragment response the origin marks private makes the page private",
+  "a fragment response the origin marks private makes the page private, and is known as such next time",
   async () => {
-    origin.route("/frag/origin-private", { body: "OP", headers: { "cache-control": "private" } });
-    origin.route("/frag/origin-cookie", { body: "OC", headers: { "set-cookie": "tracking=1" } });
-    origin.route("/live/origin-private", { body: `<esi:include src="/frag/origin-private"/>` });
-    origin.route("/live/origin-cookie", { body: `<esi:include src="/frag/origin-cookie"/>` });
-    for (const path of ["/live/origin-private", "/live/origin-cookie"]) {
-      const { res } = await get(path);
-      assert.equal(res.headers.get("cache-control"), "private, no-store", path);
+    let n = 0;
+    origin.route("/frag/shared/origin-private", {
+      body: () => `OP${++n}`,
+      headers: { "cache-control": "private" },
+      delayMs: 20,
+    });
+    origin.route("/frag/shared/origin-cookie", {
+      body: () => `OC${++n}`,
+      headers: { "set-cookie": "tracking=1" },
+      delayMs: 20,
+    });
+    for (const frag of ["origin-private", "origin-cookie"]) {
+      const page = `/live/${frag}`;
+      origin.route(page, {
+        body: `<p><esi:include src="/frag/shared/${frag}"/></p>`,
+        headers: { "cache-control": "public, max-age=60" },
+      });
+      const first = await get(page);
+      assert.equal(first.res.headers.get("cache-control"), "private, no-store", page);
+      assert.equal(fragStatus(first.res, `/frag/shared/${frag}`), "miss", page);
+      const bodies = new Set([first.body]);
+      for (let i = 0; i < 3; i++) {
+        const again = await get(page);
+        assert.equal(again.res.headers.get("cache-control"), "private, no-store", page);
+        assert.equal(fragStatus(again.res, `/frag/shared/${frag}`), "bypass", page);
+        assert.equal(again.res.headers.get("set-cookie"), null, "a fragment's Set-Cookie never reaches the page");
+        bodies.add(again.body);
+      }
+      assert.equal(bodies.size, 4, `${page}: every request got its own copy`);
+      assert.equal(origin.count(`/frag/shared/${frag}`), 4, page);
+      assert.deepEqual(await keysFor(`/frag/shared/${frag}`), [], `${page}: never stored`);
     }
   },
 );

@@ -61,7 +61,9 @@ use futures_util::future::{join_all, select, Either, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use crate::cache::CacheStatus;
-use crate::esi::{Include, IncludeSrc, Plan, RequestVars, Segment, SrcRefusal, Template};
+use crate::esi::{
+    Include, IncludeSrc, Plan, RequestInputs, RequestVars, Segment, SrcRefusal, Template,
+};
 use crate::loader::{Fragment, LoadError, Loader, Lookup, VaryHint};
 use crate::ports::{LocalFuture, LogLevel};
 use crate::url::{Url, UrlError};
@@ -173,6 +175,8 @@ struct PageState {
     reports: RefCell<Vec<FragmentReport>>,
     private: Cell<bool>,
     uncertain: Cell<bool>,
+    /// Request inputs read by every template evaluated for this page.
+    inputs: Cell<RequestInputs>,
     set_cookies: RefCell<Vec<String>>,
     vary: RefCell<VaryHint>,
     /// Bytes of output charged so far (see the module's "Output budget").
@@ -233,6 +237,7 @@ impl Page {
             reports: RefCell::new(Vec::new()),
             private: Cell::new(false),
             uncertain: Cell::new(false),
+            inputs: Cell::new(RequestInputs::default()),
             set_cookies: RefCell::new(Vec::new()),
             vary: RefCell::new(VaryHint::default()),
             produced: Cell::new(0),
@@ -240,6 +245,7 @@ impl Page {
             exhausted: Cell::new(false),
         });
         let plan: Plan = template.evaluate(&state.vars);
+        state.read(plan.inputs);
         let base = Rc::new(base);
         // Look up all top-level includes concurrently.
         let lookups = join_all(plan.segments.iter().map(|seg| {
@@ -322,6 +328,14 @@ impl Page {
     /// them on (`pass_set_cookie`).
     pub fn set_cookies(&self) -> Vec<String> {
         self.state.set_cookies.borrow().clone()
+    }
+
+    /// The request inputs (cookies, headers, query, host) that the shell's
+    /// evaluation read, and those of nested fragments evaluated so far.
+    /// A page that read a cookie depends on who asked; one that read a
+    /// request header varies on it.
+    pub fn request_inputs(&self) -> RequestInputs {
+        self.state.inputs.get()
     }
 
     /// What the page's top-level fragments vary on besides the URL.
@@ -432,6 +446,12 @@ struct Started {
 }
 
 impl PageState {
+    fn read(&self, inputs: RequestInputs) {
+        let mut all = self.inputs.get();
+        all.merge(inputs);
+        self.inputs.set(all);
+    }
+
     fn log(&self, level: LogLevel, msg: &str) {
         self.loader.ports().log.log(level, msg);
     }
@@ -580,6 +600,7 @@ impl PageState {
             return whole(frag);
         }
         let plan = template.evaluate(&self.vars);
+        self.read(plan.inputs);
         let base = Rc::new(url);
         let futures: Vec<SegmentFuture> = plan
             .segments

@@ -366,7 +366,16 @@ pub struct Shared {
     /// Recent purges: fetches that started before one covering their key
     /// neither keep nor store what they got.
     pub purges: PurgeLog,
+    /// Keys the origin recently answered as personal (`private`,
+    /// `no-store`, `Set-Cookie`), until when (ms): "hit-for-pass". Until
+    /// then they are fetched per request without joining a flight, and the
+    /// page knows they are private before its headers go out.
+    personal: RefCell<HashMap<String, u64>>,
 }
+
+/// Most hit-for-pass marks an isolate keeps; past that, expired ones go
+/// and, if none had, all of them (they are only an optimisation).
+const MAX_PERSONAL_MARKS: usize = 10_000;
 
 impl Shared {
     /// Forgets everything this isolate remembers about keys starting with
@@ -374,9 +383,29 @@ impl Shared {
     /// next fetch is stored at once.
     pub fn forget_prefix(&self, prefix: &str) {
         self.recent.forget_prefix(prefix);
+        self.personal
+            .borrow_mut()
+            .retain(|k, _| !k.starts_with(prefix));
         self.last_write
             .borrow_mut()
             .retain(|k, _| !k.starts_with(prefix));
+    }
+
+    /// Remembers that the origin answered `key` as personal, until `until`.
+    fn mark_personal(&self, key: &str, until: u64, now: u64) {
+        let mut marks = self.personal.borrow_mut();
+        if marks.len() >= MAX_PERSONAL_MARKS {
+            marks.retain(|_, t| *t > now);
+            if marks.len() >= MAX_PERSONAL_MARKS {
+                marks.clear();
+            }
+        }
+        marks.insert(key.to_owned(), until);
+    }
+
+    /// Whether `key` is marked personal at `now`.
+    fn is_personal(&self, key: &str, now: u64) -> bool {
+        self.personal.borrow().get(key).is_some_and(|t| *t > now)
     }
 
     /// Fresh isolate state.
@@ -682,6 +711,9 @@ impl Loader {
         };
         let key = cache_key(policy.kind, policy.route_id, url, &cache.vary, &self.req);
         let now = self.ports.clock.now_ms();
+        if self.shared.is_personal(&key, now) {
+            return self.personal_pass(url, policy);
+        }
         // This isolate's own copy, if still fresh, answers without a KV read;
         // otherwise KV may hold a newer one (another isolate refreshed it).
         let mut found = self.shared.recent.get(&key);
@@ -760,7 +792,16 @@ impl Loader {
         let reads = Rc::clone(&self.shared.reads);
         match reads.join_for(key, now, KV_READ_TIMEOUT_MS) {
             Join::Leader(guard) => {
-                let result = self.stored(key, self.ports.store.get(key).await);
+                let epoch = self.shared.purges.epoch();
+                let got = self.ports.store.get(key).await;
+                // A purge while the read was out: what it read may be the
+                // purged copy, so it counts as absent.
+                let got = if self.shared.purges.purged_since(epoch, key) {
+                    Ok(None)
+                } else {
+                    got
+                };
+                let result = self.stored(key, got);
                 if let Err(e) = &result {
                     self.log(
                         LogLevel::Warn,
@@ -775,7 +816,15 @@ impl Loader {
                 match self.wait(&reads, &handle, deadline).await {
                     Ok(r) => (*r).clone(),
                     // The reading request went away: read for ourselves.
-                    Err(_) => self.stored(key, self.ports.store.get(key).await),
+                    Err(_) => {
+                        let epoch = self.shared.purges.epoch();
+                        let got = self.ports.store.get(key).await;
+                        if self.shared.purges.purged_since(epoch, key) {
+                            Ok(None)
+                        } else {
+                            self.stored(key, got)
+                        }
+                    }
                 }
             }
         }
@@ -789,6 +838,31 @@ impl Loader {
             self.shared.recent.remember(key, &meta, &frag);
             (meta, frag)
         }))
+    }
+
+    /// A key the origin recently answered as personal: fetched for this
+    /// request alone, like the cacheable load it is configured as (the
+    /// route's varied headers and cookies, never the user's credentials),
+    /// and known to be private before the page's headers are decided.
+    fn personal_pass(&self, url: &Url, policy: Policy) -> Lookup {
+        let this = self.clone();
+        let url = url.clone();
+        Lookup {
+            status: CacheStatus::Bypass,
+            age_s: None,
+            private: true,
+            wants_set_cookie: false,
+            vary: VaryHint::default(),
+            inner: LookupInner::Pending(Box::pin(async move {
+                let result = this.fetch_direct(&url, &policy, false).await;
+                let status = if result.is_ok() {
+                    CacheStatus::Bypass
+                } else {
+                    CacheStatus::Error
+                };
+                (status, result)
+            })),
+        }
     }
 
     /// A load that never touches the cache nor other requests.
@@ -981,12 +1055,11 @@ impl Loader {
                             (CacheStatus::Bypass, Ok(Rc::clone(f)))
                         }
                         Outcome::Personal(_) => {
-                            // Someone else's personal answer: fetch our own.
-                            let mut own = policy.clone();
-                            own.cache = None;
-                            // Fetched like the leader's: a cacheable route
-                            // never sends the user's credentials.
-                            let r = this.fetch_direct(&url, &own, false).await;
+                            // Someone else's personal answer: fetch our own,
+                            // exactly like the leader's (the route's varied
+                            // headers and cookies, never the user's
+                            // credentials), and keep it to ourselves.
+                            let r = this.fetch_direct(&url, &policy, false).await;
                             let s = if r.is_ok() {
                                 CacheStatus::Bypass
                             } else {
@@ -1109,6 +1182,8 @@ async fn fetch_and_store(
                 &format!("{url}: not cached ({})", why.as_str()),
             );
             if why.is_personal() {
+                let pass_ms = u64::from(cache.route.soft_ttl.max(1)) * 1000;
+                shared.mark_personal(&key, now + pass_ms, now);
                 guard.publish(Outcome::Personal(frag));
             } else {
                 guard.publish(Outcome::Shared(frag));

@@ -305,14 +305,21 @@ async fn render_shell(
         }
     }
     let vary = page.vary();
-    // `Vary` cannot name the client's country: such a page is not shared.
+    let inputs = page.request_inputs();
+    // A page that read a cookie was made for one user. `Vary` cannot name
+    // the client's country. Neither page may be shared.
     let private = page.is_private()
         || page.may_be_private()
         || private_shell
         || !shell.set_cookies.is_empty()
-        || vary.country;
-    // Downstream caches must keep apart what the fragments keep apart.
+        || vary.country
+        || inputs.reads_cookie();
+    // Downstream caches must keep apart what the fragments keep apart, and
+    // what the shell's own ESI read (the query and host are in the URL).
     let mut names: Vec<&str> = vary.headers.iter().map(String::as_str).collect();
+    for name in inputs.vary_headers() {
+        names.push(name);
+    }
     if vary.cookie {
         names.push("cookie");
     }

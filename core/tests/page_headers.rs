@@ -189,3 +189,92 @@ fn error_replies_are_never_stored() {
     assert_eq!(p.status, 502);
     assert_eq!(get(&p.headers, "cache-control"), Some("no-store"));
 }
+
+#[test]
+fn a_shell_that_reads_a_cookie_is_private_and_one_that_reads_headers_varies() {
+    let sim = Sim::new(5);
+    let shared = Shared::new();
+    let public = |body: &str| Script::ok(body, 1).header("cache-control", "public, max-age=60");
+    sim.origin.script(
+        "/live/vars",
+        public("<esi:vars>Hi $(HTTP_COOKIE{name})</esi:vars>"),
+    );
+    sim.origin.script(
+        "/live/choose",
+        public(r#"<esi:choose><esi:when test="$(HTTP_COOKIE{tier})=='gold'">G</esi:when><esi:otherwise>S</esi:otherwise></esi:choose>"#),
+    );
+    sim.origin.script(
+        "/live/lang",
+        public(r#"<esi:choose><esi:when test="$(HTTP_ACCEPT_LANGUAGE{de})">Hallo</esi:when><esi:otherwise>Hello</esi:otherwise></esi:choose>"#),
+    );
+    sim.origin.script(
+        "/live/query?q=x",
+        public("<esi:vars>$(QUERY_STRING{q})</esi:vars>"),
+    );
+    sim.origin.script(
+        "/live/src",
+        public(r#"<esi:include src="/f/$(HTTP_USER_AGENT{os})"/>"#),
+    );
+    sim.origin.script("/f/WIN", Script::ok("win", 1));
+
+    let p = serve(&sim, &shared, "/live/vars", &[("cookie", "name=ann")]);
+    assert_eq!(p.body, "Hi ann");
+    assert_eq!(get(&p.headers, "cache-control"), Some("private, no-store"));
+    let p = serve(&sim, &shared, "/live/choose", &[("cookie", "tier=gold")]);
+    assert_eq!(p.body, "G");
+    assert_eq!(get(&p.headers, "cache-control"), Some("private, no-store"));
+
+    let p = serve(&sim, &shared, "/live/lang", &[("accept-language", "de")]);
+    assert_eq!(p.body, "Hallo");
+    assert_eq!(get(&p.headers, "cache-control"), Some("public, max-age=60"));
+    assert_eq!(get(&p.headers, "vary"), Some("accept-language"));
+
+    // The query is part of the URL every cache keys on: nothing to add.
+    let p = serve(&sim, &shared, "/live/query?q=x", &[]);
+    assert_eq!(p.body, "x");
+    assert_eq!(get(&p.headers, "cache-control"), Some("public, max-age=60"));
+    assert!(get(&p.headers, "vary").is_none());
+
+    // An include URL built from the User-Agent: the page varies on it.
+    let ua = [("user-agent", "Mozilla/5.0 (Windows NT 10.0)")];
+    serve(&sim, &shared, "/live/src", &ua);
+    let p = serve(&sim, &shared, "/live/src", &ua);
+    assert_eq!(p.body, "win");
+    assert_eq!(get(&p.headers, "cache-control"), Some("public, max-age=60"));
+    assert_eq!(get(&p.headers, "vary"), Some("user-agent"));
+}
+
+#[test]
+fn a_fragment_the_origin_marks_private_is_known_private_before_headers_next_time() {
+    let sim = Sim::new(6);
+    let shared = Shared::new();
+    sim.origin.script(
+        "/live/p",
+        Script::ok(r#"<p><esi:include src="/f/mine"/>"#, 1)
+            .header("cache-control", "public, max-age=60"),
+    );
+    sim.origin.script(
+        "/f/mine",
+        Script::ok("M{{serial}}", 1).header("cache-control", "private"),
+    );
+    // First time: cold at header time (a miss), so private for that reason.
+    let first = serve(&sim, &shared, "/live/p", &[]);
+    assert_eq!(first.body, "<p>M1");
+    assert_eq!(
+        get(&first.headers, "cache-control"),
+        Some("private, no-store")
+    );
+    let x = get(&first.headers, "x-fragcache").unwrap();
+    assert!(x.contains("/f/mine=miss"), "{x}");
+    // Next time the isolate knows the answer is personal: the lookup says so
+    // (bypass, not a cold miss), the page is private for that reason, and
+    // every request fetches its own copy.
+    for n in 2..5 {
+        let p = serve(&sim, &shared, "/live/p", &[]);
+        assert_eq!(p.body, format!("<p>M{n}"));
+        assert_eq!(get(&p.headers, "cache-control"), Some("private, no-store"));
+        let x = get(&p.headers, "x-fragcache").unwrap();
+        assert!(x.contains("/f/mine=bypass"), "{x}");
+    }
+    assert!(sim.store.keys().iter().all(|k| !k.contains("/f/mine")));
+}
