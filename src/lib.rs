@@ -110,9 +110,11 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
     let method = req.method();
     if method != worker::Method::Get && method != worker::Method::Head {
         // Only safe methods are assembled; everything else goes to the origin as is.
-        return ports::proxy(req, &url.with_origin(&config.origin))
-            .await
-            .map(Served::Response);
+        let target = url.with_origin(&config.origin);
+        return Ok(match ports::proxy(req, &target).await {
+            Ok(resp) => Served::Response(resp),
+            Err(e) => Served::Reply(unreachable(&target, &e)),
+        });
     }
     let mut client = ClientRequest::new(url);
     if method == worker::Method::Head {
@@ -136,12 +138,21 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
     let shared = SHARED.with(Rc::clone);
     let loader = Loader::new(ports::ports(kv, ctx), shared, config, Rc::new(client));
     match handle(loader.clone()).await {
-        Reply::Pass(target) => {
-            let resp = ports::forward(req, &target).await?;
-            pass_or_assemble(resp, loader).await
-        }
+        Reply::Pass(target) => match ports::forward(req, &target).await {
+            Ok(resp) => pass_or_assemble(resp, loader).await,
+            Err(e) => Ok(Served::Reply(unreachable(&target, &e))),
+        },
         other => Ok(Served::Reply(other)),
     }
+}
+
+/// The answer when a request proxied to the origin found no origin.
+fn unreachable(target: &Url, e: &worker::Error) -> Reply {
+    worker::console_error!("fragcache: proxy to {target} failed: {e}");
+    Reply::error(
+        StatusCode::BAD_GATEWAY,
+        &format!("fragcache: origin unreachable: {e}"),
+    )
 }
 
 /// A response the origin sent on a pass-through route: sent on as it is,

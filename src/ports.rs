@@ -328,8 +328,7 @@ pub fn worker_headers(map: &HeaderMap) -> Headers {
 /// body), and its response back unchanged, redirects included, except that
 /// `Surrogate-Control` is removed.
 pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
-    let resp = forward(req, target).await?;
-    Ok(pass_on(resp))
+    Ok(pass_on(forward(req, target).await?))
 }
 
 /// A response sent to the client as the origin made it, minus what is
@@ -344,7 +343,7 @@ pub fn pass_on(resp: Response) -> Response {
 }
 
 /// Sends the client's request to `target` and returns the origin's response
-/// as it is (or a 502 when the origin is unreachable).
+/// as it is; `Err` when the origin could not be reached.
 pub async fn forward(req: Request, target: &Url) -> worker::Result<Response> {
     let headers = Headers::new();
     for (n, v) in req.headers().entries() {
@@ -360,18 +359,5 @@ pub async fn forward(req: Request, target: &Url) -> worker::Result<Response> {
         init.with_body(Some(body.into()));
     }
     let outgoing = Request::new_with_init(&target.to_string(), &init)?;
-    match Fetch::Request(outgoing).send().await {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            worker::console_error!("fragcache: proxy to {target} failed: {e}");
-            let h = Headers::new();
-            h.set("content-type", "text/plain; charset=utf-8")?;
-            h.set("cache-control", "no-store")?;
-            Ok(
-                Response::ok(format!("fragcache: origin unreachable: {e}\n"))?
-                    .with_status(502)
-                    .with_headers(h),
-            )
-        }
-    }
+    Fetch::Request(outgoing).send().await
 }
