@@ -233,7 +233,7 @@ impl Clock for WorkerClock {
 /// compatibility date 2024-10-14). The timer matters too: a request with
 /// nothing pending of its own is cancelled as hung, so the wait must always
 /// include a timer this request created. Measured under Miniflare with 200
-/// concurrent followers (DESIGN §4).
+/// concurrent followers (`docs/design.md` §2).
 struct PromiseSignals;
 
 impl Signals for PromiseSignals {

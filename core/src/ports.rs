@@ -56,7 +56,7 @@ pub trait Signals {
     /// completes when the returned [`Wake`] is called (from any request) or
     /// after `timeout_ms`, whichever comes first. In the Worker the future
     /// is the request's own promise raced with its own timer, which is the
-    /// only way workerd lets one request resume another (DESIGN §4).
+    /// only way workerd lets one request resume another (`docs/design.md` §2).
     fn signal(&self, timeout_ms: u64) -> (Wake, LocalFuture<()>);
 }
 

@@ -13,7 +13,7 @@
 //! a channel or a future that one request completes for another, because
 //! workerd ties every promise to the request that created it: a follower
 //! woken by the leader's future would resume inside the leader's request
-//! (DESIGN §4).
+//! (`docs/design.md` §2).
 //!
 //! The leader's [`LeaderGuard`] removes the map entry when the load ends,
 //! success or failure, and also when it is dropped without an outcome, so a
