@@ -17,7 +17,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startOrigin } from "./support/origin.mjs";
+import { cookieOf, startOrigin } from "./support/origin.mjs";
 import { startWorker, waitFor } from "./support/worker.mjs";
 
 /** The configured origin. */
@@ -29,15 +29,6 @@ let forbidden;
 let worker;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** The `name` cookie in a Node request's Cookie header ("" if absent). */
-function cookieOf(req, name) {
-  for (const part of (req.headers.cookie ?? "").split(";")) {
-    const [k, ...v] = part.trim().split("=");
-    if (k === name) return v.join("=");
-  }
-  return "";
-}
 
 before(async () => {
   origin = await startOrigin();

@@ -11,6 +11,22 @@ import http from "node:http";
 const DEFAULT_CONTENT_TYPE = "text/html; charset=utf-8";
 
 /**
+ * The `name` cookie in a Node request's Cookie header ("" if absent), so
+ * origin routes can answer per user.
+ *
+ * @param {http.IncomingMessage} req
+ * @param {string} name
+ * @returns {string}
+ */
+export function cookieOf(req, name) {
+  for (const part of (req.headers.cookie ?? "").split(";")) {
+    const [k, ...v] = part.trim().split("=");
+    if (k === name) return v.join("=");
+  }
+  return "";
+}
+
+/**
  * @typedef {object} RouteSpec
  * @property {string | Buffer | ((req: http.IncomingMessage, n: number) => string | Buffer | Promise<string | Buffer>)} body
  *   Response body. A function gets the Node request (to read cookies and
