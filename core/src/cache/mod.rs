@@ -10,10 +10,12 @@
 //! - [`key`]: cache keys, including declared variants.
 //! - [`flight`]: the single-flight map (one origin fetch per key per isolate).
 //! - [`backoff`]: jittered exponential back-off after failed refreshes.
+//! - [`breaker`]: per-origin circuit breaker with single jittered probes.
 //! - [`kv`]: bounded-time access to the fragment store.
 //! - [`lru`]: the byte-bounded LRU map behind the isolate's memory caches.
 
 pub mod backoff;
+pub mod breaker;
 pub mod entry;
 pub mod flight;
 pub mod key;
