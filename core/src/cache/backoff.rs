@@ -5,7 +5,9 @@
 //! for that key waits 1 s, then 2 s, 4 s … up to 60 s, each delay drawn
 //! from [½·d, d) so isolates that saw the same failure do not retry in
 //! lock-step. Users keep being served the stale copy meanwhile. Success
-//! clears the key's record.
+//! clears the key's record. An origin that fails as a whole is the circuit
+//! breaker's business ([`super::breaker`]); back-off is for one broken key
+//! on a healthy origin.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -72,6 +74,13 @@ impl Backoff {
     /// Records a successful refresh: the key is healthy again.
     pub fn record_success(&self, key: &str) {
         self.records.borrow_mut().remove(key);
+    }
+
+    /// Clears the records of every key `belongs` picks: when an origin
+    /// recovers (its circuit breaker closes), its keys refresh at once
+    /// instead of each sleeping through its own back-off.
+    pub fn forget_where(&self, belongs: impl Fn(&str) -> bool) {
+        self.records.borrow_mut().retain(|k, _| !belongs(k));
     }
 
     /// Number of consecutive failures recorded for `key`.

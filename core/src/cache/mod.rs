@@ -13,6 +13,8 @@
 //! - [`breaker`]: per-origin circuit breaker with single jittered probes.
 //! - [`kv`]: bounded-time access to the fragment store.
 //! - [`lru`]: the byte-bounded LRU map behind the isolate's memory caches.
+//! - [`verdict`]: what an origin response becomes in the cache (entry,
+//!   pass or failure), shared by every path that stores.
 
 pub mod backoff;
 pub mod breaker;
@@ -22,6 +24,7 @@ pub mod key;
 pub mod kv;
 pub mod lru;
 pub mod policy;
+pub mod verdict;
 
 pub use entry::{EntryMeta, Freshness};
 
