@@ -33,6 +33,7 @@
 pub mod assemble;
 pub mod cache;
 pub mod config;
+pub mod coord;
 pub mod esi;
 pub mod headers;
 pub mod loader;

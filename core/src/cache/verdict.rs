@@ -5,7 +5,9 @@
 use http::HeaderMap;
 
 use super::entry::{jittered_ms, EntryMeta};
-use super::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy, Uncacheable};
+use super::policy::{
+    decide, parse_directives, Decision, ResponseHeaders, RoutePolicy, Uncacheable,
+};
 use crate::headers::{encode_block, keep_from_origin};
 use crate::ports::OriginResponse;
 
