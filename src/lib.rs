@@ -12,7 +12,10 @@
 //! thread, and that state holds only plain data, never a JavaScript object
 //! owned by one request.
 
+mod coordinator;
 mod ports;
+
+pub use coordinator::FragmentCoordinator;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -32,7 +35,7 @@ use fragcache_core::url::Url;
 /// Name of the `[vars]` object holding the configuration.
 const CONFIG_BINDING: &str = "FRAGCACHE";
 /// Name of the KV namespace binding for fragments.
-const KV_BINDING: &str = "FRAGMENTS";
+pub(crate) const KV_BINDING: &str = "FRAGMENTS";
 
 thread_local! {
     static CONFIG: RefCell<Option<std::result::Result<Rc<Config>, ConfigError>>> = const { RefCell::new(None) };
@@ -41,7 +44,7 @@ thread_local! {
 
 /// The validated config, parsed on the first request of the isolate. A bad
 /// config is logged once and answered with a 500 naming the field.
-fn config(env: &Env) -> std::result::Result<Rc<Config>, ConfigError> {
+pub(crate) fn config(env: &Env) -> std::result::Result<Rc<Config>, ConfigError> {
     CONFIG.with(|cell| {
         if let Some(c) = cell.borrow().as_ref() {
             return c.clone();

@@ -28,12 +28,18 @@ use fragcache_core::url::Url;
 
 /// Builds the ports for one request.
 pub fn ports(kv: KvStore, ctx: Rc<Context>) -> Ports {
+    ports_with(kv, Rc::new(WaitUntil(ctx)))
+}
+
+/// Builds the ports with a given way of running background work (a
+/// request's `ctx.waitUntil`, or a Durable Object's `state.waitUntil`).
+pub fn ports_with(kv: KvStore, background: Rc<dyn Background>) -> Ports {
     Ports {
         store: Rc::new(KvFragments(kv)),
         origin: Rc::new(FetchOrigin),
         clock: Rc::new(WorkerClock),
         rng: Rc::new(CryptoRng),
-        background: Rc::new(WaitUntil(ctx)),
+        background,
         signals: Rc::new(PromiseSignals),
         log: Rc::new(Console),
     }

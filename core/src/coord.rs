@@ -163,6 +163,35 @@ impl Reply {
             bytes: Rc::from(Vec::new()),
         }
     }
+
+    /// The reply as one body: a 4-byte big-endian length, the answer as
+    /// JSON, then the bytes. A body rather than headers, so that neither
+    /// size nor non-ASCII text in origin metadata can break it.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(&self.answer).unwrap_or_default();
+        let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(4 + json.len() + self.bytes.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    /// Parses a body written by [`Reply::encode`].
+    pub fn decode(body: &[u8]) -> Result<Reply, CoordError> {
+        let bad = |why: &str| CoordError(format!("malformed reply: {why}"));
+        let len: [u8; 4] = body
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("too short"))?;
+        let end = 4usize.saturating_add(u32::from_be_bytes(len) as usize);
+        let json = body.get(4..end).ok_or_else(|| bad("truncated answer"))?;
+        let answer = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
+        Ok(Reply {
+            answer,
+            bytes: Rc::from(&body[end..]),
+        })
+    }
 }
 
 /// Why the coordinator could not answer. Always answered by fetching

@@ -152,3 +152,46 @@ fn the_breaker_is_shared_by_every_key_of_an_origin() {
         "at most the opening failures plus about one probe a second: {attempts}"
     );
 }
+
+#[test]
+fn replies_round_trip_through_one_body() {
+    use fragcache_core::cache::EntryMeta;
+    use fragcache_core::coord::Reply;
+    let mut meta = EntryMeta::new(1, 2, 3, 200, 4).with_headers(
+        Some("text/html; charset=ütf-8"),
+        None,
+        None,
+        None,
+    );
+    meta.header_bytes = 3;
+    for answer in [
+        Answer::Entry {
+            meta,
+            fetched: true,
+        },
+        Answer::Pass {
+            status: 302,
+            personal: true,
+            header_bytes: 0,
+        },
+        Answer::Failed {
+            status: Some(503),
+            message: "origin answered 503 «down»".into(),
+        },
+        Answer::OriginDown {
+            retry_after_ms: 700,
+        },
+    ] {
+        let reply = Reply {
+            answer,
+            bytes: Rc::from(&b"\x00\x01body"[..]),
+        };
+        assert_eq!(Reply::decode(&reply.encode()).unwrap(), reply);
+    }
+    assert!(Reply::decode(b"\x00\x00").is_err());
+    assert!(Reply::decode(b"\x00\x00\x00\x09{}").is_err());
+    assert!(
+        Reply::decode(b"\x00\x00\x00\x02{}").is_err(),
+        "not an answer"
+    );
+}

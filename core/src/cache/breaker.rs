@@ -164,7 +164,8 @@ impl std::fmt::Display for BreakerState {
 }
 
 /// The breaker's answer to "may I send a request to this origin now?".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "permit", rename_all = "kebab-case")]
 pub enum Permit {
     /// Closed: send it.
     Go,
