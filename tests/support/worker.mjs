@@ -54,47 +54,63 @@ class CapturingLog extends Log {
   }
 }
 
-/**
- * Starts the built worker under Miniflare on 127.0.0.1 with an ephemeral port.
- *
- * Captured log lines (workerd stdout/stderr, including the worker's console
- * output, plus Miniflare's own messages) are collected in `logs`; set
- * `FRAGCACHE_TEST_LOGS=1` to also echo them to stderr while debugging.
- *
- * @param {object} options
- * @param {object} options.config  The FRAGCACHE config object (JSON binding).
- * @param {Record<string, string>} [options.bindings={}]  Extra plain-text bindings (e.g. secrets).
- * @param {boolean | string} [options.kvPersist=false]
- *   false: KV lives only as long as this instance. A directory path: KV is
- *   stored there, so a second instance started with the same path sees it
- *   (the caller owns and removes the directory). true: a fresh temporary
- *   directory, removed by dispose().
- * @param {string} [options.scriptPath=BUILD_SCRIPT]  Only for testing the harness itself.
- * @param {string} [options.compatibilityDate="2026-04-01"]
- * @returns {Promise<{
- *   mf: Miniflare,
- *   url: string,
- *   fetch: (path: string, init?: RequestInit) => Promise<Response>,
- *   dispatch: (path: string, init?: RequestInit) => Promise<Response>,
- *   kv: any,
- *   logs: string[],
- *   crossRequestWarnings: () => string[],
- *   dispose: () => Promise<void>,
- * }>}
- */
-export async function startWorker({
-  config,
-  bindings = {},
-  kvPersist = false,
-  scriptPath = BUILD_SCRIPT,
-  compatibilityDate = COMPATIBILITY_DATE,
-} = {}) {
-  if (config === undefined) throw new TypeError("startWorker: config is required");
+/** The KV namespace id every worker's FRAGMENTS binding uses (as before: the binding name). */
+const KV_NAMESPACE_ID = "FRAGMENTS";
+/** The Durable Object class the build will export for cross-isolate single-flight. */
+export const COORDINATOR_CLASS = "FragmentCoordinator";
+/** Worker name prefix for startWorkers(); worker i is `${WORKER_NAME_PREFIX}-${i}`. */
+export const WORKER_NAME_PREFIX = "fragcache";
+/** Name of the extra worker that hosts a deliberately broken coordinator. */
+export const COORDINATOR_STUB_NAME = "fragcache-coordinator-stub";
+
+// Stand-ins for an unavailable coordinator. "broken": every call to the object
+// fails at once (an exception crosses the stub boundary, as when an object is
+// unreachable or reset). "hung": calls are accepted and never answered; a
+// pending timer keeps the request alive, so workerd neither cancels it as hung
+// nor logs anything the cross-request check would flag.
+const COORDINATOR_STUBS = {
+  broken: `async fetch() { throw new Error("coordinator unavailable (fragcache test harness: coordinator: \\"broken\\")"); }`,
+  hung: `async fetch() { await new Promise((resolve) => setTimeout(resolve, 3_600_000)); return new Response("too late", { status: 504 }); }`,
+};
+
+function coordinatorStubScript(mode) {
+  return [
+    `import { DurableObject } from "cloudflare:workers";`,
+    `export class ${COORDINATOR_CLASS} extends DurableObject { ${COORDINATOR_STUBS[mode]} }`,
+    `export default { fetch() { return new Response("coordinator stub", { status: 404 }); } };`,
+  ].join("\n");
+}
+
+/** Resolves `scriptPath` and fails with the fix if it has not been built. */
+function resolveScript(scriptPath, caller) {
   const script = path.resolve(REPO_ROOT, scriptPath);
   if (!existsSync(script)) {
-    throw new Error(`startWorker: ${path.relative(REPO_ROOT, script)} does not exist; run \`npm run build\` first`);
+    throw new Error(`${caller}: ${path.relative(REPO_ROOT, script)} does not exist; run \`npm run build\` first`);
   }
+  return script;
+}
 
+/** Per-worker Miniflare options: the script, its .wasm, KV and the config binding. */
+function workerOptions({ script, config, bindings, compatibilityDate }) {
+  return {
+    modules: true,
+    scriptPath: script,
+    // Module names are relative to this root; pinning it to the script's
+    // directory keeps them independent of the test runner's cwd.
+    modulesRoot: path.dirname(script),
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    compatibilityDate,
+    // Same namespace id in every worker, so all isolates share one KV store.
+    kvNamespaces: { FRAGMENTS: KV_NAMESPACE_ID },
+    bindings: { ...bindings, FRAGCACHE: config },
+  };
+}
+
+/**
+ * Starts one Miniflare instance with log capture and KV persistence set up.
+ * `options` holds the worker options (flat, or `workers: [...]`).
+ */
+async function launch({ options, kvPersist, script }) {
   /** @type {string[]} */
   const logs = [];
   const echo = process.env.FRAGCACHE_TEST_LOGS === "1";
@@ -115,16 +131,8 @@ export async function startWorker({
   }
 
   const mf = new Miniflare({
-    modules: true,
-    scriptPath: script,
-    // Module names are relative to this root; pinning it to the script's
-    // directory keeps them independent of the test runner's cwd.
-    modulesRoot: path.dirname(script),
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-    compatibilityDate,
-    kvNamespaces: ["FRAGMENTS"],
+    ...options,
     kvPersist: persist,
-    bindings: { ...bindings, FRAGCACHE: config },
     host: "127.0.0.1",
     port: 0,
     // Without workerd's --verbose, uncaught exceptions (cross-request I/O
@@ -166,6 +174,58 @@ export async function startWorker({
       cause: err,
     });
   }
+
+  return {
+    mf,
+    readyUrl,
+    logs,
+    crossRequestWarnings: () => logs.filter((line) => CROSS_REQUEST_PATTERN.test(line)),
+    dispose,
+  };
+}
+
+/**
+ * Starts the built worker under Miniflare on 127.0.0.1 with an ephemeral port.
+ *
+ * Captured log lines (workerd stdout/stderr, including the worker's console
+ * output, plus Miniflare's own messages) are collected in `logs`; set
+ * `FRAGCACHE_TEST_LOGS=1` to also echo them to stderr while debugging.
+ *
+ * @param {object} options
+ * @param {object} options.config  The FRAGCACHE config object (JSON binding).
+ * @param {Record<string, string>} [options.bindings={}]  Extra plain-text bindings (e.g. secrets).
+ * @param {boolean | string} [options.kvPersist=false]
+ *   false: KV lives only as long as this instance. A directory path: KV is
+ *   stored there, so a second instance started with the same path sees it
+ *   (the caller owns and removes the directory). true: a fresh temporary
+ *   directory, removed by dispose().
+ * @param {string} [options.scriptPath=BUILD_SCRIPT]  Only for testing the harness itself.
+ * @param {string} [options.compatibilityDate="2026-04-01"]
+ * @returns {Promise<{
+ *   mf: Miniflare,
+ *   url: string,
+ *   fetch: (path: string, init?: RequestInit) => Promise<Response>,
+ *   dispatch: (path: string, init?: RequestInit) => Promise<Response>,
+ *   kv: any,
+ *   logs: string[],
+ *   crossRequestWarnings: () => string[],
+ *   dispose: () => Promise<void>,
+ * }>}
+ */
+export async function startWorker({
+  config,
+  bindings = {},
+  kvPersist = false,
+  scriptPath = BUILD_SCRIPT,
+  compatibilityDate = COMPATIBILITY_DATE,
+} = {}) {
+  if (config === undefined) throw new TypeError("startWorker: config is required");
+  const script = resolveScript(scriptPath, "startWorker");
+  const { mf, readyUrl, logs, crossRequestWarnings, dispose } = await launch({
+    options: workerOptions({ script, config, bindings, compatibilityDate }),
+    kvPersist,
+    script,
+  });
   const url = readyUrl.origin;
   const kv = await mf.getKVNamespace("FRAGMENTS");
 
@@ -178,7 +238,134 @@ export async function startWorker({
     dispatch: (p, init) => mf.dispatchFetch(new URL(p, url).href, init),
     kv,
     logs,
-    crossRequestWarnings: () => logs.filter((line) => CROSS_REQUEST_PATTERN.test(line)),
+    crossRequestWarnings,
+    dispose,
+  };
+}
+
+// workerd starts even if a bound Durable Object class is not exported; it
+// only prints this warning, and every call then fails as "internal error".
+const MISSING_CLASS_PATTERN = new RegExp(`no such Durable Object class is exported|no such actor class; c = ${COORDINATOR_CLASS}`);
+// The warning is printed before workerd listens, but reaches `logs` through a
+// pipe; this is how long we give it after the instance is ready.
+const MISSING_CLASS_GRACE_MS = 150;
+
+async function assertExportsCoordinator(logs, script) {
+  await new Promise((resolve) => setTimeout(resolve, MISSING_CLASS_GRACE_MS));
+  const line = logs.find((l) => MISSING_CLASS_PATTERN.test(l) && l.includes(COORDINATOR_CLASS));
+  if (line) {
+    throw new Error(
+      `startWorkers: ${path.relative(REPO_ROOT, script)} does not export ${COORDINATOR_CLASS}; ` +
+        `pass coordinator: false to run without it.\n${line}`,
+    );
+  }
+}
+
+/**
+ * Starts `count` copies of the built worker in ONE Miniflare instance, each
+ * its own isolate (workers `fragcache-0` … `fragcache-{count-1}`), sharing one
+ * KV namespace and, unless `coordinator` is false, one Durable Object
+ * namespace bound as COORDINATOR.
+ *
+ * Every worker gets its own loopback socket (Miniflare's `unsafeDirectSockets`,
+ * resolved with `mf.unsafeGetDirectURL(name)`), so a test sends real HTTP to
+ * exactly the isolate it means. Logs of all workers go into one `logs` array.
+ *
+ * @param {object} options
+ * @param {object} options.config  The FRAGCACHE config object (JSON binding), same for every worker.
+ * @param {number} [options.count=2]  How many workers (isolates).
+ * @param {Record<string, string>} [options.bindings={}]  Extra plain-text bindings.
+ * @param {true | false | "broken" | "hung"} [options.coordinator=true]
+ *   true: COORDINATOR is the script's own FragmentCoordinator class, defined
+ *   (SQLite-backed) by worker 0 and bound by the others through `scriptName`,
+ *   so all isolates reach the same objects. The script must export the class;
+ *   startWorkers() fails (from workerd's startup warning) if it does not.
+ *   false: no COORDINATOR binding (each isolate is on its own).
+ *   "broken": COORDINATOR is a stub object whose every call throws at once.
+ *   "hung": COORDINATOR is a stub object that accepts calls and never answers.
+ * @param {boolean | string} [options.kvPersist=false]  As for startWorker().
+ * @param {string} [options.scriptPath=BUILD_SCRIPT]  Only for testing the harness itself.
+ * @param {string} [options.compatibilityDate="2026-04-01"]
+ * @returns {Promise<{
+ *   mf: Miniflare,
+ *   names: string[],
+ *   urls: string[],
+ *   fetch: (i: number, path: string, init?: RequestInit) => Promise<Response>,
+ *   dispatch: (i: number, path: string, init?: RequestInit) => Promise<Response>,
+ *   kv: any,
+ *   logs: string[],
+ *   crossRequestWarnings: () => string[],
+ *   dispose: () => Promise<void>,
+ * }>}
+ */
+export async function startWorkers({
+  config,
+  count = 2,
+  bindings = {},
+  coordinator = true,
+  kvPersist = false,
+  scriptPath = BUILD_SCRIPT,
+  compatibilityDate = COMPATIBILITY_DATE,
+} = {}) {
+  if (config === undefined) throw new TypeError("startWorkers: config is required");
+  if (!Number.isInteger(count) || count < 1) throw new TypeError(`startWorkers: count must be a positive integer, got ${count}`);
+  if (![true, false, "broken", "hung"].includes(coordinator)) {
+    throw new TypeError(`startWorkers: coordinator must be true, false, "broken" or "hung", got ${inspect(coordinator)}`);
+  }
+  const script = resolveScript(scriptPath, "startWorkers");
+  const names = Array.from({ length: count }, (_, i) => `${WORKER_NAME_PREFIX}-${i}`);
+
+  const coordinatorHost = coordinator === true ? names[0] : COORDINATOR_STUB_NAME;
+  const workers = names.map((name) => {
+    const options = {
+      ...workerOptions({ script, config, bindings, compatibilityDate }),
+      name,
+      unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
+    };
+    if (coordinator !== false) {
+      const binding = { className: COORDINATOR_CLASS, useSQLite: true };
+      // The host worker defines the namespace; everyone else points at it.
+      if (name !== coordinatorHost) binding.scriptName = coordinatorHost;
+      options.durableObjects = { COORDINATOR: binding };
+    }
+    return options;
+  });
+  if (coordinator === "broken" || coordinator === "hung") {
+    workers.push({
+      name: COORDINATOR_STUB_NAME,
+      modules: [{ type: "ESModule", path: "coordinator-stub.mjs", contents: coordinatorStubScript(coordinator) }],
+      compatibilityDate,
+      durableObjects: { COORDINATOR: { className: COORDINATOR_CLASS, useSQLite: true } },
+    });
+  }
+
+  const { mf, logs, crossRequestWarnings, dispose } = await launch({ options: { workers }, kvPersist, script });
+  let urls;
+  let kv;
+  try {
+    if (coordinator === true) await assertExportsCoordinator(logs, script);
+    urls = await Promise.all(names.map(async (name) => (await mf.unsafeGetDirectURL(name)).origin));
+    kv = await mf.getKVNamespace("FRAGMENTS", names[0]);
+  } catch (err) {
+    await dispose().catch(() => {});
+    throw err;
+  }
+  const target = (i, p) => {
+    if (!Number.isInteger(i) || i < 0 || i >= count) throw new RangeError(`no worker ${i} (count is ${count})`);
+    return new URL(p, urls[i]);
+  };
+
+  return {
+    mf,
+    names,
+    urls,
+    /** Real HTTP to worker i through its own workerd socket. */
+    fetch: (i, p, init) => fetch(target(i, p), init),
+    /** Miniflare's in-process dispatch to worker i (its Fetcher), no client socket of our own. */
+    dispatch: async (i, p, init) => (await mf.getWorker(names[i])).fetch(target(i, p).href, init),
+    kv,
+    logs,
+    crossRequestWarnings,
     dispose,
   };
 }
