@@ -81,12 +81,19 @@ pub fn parse_directives(value: &str) -> Directives {
 }
 
 /// Splits on commas outside double quotes (`private="a, b"` is one directive).
+/// Splits a header into directives at commas outside quoted strings
+/// (RFC 9110 §5.6.4, with `\` escaping inside quotes). A header whose
+/// quotes never close is malformed; it is split at every comma instead, so
+/// that an unbalanced quote can never hide a later `private` or `no-store`.
 fn split_directives(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut quoted = false;
+    let mut escaped = false;
     for (i, b) in value.bytes().enumerate() {
         match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
             b'"' => quoted = !quoted,
             b',' if !quoted => {
                 out.push(&value[start..i]);
@@ -94,6 +101,9 @@ fn split_directives(value: &str) -> Vec<&str> {
             }
             _ => {}
         }
+    }
+    if quoted {
+        return value.split(',').collect();
     }
     out.push(&value[start..]);
     out
@@ -322,6 +332,31 @@ mod tests {
             decide(200, sc, &ROUTE),
             Decision::Pass(Uncacheable::NoStore)
         );
+    }
+
+    #[test]
+    fn quoted_values_cannot_hide_private() {
+        let route = RoutePolicy {
+            soft_ttl: 10,
+            hard_ttl: 100,
+            negative_ttl: 0,
+            honor_origin_headers: true,
+        };
+        for cc in [
+            r#"ext="a\"b", private, x="y""#,
+            r#"ext="a,b", no-store"#,
+            r#"ext="unclosed, private"#,
+            r#"max-age=60, ext="\\", private"#,
+        ] {
+            let h = ResponseHeaders {
+                cache_control: Some(cc),
+                ..ResponseHeaders::default()
+            };
+            assert!(
+                matches!(decide(200, h, &route), Decision::Pass(_)),
+                "{cc} was stored"
+            );
+        }
     }
 
     #[test]
