@@ -152,6 +152,7 @@ use compile::{Builder, InlineDef, Node};
 use lexer::Lexer;
 
 pub use compile::MAX_DEPTH;
+pub(crate) use vars::cookie_value;
 
 /// A compiled ESI document: the source bytes plus nodes that refer to them.
 ///
