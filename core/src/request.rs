@@ -7,7 +7,7 @@
 use http::header::{HeaderMap, HeaderName, COOKIE};
 use http::Method;
 
-use crate::esi::RequestVars;
+use crate::esi::{cookie_value, RequestVars};
 use crate::headers::{text, value as header_value};
 use crate::url::Url;
 
@@ -65,13 +65,11 @@ impl ClientRequest {
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
-    /// The value of cookie `name`, if present (first occurrence wins).
+    /// The value of cookie `name`, if present: first occurrence, trimmed,
+    /// one pair of surrounding double quotes removed. The same value as the
+    /// ESI variable `$(HTTP_COOKIE{name})` (one parser serves both).
     pub fn cookie(&self, name: &str) -> Option<String> {
-        let header = self.cookie_header()?;
-        header.split(';').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
-        })
+        cookie_value(&self.cookie_header()?, name).map(str::to_owned)
     }
 
     /// The raw (still percent-encoded) value of query parameter `name`.
@@ -96,6 +94,68 @@ impl ClientRequest {
             accept_language: self.header("accept-language").map(str::to_owned),
             cookie: self.cookie_header(),
             query_string: self.url.query().map(str::to_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::esi::{Segment, Template};
+
+    /// What `$(HTTP_COOKIE{name})` outputs for `req` inside `esi:vars`.
+    fn esi_cookie(req: &ClientRequest, name: &str) -> String {
+        let page = format!("<esi:vars>$(HTTP_COOKIE{{{name}}})</esi:vars>");
+        let t = Template::compile(page.as_bytes());
+        let mut out = Vec::new();
+        for s in t.evaluate(&req.esi_vars()).segments {
+            match s {
+                Segment::Literal(r) => out.extend_from_slice(&t.source()[r]),
+                Segment::Text(b) => out.extend(b),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    /// HTML-escaped as ESI escapes values in markup.
+    fn escaped(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    }
+
+    #[test]
+    fn cookie_and_esi_variable_agree() {
+        let req = ClientRequest::new(Url::parse("http://shop.test/").expect("url"))
+            .with_header(
+                "cookie",
+                "a=\"quoted value\"; b=\"\"twice\"\"; c = \" spaced \" ; d=\"open; e=close\"",
+            )
+            .with_header("cookie", "f=plain; a=second; g=; h; i=\"; j=\"\"");
+        let want = [
+            ("a", Some("quoted value")),
+            // One pair of quotes is removed, not every quote.
+            ("b", Some("\"twice\"")),
+            ("c", Some(" spaced ")),
+            ("d", Some("\"open")),
+            ("e", Some("close\"")),
+            ("f", Some("plain")),
+            ("g", Some("")),
+            ("h", None),
+            ("i", Some("\"")),
+            ("j", Some("")),
+            ("missing", None),
+        ];
+        for (name, value) in want {
+            assert_eq!(req.cookie(name).as_deref(), value, "cookie {name}");
+            assert_eq!(
+                esi_cookie(&req, name),
+                escaped(value.unwrap_or("")),
+                "$(HTTP_COOKIE{{{name}}})"
+            );
         }
     }
 }

@@ -29,10 +29,18 @@
 //! [`Compiler`] in random chunks (seeded; the seed is in the failure
 //! message), in single bytes, and, for short pages, split at every offset.
 //! The chunked runs must give the same [`Plan`] as the whole page.
+//!
+//! The harness is `libtest-mimic` (`harness = false`): each fixture is a
+//! trial named after its file (`fixture::26-choose-when`), so a failure
+//! names its fixture and `cargo test --test esi_fixtures -- choose` runs a
+//! few. The other tests here are trials too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::rc::Rc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
 
 use fragcache_core::assemble::Chunk;
 use fragcache_core::config::Config;
@@ -305,60 +313,97 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esi")
 }
 
-fn fixtures() -> Vec<Fixture> {
+/// The fixture files, sorted.
+fn fixture_paths() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
         .expect("fixture directory")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "fixture"))
         .collect();
     paths.sort();
-    paths.iter().map(|p| parse_fixture(p)).collect()
+    paths
 }
 
-#[test]
-fn all_fixtures() {
-    let all = fixtures();
-    assert!(all.len() >= 40, "only {} fixtures found", all.len());
-    for fx in &all {
-        let name = &fx.name;
-        let t = Template::compile(&fx.page);
-        let (got, logs) = run_page_logged(fx);
-        for want in &fx.logs {
-            assert!(
-                logs.iter().any(|l| l.contains(want.as_str())),
-                "{name}: no log line contains {want:?}: {logs:#?}"
-            );
+/// Runs one fixture file: its output, logs and warnings, and chunked
+/// compiles of its page and fragments.
+fn run_fixture(path: &Path) {
+    let fx = parse_fixture(path);
+    let name = &fx.name;
+    let t = Template::compile(&fx.page);
+    let (got, logs) = run_page_logged(&fx);
+    for want in &fx.logs {
+        assert!(
+            logs.iter().any(|l| l.contains(want.as_str())),
+            "{name}: no log line contains {want:?}: {logs:#?}"
+        );
+    }
+    match (&fx.expect, &got) {
+        (Some(want), Some(got)) => assert!(
+            want == got,
+            "{name}: output differs\n--- want\n{}\n--- got\n{}",
+            show(want),
+            show(got)
+        ),
+        (None, None) => {}
+        (None, Some(got)) => panic!("{name}: expected an error, got\n{}", show(got)),
+        (Some(_), None) => panic!("{name}: page failed"),
+    }
+    if let Some(want) = &fx.warnings {
+        let msgs: Vec<&str> = t.warnings().iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(msgs.len(), want.len(), "{name}: warnings {msgs:#?}");
+        for (m, w) in msgs.iter().zip(want) {
+            assert!(m.contains(w.as_str()), "{name}: warning {m:?} lacks {w:?}");
         }
-        match (&fx.expect, &got) {
-            (Some(want), Some(got)) => assert!(
-                want == got,
-                "{name}: output differs\n--- want\n{}\n--- got\n{}",
-                show(want),
-                show(got)
-            ),
-            (None, None) => {}
-            (None, Some(got)) => panic!("{name}: expected an error, got\n{}", show(got)),
-            (Some(_), None) => panic!("{name}: page failed"),
-        }
-        if let Some(want) = &fx.warnings {
-            let msgs: Vec<&str> = t.warnings().iter().map(|w| w.message.as_str()).collect();
-            assert_eq!(msgs.len(), want.len(), "{name}: warnings {msgs:#?}");
-            for (m, w) in msgs.iter().zip(want) {
-                assert!(m.contains(w.as_str()), "{name}: warning {m:?} lacks {w:?}");
-            }
-        }
-        if !t.has_esi() {
-            assert_eq!(got.as_deref(), Some(&fx.page[..]), "{name}: has_esi false");
-        }
-        check_chunking(name, &fx.page, &fx.vars, &t);
-        for (src, (_, body)) in &fx.fragments {
-            let ft = Template::compile(body);
-            check_chunking(&format!("{name} fragment {src}"), body, &fx.vars, &ft);
-        }
+    }
+    if !t.has_esi() {
+        assert_eq!(got.as_deref(), Some(&fx.page[..]), "{name}: has_esi false");
+    }
+    check_chunking(name, &fx.page, &fx.vars, &t);
+    for (src, (_, body)) in &fx.fragments {
+        let ft = Template::compile(body);
+        check_chunking(&format!("{name} fragment {src}"), body, &fx.vars, &ft);
     }
 }
 
-#[test]
+/// A trial that fails when `test` panics (libtest-mimic reports the
+/// panic message).
+fn trial(name: impl Into<String>, test: impl FnOnce() + Send + 'static) -> Trial {
+    Trial::test(name, move || {
+        test();
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let paths = fixture_paths();
+    let count = paths.len();
+    let mut trials = vec![
+        Trial::test("fixture_count", move || {
+            if count >= 40 {
+                Ok(())
+            } else {
+                Err(Failed::from(format!("only {count} fixtures found")))
+            }
+        }),
+        trial("fixture_parser_rules", fixture_parser_rules),
+        trial(
+            "tags_straddling_stream_boundaries",
+            tags_straddling_stream_boundaries,
+        ),
+    ];
+    for path in paths {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        trials.push(trial(format!("fixture::{stem}"), move || {
+            run_fixture(&path)
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
 fn fixture_parser_rules() {
     let dir = std::env::temp_dir().join(format!("esi-fixture-parse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -378,7 +423,6 @@ fn fixture_parser_rules() {
 
 /// Tags straddling the chunk boundaries a streaming body typically has
 /// (16 KiB, 64 KiB), with multi-byte UTF-8 right next to them.
-#[test]
 fn tags_straddling_stream_boundaries() {
     let tag = "<esi:include src=\"/fragments/é\"/>".as_bytes();
     let vars_tag = b"<esi:vars>$(HTTP_COOKIE{user})</esi:vars>";

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::expr::{self, Expr};
-use super::lexer::Tag;
+use super::lexer::{Content, Directive, Mode, Name, Sink, Tag};
 use super::vars::{parse_var_at, VarRef};
 use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
 
@@ -248,58 +248,29 @@ pub(crate) fn url_text(b: &[u8]) -> String {
     out
 }
 
-/// ESI elements, plus the `<!--esi` marker, which nests like one.
+/// What a frame was opened by: an ESI element, or the `<!--esi` marker,
+/// which nests like one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Elem {
-    Include,
-    Comment,
-    Remove,
-    Vars,
-    Choose,
-    When,
-    Otherwise,
-    Try,
-    Attempt,
-    Except,
-    Inline,
+enum Elem {
+    Esi(Directive),
     Marker,
 }
 
-/// Number of [`Elem`] variants.
-const ELEM_COUNT: usize = 12;
-const _: () = assert!(Elem::Marker as usize + 1 == ELEM_COUNT);
+/// Number of [`Elem`] values.
+const ELEM_COUNT: usize = Directive::COUNT + 1;
 
 impl Elem {
-    pub(crate) fn from_name(name: &[u8]) -> Option<Elem> {
-        Some(match name {
-            b"include" => Elem::Include,
-            b"comment" => Elem::Comment,
-            b"remove" => Elem::Remove,
-            b"vars" => Elem::Vars,
-            b"choose" => Elem::Choose,
-            b"when" => Elem::When,
-            b"otherwise" => Elem::Otherwise,
-            b"try" => Elem::Try,
-            b"attempt" => Elem::Attempt,
-            b"except" => Elem::Except,
-            b"inline" => Elem::Inline,
-            _ => return None,
-        })
+    /// A distinct index below [`ELEM_COUNT`].
+    fn index(self) -> usize {
+        match self {
+            Elem::Esi(d) => d as usize,
+            Elem::Marker => Directive::COUNT,
+        }
     }
 
     fn as_str(self) -> &'static str {
         match self {
-            Elem::Include => "esi:include",
-            Elem::Comment => "esi:comment",
-            Elem::Remove => "esi:remove",
-            Elem::Vars => "esi:vars",
-            Elem::Choose => "esi:choose",
-            Elem::When => "esi:when",
-            Elem::Otherwise => "esi:otherwise",
-            Elem::Try => "esi:try",
-            Elem::Attempt => "esi:attempt",
-            Elem::Except => "esi:except",
-            Elem::Inline => "esi:inline",
+            Elem::Esi(d) => d.as_str(),
             Elem::Marker => "<!--esi",
         }
     }
@@ -347,7 +318,7 @@ struct Frame {
 pub(crate) struct Builder {
     stack: Vec<Frame>,
     /// Elements opened beyond [`MAX_DEPTH`], counted per element (indexed
-    /// by `Elem as usize`), so that as many of their end tags are dropped.
+    /// by [`Elem::index`]), so that as many of their end tags are dropped.
     /// Counters rather than a stack: an end tag is handled in O(1).
     overflow: [usize; ELEM_COUNT],
     inlines: Vec<InlineDef>,
@@ -397,17 +368,83 @@ impl Default for Builder {
     }
 }
 
+/// The lexer's events, in document order.
+impl Sink for Builder {
+    /// Literal source bytes.
+    fn text(&mut self, r: Range<usize>) {
+        if !r.is_empty() {
+            self.add_node(Node::Literal(r));
+        }
+    }
+
+    /// An ESI start tag; `esi:remove` asks for its content raw.
+    fn start_tag(&mut self, tag: &Tag<'_>) -> Content {
+        let directive = match tag.name {
+            Name::Known(d) => d,
+            Name::Unknown(name) => {
+                let msg = format!(
+                    "unknown element `esi:{}` dropped (content kept)",
+                    String::from_utf8_lossy(name)
+                );
+                self.warn(tag.start, msg);
+                return Content::Lexed;
+            }
+        };
+        self.directive(directive, tag)
+    }
+
+    /// An ESI end tag `</esi:NAME>`.
+    fn end_tag(&mut self, name: Name<'_>, offset: usize) {
+        match name {
+            Name::Unknown(name) => {
+                let msg = format!(
+                    "unknown end tag `</esi:{}>` dropped",
+                    String::from_utf8_lossy(name)
+                );
+                self.warn(offset, msg);
+            }
+            // Empty elements may be written with an end tag; it means nothing.
+            Name::Known(Directive::Include | Directive::Comment) => {}
+            Name::Known(d) => self.close(Elem::Esi(d), offset),
+        }
+    }
+
+    /// A variable reference in `esi:vars` content.
+    fn var(&mut self, var: VarRef, offset: usize) {
+        if let Some(name) = &var.unknown_name {
+            let name = name.clone();
+            self.warn_unknown_name(&name, offset);
+        }
+        self.add_node(Node::Var(var));
+    }
+
+    /// `<!--esi`.
+    fn marker_open(&mut self, offset: usize) {
+        self.open(Elem::Marker, Kind::Transparent, offset);
+    }
+
+    /// `-->` while a marker is open.
+    fn marker_close(&mut self, offset: usize) {
+        self.close(Elem::Marker, offset);
+    }
+
+    fn warning(&mut self, offset: usize, message: &'static str) {
+        self.warn(offset, message);
+    }
+
+    /// Variables are substituted inside `esi:vars`; `-->` closes an open
+    /// `<!--esi` marker.
+    fn mode(&self) -> Mode {
+        match (self.vars_depth > 0, self.marker_depth > 0) {
+            (false, false) => Mode::Markup,
+            (true, false) => Mode::Vars,
+            (false, true) => Mode::Marker,
+            (true, true) => Mode::VarsInMarker,
+        }
+    }
+}
+
 impl Builder {
-    /// Whether text is currently inside `esi:vars` (variables substituted).
-    pub(crate) fn in_vars(&self) -> bool {
-        self.vars_depth > 0
-    }
-
-    /// Whether a `<!--esi` marker is open (so `-->` closes it).
-    pub(crate) fn in_marker(&self) -> bool {
-        self.marker_depth > 0
-    }
-
     pub(crate) fn warn(&mut self, offset: usize, message: impl Into<String>) {
         if self.warnings.len() < MAX_WARNINGS {
             self.warnings.push(Warning {
@@ -422,32 +459,6 @@ impl Builder {
     fn warn_unknown_name(&mut self, name: &str, offset: usize) {
         let msg = format!("unknown variable `{name}` (always empty)");
         self.warn(offset, msg);
-    }
-
-    /// Literal source bytes.
-    pub(crate) fn text(&mut self, r: Range<usize>) {
-        if !r.is_empty() {
-            self.add_node(Node::Literal(r));
-        }
-    }
-
-    /// A variable reference in `esi:vars` content.
-    pub(crate) fn var(&mut self, var: VarRef, offset: usize) {
-        if let Some(name) = &var.unknown_name {
-            let name = name.clone();
-            self.warn_unknown_name(&name, offset);
-        }
-        self.add_node(Node::Var(var));
-    }
-
-    /// `<!--esi`.
-    pub(crate) fn marker_open(&mut self, offset: usize) {
-        self.open(Elem::Marker, Kind::Transparent, offset);
-    }
-
-    /// `-->` while a marker is open.
-    pub(crate) fn marker_close(&mut self, offset: usize) {
-        self.close(Elem::Marker, offset);
     }
 
     fn add_node(&mut self, node: Node) {
@@ -467,18 +478,9 @@ impl Builder {
         self.stack.last().map_or(0, |f| f.container)
     }
 
-    /// An ESI start tag. Returns true when the lexer must skip the content
-    /// of an `esi:remove`.
-    pub(crate) fn start_tag(&mut self, tag: &Tag<'_>) -> bool {
+    /// The start tag of a known element.
+    fn directive(&mut self, elem: Directive, tag: &Tag<'_>) -> Content {
         let off = tag.start;
-        let Some(elem) = Elem::from_name(tag.name) else {
-            let msg = format!(
-                "unknown element `esi:{}` dropped (content kept)",
-                String::from_utf8_lossy(tag.name)
-            );
-            self.warn(off, msg);
-            return false;
-        };
         let container = self.container();
         let in_branch_parent = matches!(
             self.stack[container].kind,
@@ -487,13 +489,13 @@ impl Builder {
         // Branches, the transparent `vars`, and elements that output nothing.
         let allowed_there = matches!(
             elem,
-            Elem::When
-                | Elem::Otherwise
-                | Elem::Attempt
-                | Elem::Except
-                | Elem::Vars
-                | Elem::Comment
-                | Elem::Remove
+            Directive::When
+                | Directive::Otherwise
+                | Directive::Attempt
+                | Directive::Except
+                | Directive::Vars
+                | Directive::Comment
+                | Directive::Remove
         );
         if in_branch_parent && !allowed_there {
             let parent = self.stack[container].elem.map_or("", Elem::as_str);
@@ -501,23 +503,24 @@ impl Builder {
             self.warn(off, msg);
         }
         match elem {
-            Elem::Include => {
+            Directive::Include => {
                 self.include(tag);
-                false
+                Content::Lexed
             }
-            Elem::Comment => false,
-            Elem::Remove => !tag.self_closing,
+            Directive::Comment => Content::Lexed,
+            Directive::Remove if tag.self_closing => Content::Lexed,
+            Directive::Remove => Content::Raw,
             _ => {
                 let kind = self.block_kind(elem, tag, container);
-                if self.open(elem, kind, off) && tag.self_closing {
+                if self.open(Elem::Esi(elem), kind, off) && tag.self_closing {
                     self.close_top();
                 }
-                false
+                Content::Lexed
             }
         }
     }
 
-    fn block_kind(&mut self, elem: Elem, tag: &Tag<'_>, container: usize) -> Kind {
+    fn block_kind(&mut self, elem: Directive, tag: &Tag<'_>, container: usize) -> Kind {
         let off = tag.start;
         #[derive(Clone, Copy)]
         enum Parent {
@@ -536,55 +539,55 @@ impl Builder {
             _ => Parent::Other,
         };
         let (kind, problem) = match (elem, parent) {
-            (Elem::Vars, _) => (Kind::Transparent, None),
-            (Elem::Choose, _) => (
+            (Directive::Vars, _) => (Kind::Transparent, None),
+            (Directive::Choose, _) => (
                 Kind::Choose {
                     whens: Vec::new(),
                     otherwise: None,
                 },
                 None,
             ),
-            (Elem::Try, _) => (
+            (Directive::Try, _) => (
                 Kind::Try {
                     attempt: None,
                     except: None,
                 },
                 None,
             ),
-            (Elem::When, Parent::Choose { .. }) => (Kind::When(self.test(tag)), None),
+            (Directive::When, Parent::Choose { .. }) => (Kind::When(self.test(tag)), None),
             (
-                Elem::Otherwise,
+                Directive::Otherwise,
                 Parent::Choose {
                     has_otherwise: false,
                 },
             ) => (Kind::Otherwise, None),
-            (Elem::Otherwise, Parent::Choose { .. }) => {
+            (Directive::Otherwise, Parent::Choose { .. }) => {
                 (Kind::Discard, Some("repeated in one `esi:choose`; dropped"))
             }
-            (Elem::When | Elem::Otherwise, _) => {
+            (Directive::When | Directive::Otherwise, _) => {
                 (Kind::Discard, Some("outside `esi:choose`; dropped"))
             }
             (
-                Elem::Attempt,
+                Directive::Attempt,
                 Parent::Try {
                     has_attempt: false, ..
                 },
             ) => (Kind::Attempt, None),
             (
-                Elem::Except,
+                Directive::Except,
                 Parent::Try {
                     has_except: false, ..
                 },
             ) => (Kind::Except, None),
-            (Elem::Attempt | Elem::Except, Parent::Try { .. }) => {
+            (Directive::Attempt | Directive::Except, Parent::Try { .. }) => {
                 (Kind::Discard, Some("repeated in one `esi:try`; dropped"))
             }
-            (Elem::Attempt, _) => (
+            (Directive::Attempt, _) => (
                 Kind::Transparent,
                 Some("outside `esi:try`; tag dropped, content kept"),
             ),
-            (Elem::Except, _) => (Kind::Discard, Some("outside `esi:try`; dropped")),
-            (Elem::Inline, _) => {
+            (Directive::Except, _) => (Kind::Discard, Some("outside `esi:try`; dropped")),
+            (Directive::Inline, _) => {
                 let name = tag
                     .attr(b"name")
                     .map(|n| url_text(n.trim_ascii()))
@@ -597,8 +600,8 @@ impl Builder {
                 }
                 (Kind::Inline(name), None)
             }
-            // Not block elements; `start_tag` never sends them here.
-            (Elem::Include | Elem::Comment | Elem::Remove | Elem::Marker, _) => {
+            // Not block elements; `directive` never sends them here.
+            (Directive::Include | Directive::Comment | Directive::Remove, _) => {
                 (Kind::Transparent, None)
             }
         };
@@ -676,11 +679,11 @@ impl Builder {
                 elem.as_str()
             );
             self.warn(offset, msg);
-            self.overflow[elem as usize] += 1;
+            self.overflow[elem.index()] += 1;
             return false;
         }
         match elem {
-            Elem::Vars => self.vars_depth += 1,
+            Elem::Esi(Directive::Vars) => self.vars_depth += 1,
             Elem::Marker => self.marker_depth += 1,
             _ => {}
         }
@@ -699,25 +702,9 @@ impl Builder {
         true
     }
 
-    /// An ESI end tag `</esi:NAME>`.
-    pub(crate) fn end_tag(&mut self, name: &[u8], offset: usize) {
-        match Elem::from_name(name) {
-            None => {
-                let msg = format!(
-                    "unknown end tag `</esi:{}>` dropped",
-                    String::from_utf8_lossy(name)
-                );
-                self.warn(offset, msg);
-            }
-            // Empty elements may be written with an end tag; it means nothing.
-            Some(Elem::Include | Elem::Comment) => {}
-            Some(elem) => self.close(elem, offset),
-        }
-    }
-
     fn close(&mut self, elem: Elem, offset: usize) {
-        if self.overflow[elem as usize] > 0 {
-            self.overflow[elem as usize] -= 1;
+        if self.overflow[elem.index()] > 0 {
+            self.overflow[elem.index()] -= 1;
             return;
         }
         let Some(j) = self.stack.iter().rposition(|f| f.elem == Some(elem)) else {
@@ -750,7 +737,7 @@ impl Builder {
             return;
         };
         match f.elem {
-            Some(Elem::Vars) => self.vars_depth -= 1,
+            Some(Elem::Esi(Directive::Vars)) => self.vars_depth -= 1,
             Some(Elem::Marker) => self.marker_depth -= 1,
             _ => {}
         }

@@ -1,5 +1,10 @@
 //! The streaming lexer: finds ESI constructs in a growing byte buffer and
-//! reports them to the [`Builder`].
+//! reports them, as events, to a [`Sink`] (the compiler's tree builder).
+//!
+//! The lexer knows nothing about the tree: what little it must know about
+//! the elements open around it (whether `$(` and `-->` mean anything, and
+//! whether an element's content is raw) it asks the sink, as a [`Mode`] and
+//! a [`Content`].
 //!
 //! # Chunk safety
 //!
@@ -9,8 +14,8 @@
 //! stops and waits, and it resumes from a saved position with saved state
 //! (quote state inside a tag, the variable scanner), so every byte is
 //! examined a bounded number of times whatever the chunking. Text between
-//! constructs is reported as byte ranges, and adjacent ranges are merged by
-//! the builder, so any chunking yields the same template.
+//! constructs is reported as byte ranges, only when a construct or the end
+//! of input ends them, so any chunking yields the same events.
 //!
 //! # What is recognised
 //!
@@ -39,12 +44,128 @@
 //!   and numeric `&#NN;`/`&#xNN;` (unknown or invalid ones stay as written).
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use memchr::memmem::Finder;
 use memchr::{memchr, memchr2, memchr3};
 
-use super::compile::Builder;
-use super::vars::{Scan, VarScanner};
+use super::vars::{Scan, VarRef, VarScanner};
+
+/// What the lexer reports, in document order. Offsets index the whole
+/// buffer (not the chunk).
+pub(crate) trait Sink {
+    /// Literal bytes `range` of the buffer. Never empty.
+    fn text(&mut self, range: Range<usize>);
+    /// An ESI start tag `<esi:NAME …>`; the answer says whether its
+    /// content is to be lexed or skipped raw up to its end tag.
+    fn start_tag(&mut self, tag: &Tag<'_>) -> Content;
+    /// An ESI end tag `</esi:NAME>` starting at `offset`.
+    fn end_tag(&mut self, name: Name<'_>, offset: usize);
+    /// A variable reference `$(…)` starting at `offset` (only lexed in
+    /// [`Mode::Vars`] or [`Mode::VarsInMarker`]).
+    fn var(&mut self, var: VarRef, offset: usize);
+    /// `<!--esi` at `offset`.
+    fn marker_open(&mut self, offset: usize);
+    /// `-->` at `offset` (only lexed in [`Mode::Marker`] or
+    /// [`Mode::VarsInMarker`]).
+    fn marker_close(&mut self, offset: usize);
+    /// A problem the lexer found (and worked around).
+    fn warning(&mut self, offset: usize, message: &'static str);
+    /// How text is to be lexed from here on: asked before every search for
+    /// the next construct, so an answer may change after any event.
+    fn mode(&self) -> Mode;
+}
+
+/// How the sink wants text lexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Plain markup: only tags and `<!--esi` are constructs.
+    Markup,
+    /// Inside `esi:vars`: `$(` too.
+    Vars,
+    /// Inside `<!--esi`: `-->` too.
+    Marker,
+    /// Inside both: `$(` and `-->` too.
+    VarsInMarker,
+}
+
+/// What follows a start tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// Lexed as usual.
+    Lexed,
+    /// Skipped unlexed up to `</esi:remove>` (the content of `esi:remove`).
+    Raw,
+}
+
+/// The ESI elements (the `NAME` of `<esi:NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Directive {
+    Include,
+    Comment,
+    Remove,
+    Vars,
+    Choose,
+    When,
+    Otherwise,
+    Try,
+    Attempt,
+    Except,
+    Inline,
+}
+
+impl Directive {
+    /// Number of variants (they are numbered from 0).
+    pub(crate) const COUNT: usize = Directive::Inline as usize + 1;
+
+    fn from_name(name: &[u8]) -> Option<Directive> {
+        Some(match name {
+            b"include" => Directive::Include,
+            b"comment" => Directive::Comment,
+            b"remove" => Directive::Remove,
+            b"vars" => Directive::Vars,
+            b"choose" => Directive::Choose,
+            b"when" => Directive::When,
+            b"otherwise" => Directive::Otherwise,
+            b"try" => Directive::Try,
+            b"attempt" => Directive::Attempt,
+            b"except" => Directive::Except,
+            b"inline" => Directive::Inline,
+            _ => return None,
+        })
+    }
+
+    /// `esi:NAME`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Directive::Include => "esi:include",
+            Directive::Comment => "esi:comment",
+            Directive::Remove => "esi:remove",
+            Directive::Vars => "esi:vars",
+            Directive::Choose => "esi:choose",
+            Directive::When => "esi:when",
+            Directive::Otherwise => "esi:otherwise",
+            Directive::Try => "esi:try",
+            Directive::Attempt => "esi:attempt",
+            Directive::Except => "esi:except",
+            Directive::Inline => "esi:inline",
+        }
+    }
+}
+
+/// The name of an ESI tag: a known element, or the bytes of another name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Name<'a> {
+    Known(Directive),
+    /// Not an ESI 1.0 element: the name after `esi:`.
+    Unknown(&'a [u8]),
+}
+
+impl<'a> Name<'a> {
+    fn new(name: &'a [u8]) -> Self {
+        Directive::from_name(name).map_or(Name::Unknown(name), Name::Known)
+    }
+}
 
 /// Whitespace allowed between `</esi:remove` and `>`; bounded so that a
 /// long run cannot be rescanned at every chunk.
@@ -218,26 +339,26 @@ impl Lexer {
 
     /// Lexes as far as `src` allows. With `eof`, the buffer is complete:
     /// nothing is left pending afterwards.
-    pub(crate) fn run(&mut self, src: &[u8], b: &mut Builder, eof: bool) {
+    pub(crate) fn run(&mut self, src: &[u8], sink: &mut impl Sink, eof: bool) {
         loop {
             let step = match self.state {
-                State::Text => self.text(src, b, eof),
-                State::Tag { .. } => self.tag(src, b, eof),
-                State::Var(_) => self.var(src, b, eof),
-                State::Remove { start } => self.remove(src, b, eof, start),
+                State::Text => self.text(src, sink, eof),
+                State::Tag { .. } => self.tag(src, sink, eof),
+                State::Var(_) => self.var(src, sink, eof),
+                State::Remove { start } => self.remove(src, sink, eof, start),
             };
             if let Step::Wait = step {
                 break;
             }
         }
         if eof {
-            self.flush(src.len(), b);
+            self.flush(src.len(), sink);
         }
     }
 
-    fn flush(&mut self, upto: usize, b: &mut Builder) {
+    fn flush(&mut self, upto: usize, sink: &mut impl Sink) {
         if self.text_start < upto {
-            b.text(self.text_start..upto);
+            sink.text(self.text_start..upto);
         }
         self.text_start = upto;
     }
@@ -277,12 +398,12 @@ impl Lexer {
         }
     }
 
-    fn text(&mut self, src: &[u8], b: &mut Builder, eof: bool) -> Step {
+    fn text(&mut self, src: &[u8], sink: &mut impl Sink, eof: bool) -> Step {
         let hay = &src[self.pos..];
-        let found = match (b.in_vars(), b.in_marker()) {
+        let found = match sink.mode() {
             // Plain markup, the common case: `<` is everywhere in HTML, so
             // look for the rarer `esi:` and `<!--esi` instead.
-            (false, false) => {
+            Mode::Markup => {
                 let Some(at) = self.next_construct(src) else {
                     // A construct may begin in the last 6 bytes (`<!--esi` is 7).
                     self.pos = if eof {
@@ -294,9 +415,9 @@ impl Lexer {
                 };
                 Some(at - self.pos)
             }
-            (true, false) => memchr2(b'<', b'$', hay),
-            (false, true) => memchr2(b'<', b'-', hay),
-            (true, true) => memchr3(b'<', b'$', b'-', hay),
+            Mode::Vars => memchr2(b'<', b'$', hay),
+            Mode::Marker => memchr2(b'<', b'-', hay),
+            Mode::VarsInMarker => memchr3(b'<', b'$', b'-', hay),
         };
         let Some(i) = found else {
             self.pos = src.len();
@@ -313,7 +434,7 @@ impl Lexer {
                 Class::Text => self.pos = at + 1,
                 Class::StartTag | Class::EndTag => {
                     let end_tag = rest[1] == b'/';
-                    self.flush(at, b);
+                    self.flush(at, sink);
                     let scan = at + if end_tag { 6 } else { 5 };
                     self.state = State::Tag {
                         start: at,
@@ -324,14 +445,14 @@ impl Lexer {
                     self.pos = scan;
                 }
                 Class::Marker => {
-                    self.flush(at, b);
-                    b.marker_open(at);
+                    self.flush(at, sink);
+                    sink.marker_open(at);
                     self.resume_text(at + 7);
                 }
             },
             b'$' => match rest.get(1) {
                 Some(b'(') => {
-                    self.flush(at, b);
+                    self.flush(at, sink);
                     self.state = State::Var(VarScanner::new(at));
                     self.pos = at + 2;
                 }
@@ -344,8 +465,8 @@ impl Lexer {
             // `-`, only looked for inside a marker.
             _ => {
                 if rest.starts_with(b"-->") {
-                    self.flush(at, b);
-                    b.marker_close(at);
+                    self.flush(at, sink);
+                    sink.marker_close(at);
                     self.resume_text(at + 3);
                 } else if !eof && rest.len() < 3 && b"-->".starts_with(rest) {
                     self.pos = at;
@@ -358,7 +479,7 @@ impl Lexer {
         Step::Go
     }
 
-    fn tag(&mut self, src: &[u8], b: &mut Builder, eof: bool) -> Step {
+    fn tag(&mut self, src: &[u8], sink: &mut impl Sink, eof: bool) -> Step {
         let State::Tag {
             start,
             end_tag,
@@ -400,7 +521,7 @@ impl Lexer {
                 self.pos = src.len();
                 return Step::Wait;
             }
-            b.warn(
+            sink.warning(
                 start,
                 "ESI tag not closed by `>` before the end of input; output as text",
             );
@@ -412,14 +533,14 @@ impl Lexer {
         let tag = parse_tag(src, start, gt, end_tag);
         self.resume_text(gt + 1);
         if end_tag {
-            b.end_tag(tag.name, start);
-        } else if b.start_tag(&tag) {
+            sink.end_tag(tag.name, start);
+        } else if sink.start_tag(&tag) == Content::Raw {
             self.state = State::Remove { start };
         }
         Step::Go
     }
 
-    fn var(&mut self, src: &[u8], b: &mut Builder, eof: bool) -> Step {
+    fn var(&mut self, src: &[u8], sink: &mut impl Sink, eof: bool) -> Step {
         let State::Var(sc) = &mut self.state else {
             return Step::Go;
         };
@@ -427,7 +548,7 @@ impl Lexer {
         match sc.scan(src) {
             Scan::Done(end) => {
                 let var = sc.build(src);
-                b.var(var, start);
+                sink.var(var, start);
                 self.resume_text(end + 1);
             }
             Scan::More if !eof => {
@@ -443,7 +564,7 @@ impl Lexer {
         Step::Go
     }
 
-    fn remove(&mut self, src: &[u8], b: &mut Builder, eof: bool, start: usize) -> Step {
+    fn remove(&mut self, src: &[u8], sink: &mut impl Sink, eof: bool, start: usize) -> Step {
         let mut i = self.pos;
         while let Some(k) = memchr(b'<', &src[i..]) {
             let at = i + k;
@@ -460,7 +581,7 @@ impl Lexer {
             }
         }
         if eof {
-            b.warn(
+            sink.warning(
                 start,
                 "`esi:remove` not closed; the rest of the input is dropped",
             );
@@ -476,8 +597,8 @@ impl Lexer {
 /// the compiler asks for at most three, so this saves an allocation per tag.
 #[derive(Debug)]
 pub(crate) struct Tag<'a> {
-    /// Element name without the `esi:` prefix.
-    pub(crate) name: &'a [u8],
+    /// Element name (after the `esi:` prefix).
+    pub(crate) name: Name<'a>,
     /// Everything after the name, up to (not including) the `>`.
     rest: &'a [u8],
     pub(crate) self_closing: bool,
@@ -579,7 +700,7 @@ pub(crate) fn parse_tag(src: &[u8], start: usize, gt: usize, end_tag: bool) -> T
     let end = rest.trim_ascii_end().len();
     let self_closing = attrs.last_slash.is_some_and(|p| p + 1 == end);
     Tag {
-        name: &inner[..name_len],
+        name: Name::new(&inner[..name_len]),
         rest,
         self_closing,
         start,
@@ -642,103 +763,4 @@ fn entity(s: &[u8]) -> Option<(char, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tag(s: &str) -> Tag<'_> {
-        let gt = s.len() - 1;
-        parse_tag(s.as_bytes(), 0, gt, s.starts_with("</"))
-    }
-
-    fn attr(t: &Tag<'_>, n: &str) -> Option<String> {
-        t.attr(n.as_bytes())
-            .map(|v| String::from_utf8(v.into_owned()).unwrap())
-    }
-
-    #[test]
-    fn attributes() {
-        let t = tag("<esi:include src=\"/a\" alt='/b' onerror=continue/>");
-        assert_eq!(t.name, b"include");
-        assert_eq!(attr(&t, "src").as_deref(), Some("/a"));
-        assert_eq!(attr(&t, "alt").as_deref(), Some("/b"));
-        // An unquoted value takes the `/` (as in HTML).
-        assert_eq!(attr(&t, "onerror").as_deref(), Some("continue/"));
-        assert!(!t.self_closing);
-        let t = tag("<esi:include\n\tsrc\n=\n  \"/a b\"\r\n  alt = '/c' />");
-        assert_eq!(attr(&t, "src").as_deref(), Some("/a b"));
-        assert_eq!(attr(&t, "alt").as_deref(), Some("/c"));
-        assert!(t.self_closing);
-        let t = tag("<esi:include src=\"/first\" src=\"/second\" checked = bogus\"x\"/>");
-        assert_eq!(attr(&t, "src").as_deref(), Some("/first"));
-        assert_eq!(attr(&t, "checked").as_deref(), Some("bogus\"x\"/"));
-        let t = tag("<esi:vars>");
-        assert_eq!(t.name, b"vars");
-        assert!(!t.self_closing);
-        let t = tag("<esi:when test=\"$(A) > 1 & $(B)=='x'\">");
-        assert_eq!(attr(&t, "test").as_deref(), Some("$(A) > 1 & $(B)=='x'"));
-        let t = tag("<esi:comment text=\"a\" / >");
-        assert!(t.self_closing);
-        let t = tag("<esi:include = src=\"/q\" novalue/>");
-        assert_eq!(attr(&t, "src").as_deref(), Some("/q"));
-        assert_eq!(attr(&t, "novalue").as_deref(), Some(""));
-        let t = tag("<esi:include src=\"unterminated/>");
-        assert_eq!(attr(&t, "src").as_deref(), Some("unterminated/"));
-        let t = tag("</esi:vars >");
-        assert_eq!(t.name, b"vars");
-    }
-
-    #[test]
-    fn entities() {
-        let d = |s: &str| String::from_utf8(decode_entities(s.as_bytes()).into_owned()).unwrap();
-        assert_eq!(d("a&amp;b&lt;&gt;&quot;&apos;"), "a&b<>\"'");
-        assert_eq!(d("&#65;&#x42;&#X43;&#233;&#x1F600;"), "ABCé😀");
-        assert_eq!(
-            d("&unknown; &amp &#; &#x; &#0; &#xD800; &#x110000; & &#12a;"),
-            "&unknown; &amp &#; &#x; &#0; &#xD800; &#x110000; & &#12a;"
-        );
-        assert_eq!(d("&amp;amp;"), "&amp;");
-        assert_eq!(d("&#99999999999999;"), "&#99999999999999;");
-    }
-
-    #[test]
-    fn classification() {
-        assert!(matches!(classify(b"<esi:i", false), Class::StartTag));
-        assert!(matches!(classify(b"</esi:i", false), Class::EndTag));
-        assert!(matches!(classify(b"<!--esi", false), Class::Marker));
-        assert!(matches!(classify(b"<es", false), Class::NeedMore));
-        assert!(matches!(classify(b"<esi:", false), Class::NeedMore));
-        assert!(matches!(classify(b"<esi:", true), Class::Text));
-        assert!(matches!(classify(b"<!-", false), Class::NeedMore));
-        assert!(matches!(classify(b"<!-- ", false), Class::Text));
-        assert!(matches!(classify(b"<esi: x", false), Class::Text));
-        assert!(matches!(classify(b"<ESI:include", false), Class::Text));
-        assert!(matches!(classify(b"<esix:foo", false), Class::Text));
-        assert!(matches!(classify(b"<esi-foo", false), Class::Text));
-        assert!(matches!(classify(b"<", false), Class::NeedMore));
-        assert!(matches!(classify(b"<", true), Class::Text));
-    }
-
-    #[test]
-    fn remove_end_matching() {
-        assert!(matches!(
-            remove_end(b"</esi:remove>", false),
-            RemoveEnd::Yes(13)
-        ));
-        assert!(matches!(
-            remove_end(b"</esi:remove \n>x", false),
-            RemoveEnd::Yes(15)
-        ));
-        assert!(matches!(
-            remove_end(b"</esi:rem", false),
-            RemoveEnd::NeedMore
-        ));
-        assert!(matches!(remove_end(b"</esi:rem", true), RemoveEnd::No));
-        assert!(matches!(
-            remove_end(b"</esi:removed>", false),
-            RemoveEnd::No
-        ));
-        assert!(matches!(remove_end(b"<p>", false), RemoveEnd::No));
-        let long = format!("</esi:remove{}>", " ".repeat(MAX_REMOVE_END_SPACE + 1));
-        assert!(matches!(remove_end(long.as_bytes(), false), RemoveEnd::No));
-    }
-}
+mod tests;

@@ -5,7 +5,9 @@
 //! # Layout
 //!
 //! - [`Compiler`] (here) owns the source buffer; `lexer` finds ESI
-//!   constructs in it, chunk by chunk; `compile` builds the node tree.
+//!   constructs in it, chunk by chunk, and reports them as events to a
+//!   `Sink`; `compile` builds the node tree, its `Builder` being the sink.
+//!   The lexer does not depend on the compiler.
 //! - `vars` parses `$(…)` references, looks them up in [`RequestVars`] and
 //!   escapes values; `expr` compiles and evaluates `test` expressions.
 //! - `eval` turns a template and a request into a [`Plan`].
@@ -152,6 +154,7 @@ use compile::{Builder, InlineDef, Node};
 use lexer::Lexer;
 
 pub use compile::MAX_DEPTH;
+pub(crate) use vars::cookie_value;
 
 /// A compiled ESI document: the source bytes plus nodes that refer to them.
 ///

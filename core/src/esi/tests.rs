@@ -676,7 +676,7 @@ fn pathological_inputs_stay_linear_byte_by_byte() {
 }
 
 /// Inputs for the chunk-safety tests: every construct and malformed case.
-const SAMPLES: &[&str] = &[
+pub(super) const SAMPLES: &[&str] = &[
     "plain <b>html</b> with < and > and $( and -- and -->",
     "a<esi:include src=\"/x\" alt='/y' onerror=\"continue\"/>b<esi:include src=/z></esi:include>",
     "<esi:include\n src\n=\n\"/a?x=$(QUERY_STRING{id})&amp;h=$(HTTP_HOST)\"\n/>",
