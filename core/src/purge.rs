@@ -44,6 +44,7 @@ use std::collections::VecDeque;
 use crate::cache::key::{covers, key_prefix, list_prefix};
 use crate::cache::EntryMeta;
 use crate::config::{Config, PathPattern};
+use crate::esi::form_decode;
 use crate::loader::Loader;
 use crate::ports::{LogLevel, StoredEntry};
 
@@ -164,7 +165,7 @@ pub fn paths_from_query(query: Option<&str>) -> Result<Vec<String>, PurgeError> 
         .unwrap_or("")
         .split('&')
         .filter_map(|p| p.strip_prefix("path="))
-        .map(percent_decode)
+        .map(|p| form_decode(p).into_owned())
         .collect();
     if paths.is_empty() {
         return Err(PurgeError::NoPaths);
@@ -173,29 +174,6 @@ pub fn paths_from_query(query: Option<&str>) -> Result<Vec<String>, PurgeError> 
         return Err(PurgeError::BadPath(bad.clone()));
     }
     Ok(paths)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The key prefixes that cover `path`, with whether a match must end there
@@ -303,7 +281,10 @@ mod tests {
             paths_from_query(Some("path=nav")),
             Err(PurgeError::BadPath("nav".into()))
         );
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            paths_from_query(Some("path=/a%zz%4+b")),
+            Ok(vec!["/a%zz%4 b".to_owned()])
+        );
     }
 
     #[test]
