@@ -31,7 +31,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use crate::cache::backoff::Backoff;
 use crate::cache::entry::{jittered_ms, xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join, LeaderGuard};
-use crate::cache::key::{cache_key, header_value};
+use crate::cache::key::{cache_key, header_value, KeyKind};
 use crate::cache::kv::{TimedStore, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::lru::Lru;
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders, RoutePolicy};
@@ -417,7 +417,7 @@ impl Shared {
 /// How one URL is to be loaded: derived from its route.
 #[derive(Debug, Clone)]
 struct Policy {
-    kind: &'static str,
+    kind: KeyKind,
     route_id: usize,
     /// `None`: never cached.
     cache: Option<CachePolicy>,
@@ -449,7 +449,7 @@ impl Policy {
             .is_some_and(|c| req.cookie(c).is_some());
         let private = r.private || signed_in;
         Policy {
-            kind: "f",
+            kind: KeyKind::Fragment,
             route_id: r.id,
             cache: (!private).then(|| CachePolicy {
                 route: RoutePolicy {
@@ -479,7 +479,7 @@ impl Policy {
     fn for_page(r: &PageRoute, config: &Config) -> Policy {
         let timeout_ms = config.limits.fragment_timeout_ms;
         Policy {
-            kind: "p",
+            kind: KeyKind::Page,
             route_id: r.id,
             cache: r.ttls.as_ref().map(|t| CachePolicy {
                 route: RoutePolicy {
@@ -512,7 +512,7 @@ impl Policy {
 
     fn unrouted(config: &Config) -> Policy {
         Policy {
-            kind: "u",
+            kind: KeyKind::Unrouted,
             route_id: 0,
             cache: None,
             private: true,
