@@ -48,7 +48,7 @@
 //! [`normalize_header_value`] makes them (several instances joined with
 //! `, `, whitespace runs collapsed, ASCII lower-cased); the country's case.
 //! Whatever is normalised in the key is sent normalised to the origin
-//! (see `loader::origin_request`), so the origin can never answer two
+//! (see `loader::origin`), so the origin can never answer two
 //! requests that share a key differently because of those differences.
 //!
 //! # Long keys
