@@ -106,12 +106,6 @@ impl SimClock {
         })
     }
 
-    /// Moves time forward by `ms` (timers that come due fire on the next run).
-    pub fn advance(&self, ms: u64) {
-        self.now.set(self.now.get() + ms);
-        self.fire_due();
-    }
-
     fn fire_due(&self) {
         let now = self.now.get();
         let mut timers = self.timers.borrow_mut();
