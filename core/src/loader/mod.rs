@@ -17,6 +17,9 @@
 //!    [`crate::cache::flight`] and [`crate::ports::Signals`]).
 //!
 //! What the origin returns decides what is stored ([`crate::cache::policy`]).
+//! A background refresh is conditional on the stored copy's `ETag` and
+//! `Last-Modified`; a `304 Not Modified` renews that copy's freshness
+//! without the body crossing the network again.
 //! A refresh that fails never overwrites a good entry, and sets the key's
 //! back-off; a KV read error counts as a miss; a KV write error is logged.
 //! Every KV call is bounded in time ([`crate::cache::kv`]): a read that
@@ -48,7 +51,7 @@ use crate::cache::entry::{xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join};
 use crate::cache::key::cache_key;
 use crate::cache::kv::{TimedStore, KV_READ_TIMEOUT_MS};
-use crate::cache::{CacheStatus, Freshness};
+use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, PageRoute};
 use crate::ports::{LocalFuture, LogLevel, OriginError, Ports, StoreError, StoredEntry};
 use crate::request::ClientRequest;
@@ -63,6 +66,7 @@ pub use policy::VaryHint;
 pub use store::{flight_lifetime_ms, FLIGHT_WRITE_BUDGET_MS};
 
 use memory::StoreRead;
+use origin::add_validators;
 use policy::{CachePolicy, Policy};
 use store::fetch_and_store;
 
@@ -72,7 +76,9 @@ pub enum LoadError {
     /// The origin fetch failed.
     #[error(transparent)]
     Origin(#[from] OriginError),
-    /// The origin answered with a server error.
+    /// The origin answered with a server error, or with `304 Not Modified`
+    /// to a request that was not conditional (or whose validator the
+    /// answer contradicts).
     #[error("origin answered {}", .0.as_u16())]
     Status(StatusCode),
     /// Cold key, `cold = "fail"` route, and another request is fetching it.
@@ -318,15 +324,16 @@ impl Loader {
                 Freshness::Fresh => {
                     let early = cache.xfetch_beta > 0.0
                         && xfetch_due(&meta, now, cache.xfetch_beta, self.ports.rng.next_f64());
-                    let status = if early && self.start_refresh(&key, url, &policy, now) {
-                        CacheStatus::Refresh
-                    } else {
-                        CacheStatus::Hit
-                    };
+                    let status =
+                        if early && self.start_refresh(&key, url, &policy, &meta, &frag, now) {
+                            CacheStatus::Refresh
+                        } else {
+                            CacheStatus::Hit
+                        };
                     return Lookup::ready(status, age, false, Ok(frag));
                 }
                 Freshness::Stale => {
-                    self.start_refresh(&key, url, &policy, now);
+                    self.start_refresh(&key, url, &policy, &meta, &frag, now);
                     return Lookup::ready(CacheStatus::Stale, age, false, Ok(frag));
                 }
                 Freshness::Expired => {}
@@ -461,8 +468,18 @@ impl Loader {
     }
 
     /// Starts a background refresh of `key` unless one is in flight or the
-    /// key is backing off. Returns whether one started.
-    fn start_refresh(&self, key: &str, url: &Url, policy: &Policy, now: u64) -> bool {
+    /// key is backing off. Returns whether one started. The request is
+    /// conditional on the stored copy's validators (`meta`), and the job
+    /// keeps that copy (`meta`, `frag`): a `304 Not Modified` renews it.
+    fn start_refresh(
+        &self,
+        key: &str,
+        url: &Url,
+        policy: &Policy,
+        meta: &EntryMeta,
+        frag: &Rc<Fragment>,
+        now: u64,
+    ) -> bool {
         if !self.shared.backoff.allows(key, now) {
             return false;
         }
@@ -470,8 +487,10 @@ impl Loader {
         match self.shared.flights.join_for(key, now, lifetime) {
             Join::Follower(_) => false,
             Join::Leader(guard) => {
-                let req = self.origin_request(url, policy, false);
-                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), true);
+                let mut req = self.origin_request(url, policy, false);
+                add_validators(&mut req.headers, meta);
+                let stored = Some((meta.clone(), Rc::clone(frag)));
+                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), stored);
                 self.ports.background.spawn(Box::pin(job));
                 true
             }
@@ -497,7 +516,8 @@ impl Loader {
                 }
                 let handle = guard.handle();
                 let req = self.origin_request(&url, &policy, false);
-                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), false);
+                // A cold load sends no validators: there is nothing to renew.
+                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), None);
                 self.ports.background.spawn(Box::pin(job));
                 // The fetch has its own timeout; allow a little for the write-back.
                 (

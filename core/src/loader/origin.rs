@@ -1,7 +1,11 @@
 //! The request sent to the origin: which client headers go (and in what
-//! form), credentials, and the capability header announcing ESI.
+//! form), credentials, the capability header announcing ESI, and the
+//! validators that make a refresh conditional.
 
+use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, HeaderName};
+
+use crate::cache::EntryMeta;
 
 use crate::cache::key::header_value;
 use crate::config::UNFORWARDABLE_HEADERS;
@@ -16,6 +20,29 @@ pub const SURROGATE_CAPABILITY: (&str, &str) = ("surrogate-capability", "fragcac
 
 /// Request headers that describe one connection and are never forwarded.
 pub const HOP_BY_HOP: &[&str] = UNFORWARDABLE_HEADERS.split_at(2).1;
+
+/// Makes a refresh conditional on the stored copy: `If-None-Match` with its
+/// `ETag`, `If-Modified-Since` with its `Last-Modified` (both when both are
+/// known, as RFC 9110 allows: the origin then judges by the ETag). Returns
+/// whether any validator was added.
+pub(super) fn add_validators(headers: &mut HeaderMap, meta: &EntryMeta) -> bool {
+    let mut added = false;
+    for (name, v) in [
+        (IF_NONE_MATCH, &meta.etag),
+        (IF_MODIFIED_SINCE, &meta.last_modified),
+    ] {
+        if let Some(v) = v.as_deref().and_then(to_header_value) {
+            headers.insert(name, v);
+            added = true;
+        }
+    }
+    added
+}
+
+/// Whether `headers` make the request conditional.
+pub(super) fn is_conditional(headers: &HeaderMap) -> bool {
+    headers.contains_key(IF_NONE_MATCH) || headers.contains_key(IF_MODIFIED_SINCE)
+}
 
 impl Loader {
     /// The origin request for `url`. Credentials (`Cookie`, `Authorization`)
@@ -97,6 +124,25 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validators_make_a_request_conditional() {
+        let mut h = HeaderMap::new();
+        let none = EntryMeta::new(0, 1, 2, 200, 1);
+        assert!(!add_validators(&mut h, &none) && !is_conditional(&h));
+        let both = none.with_headers(
+            None,
+            Some("\"v1\""),
+            Some("Tue, 01 Dec 2026 00:00:00 GMT"),
+            None,
+        );
+        assert!(add_validators(&mut h, &both) && is_conditional(&h));
+        assert_eq!(h.get(IF_NONE_MATCH).unwrap(), "\"v1\"");
+        assert_eq!(
+            h.get(IF_MODIFIED_SINCE).unwrap(),
+            "Tue, 01 Dec 2026 00:00:00 GMT"
+        );
+    }
 
     #[test]
     fn hop_by_hop_is_the_unforwardable_list_without_credentials() {

@@ -1,8 +1,25 @@
 //! A flight leader's work after its origin fetch: deciding what the
 //! response allows ([`crate::cache::policy`]), publishing the outcome to the
 //! requests waiting on it, and writing the entry back to KV.
+//!
+//! # Conditional refresh
+//!
+//! A refresh of a stored copy asks the origin with that copy's validators
+//! (see `origin::add_validators`). A `304 Not Modified` answer is turned
+//! into the full response it stands for ([`not_modified`]): the stored
+//! status and body, the stored headers updated with the 304's (RFC 9111
+//! §4.3.4). That response then goes through the same decision as any other:
+//! stored again with its freshness recomputed from now (the route's TTLs, or
+//! the 304's `Cache-Control` when the route honours origin headers), under
+//! the same write throttle and purge checks, and remembered in memory; or,
+//! if the 304's headers now forbid storing, passed on and the stored copy
+//! tombstoned. A 304 to a request that carried no validator, or whose `ETag`
+//! contradicts the stored one, is an origin failure: the stored copy stays
+//! and the key backs off.
 
 use std::rc::Rc;
+
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::cache::entry::{jittered_ms, META_VERSION};
 use crate::cache::flight::LeaderGuard;
@@ -10,8 +27,10 @@ use crate::cache::kv::{KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders};
 use crate::cache::EntryMeta;
 use crate::headers::{encode_block, MAX_STORED_HEADER_BYTES};
-use crate::ports::{LogLevel, OriginRequest, StoredEntry};
+use crate::ports::{LogLevel, OriginRequest, OriginResponse, StoredEntry};
 
+use super::memory::Cached;
+use super::origin::is_conditional;
 use super::{Fragment, LoadError, Loader, Outcome, Policy};
 
 /// Time a flight may spend after its origin fetch timed out: the
@@ -28,13 +47,17 @@ pub fn flight_lifetime_ms(timeout_ms: u32) -> u64 {
 }
 
 /// The leader's job: fetch, publish the outcome, then write the entry back.
+/// `stored`: the copy a refresh replaces (`None` for a cold load); a 304
+/// renews it.
 pub(super) async fn fetch_and_store(
     loader: Loader,
     guard: LeaderGuard<Outcome>,
     req: OriginRequest,
     policy: Policy,
-    replaces_entry: bool,
+    stored: Option<Cached>,
 ) {
+    let replaces_entry = stored.is_some();
+    let conditional = is_conditional(&req.headers);
     let ports = loader.ports.clone();
     let shared = Rc::clone(&loader.shared);
     let key = guard.key().to_owned();
@@ -61,6 +84,30 @@ pub(super) async fn fetch_and_store(
             guard.complete(Outcome::Failed(LoadError::Origin(e)));
             return;
         }
+    };
+    let resp = if resp.status == StatusCode::NOT_MODIFIED {
+        match not_modified(&resp, conditional, stored.as_ref()) {
+            Ok(full) => {
+                ports.log.log(
+                    LogLevel::Info,
+                    &format!("{url}: not modified; stored copy renewed"),
+                );
+                full
+            }
+            Err(why) => {
+                let delay = shared
+                    .backoff
+                    .record_failure(&key, now, ports.rng.next_f64());
+                ports.log.log(
+                    LogLevel::Warn,
+                    &format!("{url}: origin answered 304 {why}; keeping any stored copy; next attempt in {delay} ms"),
+                );
+                guard.complete(Outcome::Failed(LoadError::Status(resp.status)));
+                return;
+            }
+        }
+    } else {
+        resp
     };
     let cache_control = resp.header_joined("cache-control");
     let surrogate = resp.header_joined("surrogate-control");
@@ -223,4 +270,70 @@ async fn write_back(
             .log
             .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
     }
+}
+
+/// Response headers of a 304 that describe the message rather than the
+/// stored representation, and so never update it.
+const NOT_UPDATED_BY_304: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "content-type",
+    "transfer-encoding",
+];
+
+/// The full response a `304 Not Modified` stands for: the stored copy's
+/// status and body, its headers (for a fragment, the few kept in the
+/// metadata; for a shell, the ones kept for the page) updated with those
+/// the 304 carries. An error, saying why, when the 304 cannot be used: the
+/// request was not conditional, nothing is stored, or the 304's `ETag`
+/// names another representation than the stored one.
+fn not_modified(
+    resp: &OriginResponse,
+    conditional: bool,
+    stored: Option<&Cached>,
+) -> Result<OriginResponse, &'static str> {
+    let (meta, frag) = match stored {
+        Some(s) if conditional => s,
+        _ => return Err("to an unconditional request"),
+    };
+    if let (Some(new), Some(old)) = (resp.header("etag"), meta.etag.as_deref()) {
+        let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+        if opaque(new) != opaque(old) {
+            return Err("with another ETag than the stored one");
+        }
+    }
+    let mut headers: HeaderMap = frag.headers.clone();
+    let esi = meta.esi && !headers.contains_key("surrogate-control");
+    let mut set = |name: &'static str, value: Option<&str>| {
+        if let Some(v) = value.and_then(crate::headers::value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("content-type", meta.content_type.as_deref());
+    set("etag", meta.etag.as_deref());
+    set("last-modified", meta.last_modified.as_deref());
+    set("cache-control", meta.cache_control.as_deref());
+    if esi {
+        set("surrogate-control", Some("content=\"ESI/1.0\""));
+    }
+    let mut updated: Vec<&HeaderName> = Vec::new();
+    for (name, value) in &resp.headers {
+        if NOT_UPDATED_BY_304.contains(&name.as_str()) {
+            continue;
+        }
+        // The first value replaces the stored ones in place (keeping the
+        // headers' order); further values of the same name follow it.
+        if updated.contains(&name) {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
+            updated.push(name);
+        }
+    }
+    Ok(OriginResponse {
+        status: StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK),
+        headers,
+        body: frag.body.to_vec(),
+    })
 }
