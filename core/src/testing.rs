@@ -528,14 +528,6 @@ impl ScriptedOrigin {
     pub fn requests(&self) -> Vec<OriginRequest> {
         self.requests.borrow().clone()
     }
-    /// Total requests received.
-    pub fn total(&self) -> usize {
-        self.requests.borrow().len()
-    }
-    /// How many times `path` has been answered so far (bodies may embed it).
-    pub fn served(&self, path: &str) -> u32 {
-        self.served.borrow().get(path).copied().unwrap_or(0)
-    }
 }
 
 struct OriginPort(Rc<ScriptedOrigin>);
