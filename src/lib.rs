@@ -12,6 +12,8 @@
 //! thread, and that state holds only plain data, never a JavaScript object
 //! owned by one request.
 
+// `#[durable_object]` generates public JS glue methods without docs.
+#[allow(missing_docs)]
 mod coordinator;
 mod ports;
 

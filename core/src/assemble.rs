@@ -423,18 +423,6 @@ impl Page {
     pub fn bytes_charged(&self) -> usize {
         self.state.produced.get()
     }
-
-    /// Collects the whole page; a failed top-level include fails the page.
-    pub async fn collect(mut self) -> Result<Vec<u8>, IncludeError> {
-        let mut out = Vec::new();
-        while let Some(chunk) = self.next_chunk().await {
-            match chunk {
-                Chunk::Bytes(b) => out.extend_from_slice(&b),
-                Chunk::Failed(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// A started include: the resolved URL and its lookup.

@@ -441,6 +441,7 @@ impl KeyObject {
                         &format!("{url}: response headers too large to store; the cached copy keeps none"),
                     );
                 }
+                let meta = *meta;
                 let hard_ms = meta.stale_until.saturating_sub(now);
                 let value: Rc<[u8]> = Rc::from(value);
                 *self.copy.borrow_mut() = Some((meta.clone(), Rc::clone(&value)));

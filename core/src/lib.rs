@@ -27,8 +27,9 @@
 //! - [`serve`]: one request end to end: route, shell, headers, first bytes.
 //! - [`purge`]: purging stored entries when content changes.
 //! - [`request`]: the parts of the client request the core reads.
-//! - [`testing`]: in-memory fakes and a deterministic executor for
-//!   simulations.
+//! - `testing` (feature `testing`, and in this crate's own tests):
+//!   in-memory fakes and a deterministic executor for simulations; not
+//!   compiled into the worker.
 
 pub mod assemble;
 pub mod cache;
@@ -41,5 +42,6 @@ pub mod ports;
 pub mod purge;
 pub mod request;
 pub mod serve;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod url;

@@ -6,7 +6,7 @@
 //! can implement them on `Date.now`, `getrandom`, KV, `fetch` and
 //! `ctx.wait_until`, while native tests implement them with a manual clock,
 //! a seeded generator, an in-memory store and a scripted origin
-//! (see [`crate::testing`]).
+//! (see `crate::testing`, behind the `testing` feature).
 //!
 //! None of the traits require `Send`: JavaScript futures are `!Send`, and
 //! everything in a Worker isolate runs on one thread. Futures returned by the

@@ -41,7 +41,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use crate::cache::key::{covers, key_prefix, list_prefix};
+use crate::cache::key::{covers, key_prefix, list_prefix, KeyKind};
 use crate::cache::EntryMeta;
 use crate::config::{Config, PathPattern};
 use crate::esi::form_decode;
@@ -197,12 +197,18 @@ pub fn key_prefixes(config: &Config, path: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for r in &config.fragments {
         if !r.private && covers(&r.pattern) {
-            out.push((key_prefix("f", r.id, &config.origin, base), !wildcard));
+            out.push((
+                key_prefix(KeyKind::Fragment, r.id, &config.origin, base),
+                !wildcard,
+            ));
         }
     }
     for r in &config.pages {
         if r.ttls.is_some() && covers(&r.pattern) {
-            out.push((key_prefix("p", r.id, &config.origin, base), !wildcard));
+            out.push((
+                key_prefix(KeyKind::Page, r.id, &config.origin, base),
+                !wildcard,
+            ));
         }
     }
     out

@@ -11,7 +11,8 @@
 //!   latency and hangs.
 //! - [`ScriptedOrigin`]: origin with per-path responses, latency, failures,
 //!   hangs, and a record of every request it received.
-//! - [`SeededRng`]: xorshift generator.
+//! - [`SeededRng`]: xorshift generator, the one source of randomness in
+//!   tests.
 //! - [`MemLog`]: captured log lines.
 
 use std::cell::{Cell, RefCell};
@@ -104,12 +105,6 @@ impl SimClock {
             timers: RefCell::new(BinaryHeap::new()),
             wakers: RefCell::new(HashMap::new()),
         })
-    }
-
-    /// Moves time forward by `ms` (timers that come due fire on the next run).
-    pub fn advance(&self, ms: u64) {
-        self.now.set(self.now.get() + ms);
-        self.fire_due();
     }
 
     fn fire_due(&self) {
@@ -234,6 +229,19 @@ impl SeededRng {
         } else {
             seed
         }))
+    }
+}
+
+impl SeededRng {
+    /// A generator from `seed` multiplied by the golden-ratio constant (and
+    /// made odd), so that consecutive small seeds start far apart.
+    pub fn scrambled(seed: u64) -> Self {
+        SeededRng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -519,14 +527,6 @@ impl ScriptedOrigin {
     /// Every request received, in order.
     pub fn requests(&self) -> Vec<OriginRequest> {
         self.requests.borrow().clone()
-    }
-    /// Total requests received.
-    pub fn total(&self) -> usize {
-        self.requests.borrow().len()
-    }
-    /// How many times `path` has been answered so far (bodies may embed it).
-    pub fn served(&self, path: &str) -> u32 {
-        self.served.borrow().get(path).copied().unwrap_or(0)
     }
 }
 

@@ -8,7 +8,7 @@
 //! so that random pairs often agree in most fields and differ in one: the
 //! cases where an encoding that is not injective would collide.
 
-use fragcache_core::cache::key::cache_key;
+use fragcache_core::cache::key::{cache_key, KeyKind};
 use fragcache_core::config::Vary;
 use fragcache_core::request::ClientRequest;
 use fragcache_core::url::Url;
@@ -191,7 +191,7 @@ fn request(i: &Input) -> ClientRequest {
 }
 
 fn key(i: &Input) -> String {
-    cache_key("f", 0, &url(i), &vary(), &request(i))
+    cache_key(KeyKind::Fragment, 0, &url(i), &vary(), &request(i))
 }
 
 /// What the key must distinguish, computed without the key code: the

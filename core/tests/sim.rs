@@ -132,7 +132,13 @@ impl World {
         let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
         let route = self.config.fragment_route(url.path()).expect("routed");
         let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        fragcache_core::cache::key::cache_key("f", route.id, &url, &route.vary, &req)
+        fragcache_core::cache::key::cache_key(
+            fragcache_core::cache::key::KeyKind::Fragment,
+            route.id,
+            &url,
+            &route.vary,
+            &req,
+        )
     }
 }
 

@@ -33,9 +33,6 @@ use std::rc::Rc;
 
 use crate::ports::Wake;
 
-/// A finished load as shared with followers.
-pub type Shared<T> = Rc<T>;
-
 struct Cell<T> {
     key: String,
     started_at: u64,

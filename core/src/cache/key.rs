@@ -18,7 +18,8 @@
 //! another (a value chosen by one user could even select another user's
 //! entry). Each part is delimited so that it can be read back:
 //!
-//! - `kind` is one letter and `route_id` digits, ended by `:`; the origin
+//! - `kind` is one letter ([`KeyKind::as_str`]) and `route_id` digits,
+//!   ended by `:`; the origin
 //!   has no `/`, and the path starts with one.
 //! - A parsed path never contains `?` or `#`, and a parsed query never
 //!   contains `#` (see [`crate::url`]), so the first `?` ends the path and
@@ -47,7 +48,7 @@
 //! [`normalize_header_value`] makes them (several instances joined with
 //! `, `, whitespace runs collapsed, ASCII lower-cased); the country's case.
 //! Whatever is normalised in the key is sent normalised to the origin
-//! (see `loader::origin_request`), so the origin can never answer two
+//! (see `loader::origin`), so the origin can never answer two
 //! requests that share a key differently because of those differences.
 //!
 //! # Long keys
@@ -78,13 +79,42 @@ pub const READABLE_PREFIX: usize = 300;
 /// Separates the readable part of a hashed key from its hash.
 const HASH_MARK: char = '…';
 
+/// What a key names: the first letter of every key. The letters are part of
+/// the stored keys (and of the prefixes purge lists by), so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// A fragment route's entry (`f`).
+    Fragment,
+    /// A page route's cached shell (`p`).
+    Page,
+    /// A URL matching no route (`u`); such loads are never cached.
+    Unrouted,
+}
+
+impl KeyKind {
+    /// The letter that starts this kind's keys.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Fragment => "f",
+            KeyKind::Page => "p",
+            KeyKind::Unrouted => "u",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The start of every key of `path` under route `route_id`: what purging
 /// lists by. `path` is a parsed URL path, or a decoded path given to purge:
 /// either way it is brought to the form [`crate::url::Url`] gives paths
 /// (non-ASCII, whitespace, controls and `"<>`{}` percent-encoded), with
 /// `%xx` escapes upper-cased.
-pub fn key_prefix(kind: &str, route_id: usize, origin: &Origin, path: &str) -> String {
-    let mut key = format!("{kind}{route_id}:{origin}");
+pub fn key_prefix(kind: KeyKind, route_id: usize, origin: &Origin, path: &str) -> String {
+    let mut key = format!("{}{route_id}:{origin}", kind.as_str());
     canonical_path(path, &mut key);
     key
 }
@@ -160,7 +190,7 @@ pub fn header_value(req: &ClientRequest, name: &str) -> Option<String> {
 
 /// The cache key of `url` under route `route_id` for `req`.
 pub fn cache_key(
-    kind: &str,
+    kind: KeyKind,
     route_id: usize,
     url: &Url,
     vary: &Vary,
@@ -266,13 +296,45 @@ mod tests {
     }
 
     #[test]
+    fn key_kinds_keep_their_stored_letters() {
+        let u = url("http://o.test/x");
+        let none = Vary::default();
+        for (kind, key) in [
+            (KeyKind::Fragment, "f7:http://o.test/x"),
+            (KeyKind::Page, "p7:http://o.test/x"),
+            (KeyKind::Unrouted, "u7:http://o.test/x"),
+        ] {
+            assert_eq!(cache_key(kind, 7, &u, &none, &req("")), key);
+            assert_eq!(key_prefix(kind, 7, &u.origin(), "/x"), key);
+        }
+    }
+
+    #[test]
     fn query_order_does_not_matter() {
         let none = Vary::default();
-        let a = cache_key("f", 1, &url("http://o.test/x?a=1&b=2"), &none, &req(""));
-        let b = cache_key("f", 1, &url("http://o.test/x?b=2&a=1"), &none, &req(""));
+        let a = cache_key(
+            KeyKind::Fragment,
+            1,
+            &url("http://o.test/x?a=1&b=2"),
+            &none,
+            &req(""),
+        );
+        let b = cache_key(
+            KeyKind::Fragment,
+            1,
+            &url("http://o.test/x?b=2&a=1"),
+            &none,
+            &req(""),
+        );
         assert_eq!(a, b);
         assert_eq!(a, "f1:http://o.test/x?a=1&b=2");
-        let c = cache_key("f", 2, &url("http://o.test/x?b=2&a=1"), &none, &req(""));
+        let c = cache_key(
+            KeyKind::Fragment,
+            2,
+            &url("http://o.test/x?b=2&a=1"),
+            &none,
+            &req(""),
+        );
         assert_ne!(a, c, "routes do not share entries");
     }
 
@@ -291,8 +353,8 @@ mod tests {
         let r2 = req("page=2&sort=asc")
             .with_header("cookie", "currency=EUR; session=bob")
             .with_header("accept-language", "en-GB");
-        let k1 = cache_key("f", 0, &u, &vary, &r1);
-        assert_eq!(k1, cache_key("f", 0, &u, &vary, &r2));
+        let k1 = cache_key(KeyKind::Fragment, 0, &u, &vary, &r1);
+        assert_eq!(k1, cache_key(KeyKind::Fragment, 0, &u, &vary, &r2));
         assert_eq!(
             k1,
             "f0:http://o.test/prices#c.currency=EUR|cc|h.accept-language=en-gb|q.sort=asc"
@@ -300,7 +362,7 @@ mod tests {
         let r3 = req("sort=asc")
             .with_header("cookie", "currency=USD")
             .with_header("accept-language", "en-gb");
-        assert_ne!(k1, cache_key("f", 0, &u, &vary, &r3));
+        assert_ne!(k1, cache_key(KeyKind::Fragment, 0, &u, &vary, &r3));
         assert!(!k1.contains("alice"));
     }
 
@@ -313,8 +375,8 @@ mod tests {
         let u = url("http://o.test/x");
         let forged = req("").with_header("cookie", "a=1|c.b=2");
         let real = req("").with_header("cookie", "a=1; b=2");
-        let kf = cache_key("f", 0, &u, &vary, &forged);
-        assert_ne!(kf, cache_key("f", 0, &u, &vary, &real));
+        let kf = cache_key(KeyKind::Fragment, 0, &u, &vary, &forged);
+        assert_ne!(kf, cache_key(KeyKind::Fragment, 0, &u, &vary, &real));
         assert_eq!(kf, "f0:http://o.test/x#c.a=1%7Cc.b%3D2|c.b");
     }
 
@@ -326,9 +388,21 @@ mod tests {
             ..Vary::default()
         };
         let u = url("http://o.test/x");
-        let absent = cache_key("f", 0, &u, &vary, &req(""));
-        let empty = cache_key("f", 0, &u, &vary, &req("").with_header("cookie", "a="));
-        let blank = cache_key("f", 0, &u, &vary, &req("").with_header("x-v", "  "));
+        let absent = cache_key(KeyKind::Fragment, 0, &u, &vary, &req(""));
+        let empty = cache_key(
+            KeyKind::Fragment,
+            0,
+            &u,
+            &vary,
+            &req("").with_header("cookie", "a="),
+        );
+        let blank = cache_key(
+            KeyKind::Fragment,
+            0,
+            &u,
+            &vary,
+            &req("").with_header("x-v", "  "),
+        );
         assert_eq!(absent, "f0:http://o.test/x#c.a|h.x-v");
         assert_eq!(empty, "f0:http://o.test/x#c.a=|h.x-v");
         assert_eq!(blank, "f0:http://o.test/x#c.a|h.x-v=");
@@ -353,23 +427,26 @@ mod tests {
     #[test]
     fn long_keys_are_hashed_and_bounded() {
         let long = url(&format!("http://o.test/{}", "é".repeat(400)));
-        let k = cache_key("f", 0, &long, &Vary::default(), &req(""));
+        let k = cache_key(KeyKind::Fragment, 0, &long, &Vary::default(), &req(""));
         assert!(k.len() <= 512, "{}", k.len());
         assert!(k.starts_with("f0:http://o.test/%C3%A9%C3%A9"));
         let (readable, hash) = k.split_once('…').unwrap();
         assert_eq!(readable.len(), READABLE_PREFIX);
         assert_eq!(hash.len(), 64);
         let url2 = url(&format!("http://o.test/{}b", "é".repeat(400)));
-        assert_ne!(k, cache_key("f", 0, &url2, &Vary::default(), &req("")));
+        assert_ne!(
+            k,
+            cache_key(KeyKind::Fragment, 0, &url2, &Vary::default(), &req(""))
+        );
         // A short path keeps its whole prefix readable when variants are long.
         let vary = Vary {
             cookies: vec!["a".into()],
             ..Vary::default()
         };
         let r = req("").with_header("cookie", &format!("a={}", "v".repeat(600)));
-        let k = cache_key("f", 0, &url("http://o.test/x"), &vary, &r);
+        let k = cache_key(KeyKind::Fragment, 0, &url("http://o.test/x"), &vary, &r);
         assert!(k.starts_with("f0:http://o.test/x#c.a=vvv") && k.contains('…'));
-        let p = key_prefix("f", 0, &url("http://o.test/x").origin(), "/x");
+        let p = key_prefix(KeyKind::Fragment, 0, &url("http://o.test/x").origin(), "/x");
         assert!(covers(&p, true, &k));
     }
 
@@ -382,12 +459,18 @@ mod tests {
             ("http://o.test/a|b=c", "/a|b=c"),
             ("http://o.test/100%25", "/100%25"),
         ] {
-            let k = cache_key("f", 3, &url(parsed), &Vary::default(), &req(""));
-            let p = key_prefix("f", 3, &o, decoded);
+            let k = cache_key(
+                KeyKind::Fragment,
+                3,
+                &url(parsed),
+                &Vary::default(),
+                &req(""),
+            );
+            let p = key_prefix(KeyKind::Fragment, 3, &o, decoded);
             assert!(covers(&p, true, &k), "{p} / {k}");
             assert!(k.starts_with(list_prefix(&p)));
         }
-        let p = key_prefix("f", 3, &o, "/a");
+        let p = key_prefix(KeyKind::Fragment, 3, &o, "/a");
         assert!(covers(&p, true, "f3:http://o.test/a?x=1"));
         assert!(!covers(&p, true, "f3:http://o.test/ab"));
         assert!(covers(&p, false, "f3:http://o.test/ab"));

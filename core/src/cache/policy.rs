@@ -11,6 +11,11 @@
 //!    `s-maxage`/`max-age` set the soft TTL and `stale-while-revalidate` /
 //!    `stale-if-error` extend the hard TTL.
 //! 5. Anything else (redirects, other 4xx) is passed to this request only.
+//!
+//! A `304 Not Modified` is not decided here: the loader turns one answering
+//! its conditional refresh into the full response it stands for (stored
+//! status and body, updated headers) and decides on that; any other 304 is
+//! an origin failure.
 
 /// Parsed `Cache-Control` (or `Surrogate-Control`) directives that matter here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -18,7 +18,7 @@ pub enum Verdict {
     /// kept response headers first, see [`EntryMeta::header_bytes`]).
     Store {
         /// Freshness and response metadata.
-        meta: EntryMeta,
+        meta: Box<EntryMeta>,
         /// The KV value.
         value: Vec<u8>,
         /// The shell's kept headers (empty for fragments).
@@ -100,7 +100,7 @@ pub fn verdict(
         }
     }
     Verdict::Store {
-        meta,
+        meta: Box::new(meta),
         value,
         headers: kept,
         headers_dropped,

@@ -66,25 +66,8 @@ fn warnings(input: &str) -> Vec<String> {
         .collect()
 }
 
-/// xorshift64*: deterministic, dependency-free randomness for tests.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 use crate::testing::compile_in_chunks as compile_chunks;
+use crate::testing::SeededRng;
 
 #[test]
 fn include_forms() {
@@ -733,7 +716,7 @@ fn chunk_safety_random() {
         all.push(b'\n');
     }
     for seed in 1..=50u64 {
-        let mut rng = Rng::new(seed);
+        let rng = SeededRng::scrambled(seed);
         let input = if seed % 2 == 0 {
             all.clone()
         } else {
@@ -813,7 +796,7 @@ fn chunk_safety_fuzz() {
     ];
     let v = vars();
     for seed in 1..=400u64 {
-        let mut rng = Rng::new(seed);
+        let rng = SeededRng::scrambled(seed);
         let mut doc = Vec::new();
         for _ in 0..rng.below(80) {
             doc.extend_from_slice(TOKENS[rng.below(TOKENS.len())]);
