@@ -67,6 +67,21 @@
 //! }
 //! ```
 //!
+//! # Unknown keys
+//!
+//! There is no list of allowed keys next to the parser: the parser *is* the
+//! list. Each JSON object is read through a reader that records every key
+//! the parser asks for. All of an object's keys are asked for first; then
+//! the reader refuses any key in the object that was never asked for, and
+//! only after that are the values validated. So a key cannot be accepted
+//! without being read, a misspelt key is reported before the error it
+//! causes (`sof_ttl` rather than "soft_ttl is required"), and the "did you
+//! mean …?" suggestion is the closest key that was actually asked for. Keys
+//! that are valid in another object (`max_depth` at the top level, `cookies`
+//! outside `vary`) get a hint saying where they belong; those hints are the
+//! only keys written down as data. Nested objects (`limits`, each route,
+//! `vary`) are checked the same way when they are read.
+//!
 //! # Routing
 //!
 //! A request path is matched against the page and fragment patterns. An
@@ -379,18 +394,44 @@ impl Vary {
     }
 }
 
-/// A fragment route: how includes under this pattern are cached.
+/// A fragment route: how includes under this pattern are fetched and cached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FragmentRoute {
     /// Position in `fragments` (part of cache keys).
     pub id: usize,
     /// Which paths this route covers.
     pub pattern: PathPattern,
-    /// Soft and hard TTL; `0/0` for private routes, which are never cached.
-    pub ttls: Ttls,
     /// Fetched from the origin on every request with the user's `Cookie` and
     /// `Authorization`, never cached, and makes the page `private, no-store`.
+    /// Always the same as `cache.is_none()`.
     pub private: bool,
+    /// How the route is cached; `None` for a private route, which is never
+    /// cached and so has no TTLs, cold policy or early refresh at all.
+    pub cache: Option<CacheSettings>,
+    /// Origin timeout for this route: `timeout_ms`, or
+    /// `limits.fragment_timeout_ms` when not set.
+    pub timeout_ms: u32,
+    /// What the cached copy varies on; empty for a private route (the
+    /// configuration refuses `vary` there). It stays beside `cache` rather
+    /// than in it because it is also what the page's `Vary` response header
+    /// is built from, and the input callers give to the cache key.
+    pub vary: Vary,
+    /// Request headers (lower-cased) forwarded to the origin. Default none:
+    /// forwarding a header the key does not vary on would let the first
+    /// requester's value shape everyone's copy.
+    pub forward_headers: Vec<String>,
+    /// Forward the origin's `Set-Cookie` to the client when the fragment is
+    /// fetched privately. Default `false`: headers must wait for such a
+    /// fragment, so turning it on trades time to first byte for cookies.
+    pub pass_set_cookie: bool,
+}
+
+/// The settings of a cached (not private) fragment route: everything that
+/// only means something when there is a cached copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Soft and hard TTL.
+    pub ttls: Ttls,
     /// Behaviour on a cold cache.
     pub cold: ColdPolicy,
     /// How long 404/410 answers are cached, seconds; 0 disables; at most
@@ -403,22 +444,9 @@ pub struct FragmentRoute {
     /// TTL spread: each TTL is scaled by a random factor in
     /// `[1 − jitter, 1 + jitter)`, jitter in `[0, 0.5)`. Default [`DEFAULT_JITTER`].
     pub jitter: f64,
-    /// Origin timeout for this route: `timeout_ms`, or
-    /// `limits.fragment_timeout_ms` when not set.
-    pub timeout_ms: u32,
-    /// What the cached copy varies on.
-    pub vary: Vary,
-    /// Request headers (lower-cased) forwarded to the origin. Default none:
-    /// forwarding a header the key does not vary on would let the first
-    /// requester's value shape everyone's copy.
-    pub forward_headers: Vec<String>,
     /// When this cookie is present the fragment is treated as private for
     /// that request (signed-in users get their own copy).
     pub private_if_cookie: Option<String>,
-    /// Forward the origin's `Set-Cookie` to the client when the fragment is
-    /// fetched privately. Default `false`: headers must wait for such a
-    /// fragment, so turning it on trades time to first byte for cookies.
-    pub pass_set_cookie: bool,
 }
 
 /// What a request path is, according to the configuration.
@@ -458,11 +486,8 @@ impl ConfigError {
 impl Config {
     /// Validates a configuration given as a JSON value.
     pub fn from_json(v: &Value) -> Result<Config, ConfigError> {
-        let root = match v {
-            Value::Object(map) => Obj {
-                path: String::new(),
-                map,
-            },
+        let mut root = match v {
+            Value::Object(map) => Obj::root(map),
             Value::String(_) => {
                 return Err(ConfigError::new(
                     ROOT,
@@ -478,11 +503,17 @@ impl Config {
                 ))
             }
         };
-        root.check_keys(TOP_KEYS, TOP_MOVED)?;
+        let origin = root.key("origin");
+        let allowed_origins = root.key("allowed_origins");
+        let unknown_routes = root.key("unknown_routes");
+        let limits = root.key("limits");
+        let pages = root.key("pages");
+        let fragments = root.key("fragments");
+        root.finish(TOP_MOVED)?;
 
-        let (origin, origin_url) = parse_origin(&root)?;
+        let (origin, origin_url) = parse_origin(&origin)?;
         let mut allowed = vec![origin.clone()];
-        for (i, item) in root.array("allowed_origins")?.iter().enumerate() {
+        for (i, item) in allowed_origins.array()?.iter().enumerate() {
             let field = format!("allowed_origins[{i}]");
             let Value::String(s) = item else {
                 return Err(ConfigError::new(
@@ -504,39 +535,34 @@ impl Config {
             allowed.push(o);
         }
 
-        let unknown_routes = match root.get("unknown_routes") {
+        let unknown_routes = match unknown_routes.get() {
             None => UnknownRoutes::Pass,
             Some(Value::String(s)) if s == "pass" => UnknownRoutes::Pass,
             Some(Value::String(s)) if s == "404" => UnknownRoutes::NotFound,
             Some(Value::Number(_)) => {
-                return Err(root.err("unknown_routes", "write \"404\" as a string (or \"pass\")"))
+                return Err(unknown_routes.err("write \"404\" as a string (or \"pass\")"))
             }
             Some(_) => {
-                return Err(root.err(
-                    "unknown_routes",
-                    "must be \"pass\" (proxy to the origin untouched) or \"404\"",
-                ))
+                return Err(unknown_routes
+                    .err("must be \"pass\" (proxy to the origin untouched) or \"404\""))
             }
         };
 
-        let limits = match root.get("limits") {
-            Some(v) => parse_limits(&Obj::new(v, "limits")?)?,
+        let limits = match limits.object()? {
+            Some(o) => parse_limits(o)?,
             None => Limits::default(),
         };
 
         let mut seen = Vec::new();
-        let mut pages = Vec::new();
-        for (id, item) in root.array("pages")?.iter().enumerate() {
-            pages.push(parse_page(
-                id,
-                &Obj::new(item, &format!("pages[{id}]"))?,
-                &mut seen,
-            )?);
+        let mut page_routes = Vec::new();
+        for (id, item) in pages.array()?.iter().enumerate() {
+            let o = Obj::new(item, &format!("pages[{id}]"))?;
+            page_routes.push(parse_page(id, o, &mut seen)?);
         }
-        let mut fragments = Vec::new();
-        for (id, item) in root.array("fragments")?.iter().enumerate() {
+        let mut fragment_routes = Vec::new();
+        for (id, item) in fragments.array()?.iter().enumerate() {
             let o = Obj::new(item, &format!("fragments[{id}]"))?;
-            fragments.push(parse_fragment(id, &o, &limits, &mut seen)?);
+            fragment_routes.push(parse_fragment(id, o, &limits, &mut seen)?);
         }
 
         Ok(Config {
@@ -545,8 +571,8 @@ impl Config {
             allow: AllowList::new(allowed),
             unknown_routes,
             limits,
-            pages,
-            fragments,
+            pages: page_routes,
+            fragments: fragment_routes,
         })
     }
 
@@ -605,44 +631,6 @@ fn best_match<'a, T>(routes: impl Iterator<Item = (&'a PathPattern, T)>, path: &
     best.map(|(_, r)| r)
 }
 
-const TOP_KEYS: &[&str] = &[
-    "origin",
-    "allowed_origins",
-    "unknown_routes",
-    "limits",
-    "pages",
-    "fragments",
-];
-const LIMIT_KEYS: &[&str] = &[
-    "max_depth",
-    "max_includes",
-    "max_fragment_bytes",
-    "max_page_bytes",
-    "max_shell_bytes",
-    "fragment_timeout_ms",
-    "page_timeout_ms",
-];
-const PAGE_KEYS: &[&str] = &["path", "soft_ttl", "hard_ttl", "require_surrogate_control"];
-const FRAGMENT_KEYS: &[&str] = &[
-    "path",
-    "soft_ttl",
-    "hard_ttl",
-    "private",
-    "cold",
-    "cold_wait_ms",
-    "retry_after",
-    "negative_ttl",
-    "honor_origin_headers",
-    "xfetch_beta",
-    "jitter",
-    "timeout_ms",
-    "vary",
-    "forward_headers",
-    "private_if_cookie",
-    "pass_set_cookie",
-];
-const VARY_KEYS: &[&str] = &["cookies", "headers", "query", "country"];
-
 /// Keys that exist, but at another level: (key, hint).
 const TOP_MOVED: &[(&str, &str)] = &[
     (
@@ -698,21 +686,6 @@ const FRAGMENT_MOVED: &[(&str, &str)] = &[
     ("query", "belongs in the vary object: vary.query"),
     ("country", "belongs in the vary object: vary.country"),
 ];
-/// Fragment keys that only make sense for cached fragments.
-const CACHE_ONLY_KEYS: &[&str] = &[
-    "soft_ttl",
-    "hard_ttl",
-    "cold",
-    "cold_wait_ms",
-    "retry_after",
-    "negative_ttl",
-    "honor_origin_headers",
-    "xfetch_beta",
-    "jitter",
-    "vary",
-    "private_if_cookie",
-];
-
 /// Allowed range of an integer field, with the reasons shown when it is out
 /// of range.
 struct Bounds {
@@ -730,6 +703,8 @@ const SOFT_TTL: Bounds = Bounds {
     why_min: "a soft TTL of 0 would make every entry stale as soon as it is stored",
     why_max: "",
 };
+// The prose below says 60.
+const _: () = assert!(MIN_HARD_TTL_S == 60);
 const HARD_TTL: Bounds = Bounds {
     min: MIN_HARD_TTL_S as u64,
     max: u32::MAX as u64,
@@ -788,19 +763,33 @@ const PAGE_BYTES: Bounds = Bounds {
     why_max: "a Worker isolate has 128 MB of memory",
 };
 
-/// One JSON object being read, with its path for error messages.
+/// One JSON object being read. Its schema is the keys the parser asks for:
+/// [`Obj::key`] records each one, and [`Obj::finish`] refuses every key of
+/// the object that was not asked for. There is no separate list of known
+/// keys that could drift from what the parser actually reads.
 struct Obj<'a> {
     /// `""` at the root, else e.g. `fragments[2].vary`.
     path: String,
     map: &'a Map<String, Value>,
+    /// The keys asked for so far, in the order asked.
+    read: Vec<&'static str>,
 }
 
 impl<'a> Obj<'a> {
+    fn root(map: &'a Map<String, Value>) -> Self {
+        Obj {
+            path: String::new(),
+            map,
+            read: Vec::new(),
+        }
+    }
+
     fn new(v: &'a Value, path: &str) -> Result<Self, ConfigError> {
         match v {
             Value::Object(map) => Ok(Obj {
                 path: path.to_owned(),
                 map,
+                read: Vec::new(),
             }),
             other => Err(ConfigError::new(
                 path,
@@ -810,87 +799,120 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn field(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
+    /// The field `key` of this object, which becomes a known key. Every key
+    /// is asked for before [`Obj::finish`] and validated after it, so a
+    /// misspelt key is reported before the errors it causes (`sof_ttl`
+    /// before "soft_ttl is required").
+    fn key(&mut self, key: &'static str) -> Field<'a> {
+        if !self.read.contains(&key) {
+            self.read.push(key);
+        }
+        Field {
+            path: if self.path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{}.{key}", self.path)
+            },
+            raw: self.map.get(key),
+        }
+    }
+
+    /// Refuses the first key that was never asked for, pointing at where it
+    /// belongs (`moved`: keys valid in another object, with a hint) or at
+    /// the closest key that was asked for.
+    fn finish(self, moved: &[(&str, &str)]) -> Result<(), ConfigError> {
+        debug_assert!(
+            moved.iter().all(|(k, _)| !self.read.contains(k)),
+            "a key read at {:?} also has a hint that it belongs elsewhere",
+            self.path
+        );
+        let Some((key, value)) = self
+            .map
+            .iter()
+            .find(|(k, _)| !self.read.contains(&k.as_str()))
+        else {
+            return Ok(());
+        };
+        let problem = if let Some((_, hint)) = moved.iter().find(|(k, _)| k == key) {
+            format!("unknown field here: {hint}")
+        } else if let Some(close) = closest(key, &self.read) {
+            format!("unknown field; did you mean {close}?")
+        } else {
+            format!(
+                "unknown field; the fields allowed here are {}",
+                self.read.join(", ")
+            )
+        };
+        let field = if self.path.is_empty() {
+            key.clone()
         } else {
             format!("{}.{key}", self.path)
-        }
+        };
+        Err(ConfigError::new(field, Some(value), problem))
+    }
+}
+
+/// One key of an [`Obj`]: its path for messages and its value as written.
+/// Made by [`Obj::key`], read once the object's keys have been checked.
+struct Field<'a> {
+    /// E.g. `fragments[2].hard_ttl`.
+    path: String,
+    /// The value, `null` included; `None` when the key is absent.
+    raw: Option<&'a Value>,
+}
+
+impl<'a> Field<'a> {
+    /// An error about this field, showing its value (or `(missing)`).
+    fn err(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.path, self.raw, problem)
     }
 
-    /// An error about `key`, showing its value (or `(missing)`).
-    fn err(&self, key: &str, problem: impl Into<String>) -> ConfigError {
-        ConfigError::new(self.field(key), self.map.get(key), problem)
+    /// The value; `null` counts as absent, so optional fields can be spelt
+    /// out with their default.
+    fn get(&self) -> Option<&'a Value> {
+        self.raw.filter(|v| !v.is_null())
     }
 
-    /// The value of `key`; `null` counts as absent, so optional fields can be
-    /// spelt out with their default.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+    fn is_set(&self) -> bool {
+        self.get().is_some()
     }
 
-    fn has(&self, key: &str) -> bool {
-        self.get(key).is_some()
+    /// An optional nested object.
+    fn object(&self) -> Result<Option<Obj<'a>>, ConfigError> {
+        self.get().map(|v| Obj::new(v, &self.path)).transpose()
     }
 
-    /// Refuses keys not in `known`, pointing at where they belong or at the
-    /// closest known key.
-    fn check_keys(&self, known: &[&str], moved: &[(&str, &str)]) -> Result<(), ConfigError> {
-        for key in self.map.keys() {
-            if known.contains(&key.as_str()) {
-                continue;
-            }
-            let problem = if let Some((_, hint)) = moved.iter().find(|(k, _)| k == key) {
-                format!("unknown field here: {hint}")
-            } else if let Some(close) = closest(key, known) {
-                format!("unknown field; did you mean {close}?")
-            } else {
-                format!(
-                    "unknown field; the fields allowed here are {}",
-                    known.join(", ")
-                )
-            };
-            return Err(self.err(key, problem));
-        }
-        Ok(())
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key) {
+    fn bool(&self) -> Result<Option<bool>, ConfigError> {
+        match self.get() {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::String(s)) if s == "true" || s == "false" => Err(self.err(
-                key,
-                format!("expected true or false, got a string: write {s} without quotes"),
-            )),
-            Some(other) => {
-                Err(self.err(key, format!("expected true or false, got {}", kind(other))))
-            }
+            Some(Value::String(s)) if s == "true" || s == "false" => Err(self.err(format!(
+                "expected true or false, got a string: write {s} without quotes"
+            ))),
+            Some(other) => Err(self.err(format!("expected true or false, got {}", kind(other)))),
         }
     }
 
-    fn str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(key) {
+    fn str(&self) -> Result<Option<&'a str>, ConfigError> {
+        match self.get() {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(self.err(key, format!("expected a string, got {}", kind(other)))),
+            Some(other) => Err(self.err(format!("expected a string, got {}", kind(other)))),
         }
     }
 
     /// An optional array; absent means empty.
-    fn array(&self, key: &str) -> Result<&'a [Value], ConfigError> {
-        match self.get(key) {
+    fn array(&self) -> Result<&'a [Value], ConfigError> {
+        match self.get() {
             None => Ok(&[]),
             Some(Value::Array(items)) => Ok(items),
-            Some(other) => {
-                Err(self.err(key, format!("expected an array [ … ], got {}", kind(other))))
-            }
+            Some(other) => Err(self.err(format!("expected an array [ … ], got {}", kind(other)))),
         }
     }
 
     /// A non-negative whole number within `b`.
-    fn uint(&self, key: &str, b: &Bounds) -> Result<Option<u64>, ConfigError> {
-        let Some(v) = self.get(key) else {
+    fn uint(&self, b: &Bounds) -> Result<Option<u64>, ConfigError> {
+        let Some(v) = self.get() else {
             return Ok(None);
         };
         let n = match v {
@@ -901,76 +923,74 @@ impl<'a> Obj<'a> {
                 } else {
                     String::new()
                 };
-                return Err(self.err(
-                    key,
-                    format!("expected a whole number{}, got a string{hint}", b.unit),
-                ));
+                return Err(self.err(format!(
+                    "expected a whole number{}, got a string{hint}",
+                    b.unit
+                )));
             }
             other => {
-                return Err(self.err(
-                    key,
-                    format!("expected a whole number{}, got {}", b.unit, kind(other)),
-                ))
+                return Err(self.err(format!(
+                    "expected a whole number{}, got {}",
+                    b.unit,
+                    kind(other)
+                )))
             }
         };
         let value = if let Some(u) = n.as_u64() {
             u
         } else if n.as_i64().is_some_and(|i| i < 0) {
-            return Err(self.err(key, "must not be negative"));
+            return Err(self.err("must not be negative"));
         } else {
             // A float. `30.0` (what some TOML writers emit) is accepted;
             // fractions are not, since TTLs and limits are whole units.
             let f = n.as_f64().unwrap_or(f64::NAN);
             if f < 0.0 {
-                return Err(self.err(key, "must not be negative"));
+                return Err(self.err("must not be negative"));
             }
             if !(f.is_finite() && f.fract() == 0.0 && f <= b.max as f64) {
                 if f.is_finite() && f.fract() == 0.0 {
-                    return Err(out_of_range(self, key, b, false));
+                    return Err(self.out_of_range(b, false));
                 }
-                return Err(self.err(key, format!("must be a whole number{}", b.unit)));
+                return Err(self.err(format!("must be a whole number{}", b.unit)));
             }
             f as u64
         };
         if value < b.min {
-            return Err(out_of_range(self, key, b, true));
+            return Err(self.out_of_range(b, true));
         }
         if value > b.max {
-            return Err(out_of_range(self, key, b, false));
+            return Err(self.out_of_range(b, false));
         }
         Ok(Some(value))
     }
 
-    /// [`Obj::uint`] for fields held as `u32`. Every `u32` field's bounds
+    /// [`Field::uint`] for fields held as `u32`. Every `u32` field's bounds
     /// are within `u32`, so the conversion cannot fail; it is checked anyway.
-    fn u32(&self, key: &str, b: &Bounds) -> Result<Option<u32>, ConfigError> {
-        self.uint(key, b)?
-            .map(|v| u32::try_from(v).map_err(|_| out_of_range(self, key, b, false)))
+    fn u32(&self, b: &Bounds) -> Result<Option<u32>, ConfigError> {
+        self.uint(b)?
+            .map(|v| u32::try_from(v).map_err(|_| self.out_of_range(b, false)))
             .transpose()
     }
 
-    fn usize(&self, key: &str, b: &Bounds) -> Result<Option<usize>, ConfigError> {
-        self.uint(key, b)?
-            .map(|v| usize::try_from(v).map_err(|_| out_of_range(self, key, b, false)))
+    fn usize(&self, b: &Bounds) -> Result<Option<usize>, ConfigError> {
+        self.uint(b)?
+            .map(|v| usize::try_from(v).map_err(|_| self.out_of_range(b, false)))
             .transpose()
     }
 
     /// A finite number.
-    fn number(&self, key: &str) -> Result<Option<f64>, ConfigError> {
-        match self.get(key) {
+    fn number(&self) -> Result<Option<f64>, ConfigError> {
+        match self.get() {
             None => Ok(None),
             Some(Value::Number(n)) => match n.as_f64() {
                 Some(f) if f.is_finite() => Ok(Some(f)),
-                _ => Err(self.err(key, "must be a finite number")),
+                _ => Err(self.err("must be a finite number")),
             },
-            Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => Err(self.err(
-                key,
-                format!(
-                    "expected a number, got a string: write {} without quotes",
-                    s.trim()
-                ),
-            )),
-            Some(other) => Err(self.err(key, format!("expected a number, got {}", kind(other)))),
+            Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => Err(self.err(format!(
+                "expected a number, got a string: write {} without quotes",
+                s.trim()
+            ))),
+            Some(other) => Err(self.err(format!("expected a number, got {}", kind(other)))),
         }
     }
 
@@ -978,12 +998,11 @@ impl<'a> Obj<'a> {
     /// returns the problem on failure); duplicates are dropped.
     fn names(
         &self,
-        key: &str,
         check: impl Fn(&str) -> Result<String, String>,
     ) -> Result<Vec<String>, ConfigError> {
         let mut out: Vec<String> = Vec::new();
-        for (i, item) in self.array(key)?.iter().enumerate() {
-            let field = format!("{}[{i}]", self.field(key));
+        for (i, item) in self.array()?.iter().enumerate() {
+            let field = format!("{}[{i}]", self.path);
             let Value::String(s) = item else {
                 return Err(ConfigError::new(
                     field,
@@ -998,135 +1017,132 @@ impl<'a> Obj<'a> {
         }
         Ok(out)
     }
-}
 
-fn out_of_range(o: &Obj<'_>, key: &str, b: &Bounds, low: bool) -> ConfigError {
-    let (bound, edge, why) = if low {
-        ("at least", b.min, b.why_min)
-    } else {
-        ("at most", b.max, b.why_max)
-    };
-    let mut problem = format!("must be {bound} {edge}{}", b.unit);
-    if !why.is_empty() {
-        problem.push_str(": ");
-        problem.push_str(why);
+    fn out_of_range(&self, b: &Bounds, low: bool) -> ConfigError {
+        let (bound, edge, why) = if low {
+            ("at least", b.min, b.why_min)
+        } else {
+            ("at most", b.max, b.why_max)
+        };
+        let mut problem = format!("must be {bound} {edge}{}", b.unit);
+        if !why.is_empty() {
+            problem.push_str(": ");
+            problem.push_str(why);
+        }
+        self.err(problem)
     }
-    o.err(key, problem)
 }
 
-fn parse_origin(root: &Obj<'_>) -> Result<(Origin, Url), ConfigError> {
-    let v = match root.get("origin") {
+fn parse_origin(origin: &Field<'_>) -> Result<(Origin, Url), ConfigError> {
+    let v = match origin.get() {
         None => {
-            return Err(root.err(
-                "origin",
+            return Err(origin.err(
                 "is required: the URL of the site fragcache sits in front of, e.g. \"http://127.0.0.1:8788\"",
             ))
         }
         Some(v) => v,
     };
     let Value::String(s) = v else {
-        return Err(root.err(
-            "origin",
-            format!(
-                "expected a string such as \"https://www.example.com\", got {}",
-                kind(v)
-            ),
-        ));
+        return Err(origin.err(format!(
+            "expected a string such as \"https://www.example.com\", got {}",
+            kind(v)
+        )));
     };
-    let origin = Origin::parse(s).map_err(|e| {
+    let parsed = Origin::parse(s).map_err(|e| {
         let problem = match e {
             UrlError::NotAnOrigin(_) => "must be a bare origin (scheme://host[:port]) without path, query or fragment: request paths are forwarded to the origin unchanged".to_owned(),
             UrlError::UserInfo => "must not contain user information (user@ or user:password@)".to_owned(),
             UrlError::Relative => "must be an absolute URL including the scheme, such as \"http://127.0.0.1:8788\"".to_owned(),
             other => format!("is not a usable origin: {other}"),
         };
-        root.err("origin", problem)
+        origin.err(problem)
     })?;
-    let url = origin.root();
-    Ok((origin, url))
+    let url = parsed.root();
+    Ok((parsed, url))
 }
 
-fn parse_limits(o: &Obj<'_>) -> Result<Limits, ConfigError> {
-    o.check_keys(LIMIT_KEYS, &[])?;
+fn parse_limits(mut o: Obj<'_>) -> Result<Limits, ConfigError> {
+    let max_depth = o.key("max_depth");
+    let max_includes = o.key("max_includes");
+    let max_fragment_bytes = o.key("max_fragment_bytes");
+    let max_page_bytes = o.key("max_page_bytes");
+    let max_shell_bytes = o.key("max_shell_bytes");
+    let fragment_timeout_ms = o.key("fragment_timeout_ms");
+    let page_timeout_ms = o.key("page_timeout_ms");
+    o.finish(&[])?;
+
     let d = Limits::default();
-    let max_page_bytes = o
-        .usize("max_page_bytes", &PAGE_BYTES)?
+    let page_bytes = max_page_bytes
+        .usize(&PAGE_BYTES)?
         .unwrap_or(d.max_page_bytes);
-    let max_shell_bytes = match o.usize("max_shell_bytes", &PAGE_BYTES)? {
-        Some(n) if n > max_page_bytes => {
+    let shell_bytes = match max_shell_bytes.usize(&PAGE_BYTES)? {
+        Some(n) if n > page_bytes => {
             return Err(ConfigError {
-                field: o.field("max_shell_bytes"),
+                field: max_shell_bytes.path,
                 value: n.to_string(),
                 problem: format!(
-                    "a page contains its shell, so max_shell_bytes must be at most limits.max_page_bytes ({max_page_bytes})"
+                    "a page contains its shell, so max_shell_bytes must be at most limits.max_page_bytes ({page_bytes})"
                 ),
             })
         }
         Some(n) => n,
-        None => d.max_shell_bytes.min(max_page_bytes),
+        None => d.max_shell_bytes.min(page_bytes),
     };
     Ok(Limits {
-        max_depth: o.u32("max_depth", &MAX_DEPTH)?.unwrap_or(d.max_depth),
-        max_includes: o
-            .u32("max_includes", &MAX_INCLUDES)?
-            .unwrap_or(d.max_includes),
-        max_fragment_bytes: o
-            .usize("max_fragment_bytes", &FRAGMENT_BYTES)?
+        max_depth: max_depth.u32(&MAX_DEPTH)?.unwrap_or(d.max_depth),
+        max_includes: max_includes.u32(&MAX_INCLUDES)?.unwrap_or(d.max_includes),
+        max_fragment_bytes: max_fragment_bytes
+            .usize(&FRAGMENT_BYTES)?
             .unwrap_or(d.max_fragment_bytes),
-        max_page_bytes,
-        max_shell_bytes,
-        fragment_timeout_ms: o
-            .u32("fragment_timeout_ms", &TIMEOUT)?
+        max_page_bytes: page_bytes,
+        max_shell_bytes: shell_bytes,
+        fragment_timeout_ms: fragment_timeout_ms
+            .u32(&TIMEOUT)?
             .unwrap_or(d.fragment_timeout_ms),
-        page_timeout_ms: o
-            .u32("page_timeout_ms", &TIMEOUT)?
-            .unwrap_or(d.page_timeout_ms),
+        page_timeout_ms: page_timeout_ms.u32(&TIMEOUT)?.unwrap_or(d.page_timeout_ms),
     })
 }
 
 /// Reads `path` and checks it against every pattern seen so far (pages and
 /// fragments share one namespace, so routing never depends on order).
 fn parse_pattern(
-    o: &Obj<'_>,
+    path: &Field<'_>,
     seen: &mut Vec<(PathPattern, String)>,
 ) -> Result<PathPattern, ConfigError> {
-    let Some(s) = o.str("path")? else {
-        return Err(o.err(
-            "path",
-            "is required: the URL path this route covers, e.g. \"/fragments/*\"",
-        ));
+    let Some(s) = path.str()? else {
+        return Err(path.err("is required: the URL path this route covers, e.g. \"/fragments/*\""));
     };
-    let pattern = PathPattern::parse(s).map_err(|problem| o.err("path", problem))?;
+    let pattern = PathPattern::parse(s).map_err(|problem| path.err(problem))?;
     if let Some((_, other)) = seen.iter().find(|(p, _)| *p == pattern) {
-        return Err(o.err(
-            "path",
-            format!("duplicates {other}: each pattern may appear only once"),
-        ));
+        return Err(path.err(format!(
+            "duplicates {other}: each pattern may appear only once"
+        )));
     }
-    seen.push((pattern.clone(), o.field("path")));
+    seen.push((pattern.clone(), path.path.clone()));
     Ok(pattern)
 }
 
 /// Reads `soft_ttl`/`hard_ttl`. With `required` false both may be absent.
-fn parse_ttls(o: &Obj<'_>, required: bool) -> Result<Option<Ttls>, ConfigError> {
-    let soft = o.u32("soft_ttl", &SOFT_TTL)?;
-    let hard = o.u32("hard_ttl", &HARD_TTL)?;
+fn parse_ttls(
+    soft_ttl: &Field<'_>,
+    hard_ttl: &Field<'_>,
+    required: bool,
+) -> Result<Option<Ttls>, ConfigError> {
+    let soft = soft_ttl.u32(&SOFT_TTL)?;
+    let hard = hard_ttl.u32(&HARD_TTL)?;
     match (soft, hard) {
         (None, None) if !required => Ok(None),
-        (None, _) => Err(o.err(
-            "soft_ttl",
+        (None, _) => Err(soft_ttl.err(
             if required {
                 "is required for a cacheable fragment (seconds fresh), or set \"private\": true"
             } else {
                 "is required when hard_ttl is set (or remove both to fetch the page from the origin every time)"
             },
         )),
-        (Some(_), None) => Err(o.err(
-            "hard_ttl",
-            "is required when soft_ttl is set: how long a stale copy may still be served (at least 60 s)",
-        )),
-        (Some(soft), Some(hard)) if hard < soft => Err(o.err(
-            "hard_ttl",
+        (Some(_), None) => Err(hard_ttl.err(format!(
+            "is required when soft_ttl is set: how long a stale copy may still be served (at least {MIN_HARD_TTL_S} s)"
+        ))),
+        (Some(soft), Some(hard)) if hard < soft => Err(hard_ttl.err(
             format!("must be at least soft_ttl ({soft} s): an entry cannot turn stale after it has expired"),
         )),
         (Some(soft), Some(hard)) => Ok(Some(Ttls { soft, hard })),
@@ -1135,131 +1151,214 @@ fn parse_ttls(o: &Obj<'_>, required: bool) -> Result<Option<Ttls>, ConfigError> 
 
 fn parse_page(
     id: usize,
-    o: &Obj<'_>,
+    mut o: Obj<'_>,
     seen: &mut Vec<(PathPattern, String)>,
 ) -> Result<PageRoute, ConfigError> {
-    o.check_keys(PAGE_KEYS, PAGE_MOVED)?;
+    let path = o.key("path");
+    let soft_ttl = o.key("soft_ttl");
+    let hard_ttl = o.key("hard_ttl");
+    let require_surrogate_control = o.key("require_surrogate_control");
+    o.finish(PAGE_MOVED)?;
     Ok(PageRoute {
         id,
-        pattern: parse_pattern(o, seen)?,
-        ttls: parse_ttls(o, false)?,
-        require_surrogate_control: o.bool("require_surrogate_control")?.unwrap_or(false),
+        pattern: parse_pattern(&path, seen)?,
+        ttls: parse_ttls(&soft_ttl, &hard_ttl, false)?,
+        require_surrogate_control: require_surrogate_control.bool()?.unwrap_or(false),
     })
+}
+
+/// The keys of a fragment route that only mean something for a cached
+/// route: they become its [`CacheSettings`] (and `vary`), and a private
+/// route refuses them.
+struct CacheFields<'a> {
+    soft_ttl: Field<'a>,
+    hard_ttl: Field<'a>,
+    cold: Field<'a>,
+    cold_wait_ms: Field<'a>,
+    retry_after: Field<'a>,
+    negative_ttl: Field<'a>,
+    honor_origin_headers: Field<'a>,
+    xfetch_beta: Field<'a>,
+    jitter: Field<'a>,
+    vary: Field<'a>,
+    private_if_cookie: Field<'a>,
+}
+
+impl<'a> CacheFields<'a> {
+    /// The first of these fields that is set. The destructuring lists every
+    /// field, so one added to the struct cannot be forgotten here.
+    fn first_set(&self) -> Option<&Field<'a>> {
+        let CacheFields {
+            soft_ttl,
+            hard_ttl,
+            cold,
+            cold_wait_ms,
+            retry_after,
+            negative_ttl,
+            honor_origin_headers,
+            xfetch_beta,
+            jitter,
+            vary,
+            private_if_cookie,
+        } = self;
+        [
+            soft_ttl,
+            hard_ttl,
+            cold,
+            cold_wait_ms,
+            retry_after,
+            negative_ttl,
+            honor_origin_headers,
+            xfetch_beta,
+            jitter,
+            vary,
+            private_if_cookie,
+        ]
+        .into_iter()
+        .find(|f| f.is_set())
+    }
 }
 
 fn parse_fragment(
     id: usize,
-    o: &Obj<'_>,
+    mut o: Obj<'_>,
     limits: &Limits,
     seen: &mut Vec<(PathPattern, String)>,
 ) -> Result<FragmentRoute, ConfigError> {
-    o.check_keys(FRAGMENT_KEYS, FRAGMENT_MOVED)?;
-    let pattern = parse_pattern(o, seen)?;
-    let private = o.bool("private")?.unwrap_or(false);
-    let timeout_ms = o
-        .u32("timeout_ms", &TIMEOUT)?
+    // Asked for in the order they are listed when a key is unknown.
+    let path = o.key("path");
+    let soft_ttl = o.key("soft_ttl");
+    let hard_ttl = o.key("hard_ttl");
+    let private = o.key("private");
+    let cold = o.key("cold");
+    let cold_wait_ms = o.key("cold_wait_ms");
+    let retry_after = o.key("retry_after");
+    let negative_ttl = o.key("negative_ttl");
+    let honor_origin_headers = o.key("honor_origin_headers");
+    let xfetch_beta = o.key("xfetch_beta");
+    let jitter = o.key("jitter");
+    let timeout_ms = o.key("timeout_ms");
+    let vary = o.key("vary");
+    let forward_headers = o.key("forward_headers");
+    let private_if_cookie = o.key("private_if_cookie");
+    let pass_set_cookie = o.key("pass_set_cookie");
+    o.finish(FRAGMENT_MOVED)?;
+    let c = CacheFields {
+        soft_ttl,
+        hard_ttl,
+        cold,
+        cold_wait_ms,
+        retry_after,
+        negative_ttl,
+        honor_origin_headers,
+        xfetch_beta,
+        jitter,
+        vary,
+        private_if_cookie,
+    };
+
+    let pattern = parse_pattern(&path, seen)?;
+    let private = private.bool()?.unwrap_or(false);
+    let timeout_ms = timeout_ms
+        .u32(&TIMEOUT)?
         .unwrap_or(limits.fragment_timeout_ms);
-    let forward_headers = o.names("forward_headers", forward_header)?;
-    let pass_set_cookie = o.bool("pass_set_cookie")?.unwrap_or(false);
+    let forwarded = forward_headers.names(forward_header)?;
+    let pass_set_cookie = pass_set_cookie.bool()?.unwrap_or(false);
 
     if private {
         // Settings for a cache that a private fragment never uses are most
         // likely a fragment marked private by mistake: say so.
-        if let Some(key) = CACHE_ONLY_KEYS.iter().find(|k| o.has(k)) {
-            return Err(o.err(
-                key,
+        if let Some(f) = c.first_set() {
+            return Err(f.err(
                 "has no effect on a private fragment (private fragments are never cached): remove it, or set \"private\": false",
             ));
         }
         return Ok(FragmentRoute {
             id,
             pattern,
-            ttls: Ttls { soft: 0, hard: 0 },
             private,
-            cold: ColdPolicy::Wait { timeout_ms },
-            negative_ttl: 0,
-            honor_origin_headers: false,
-            xfetch_beta: DEFAULT_XFETCH_BETA,
-            jitter: DEFAULT_JITTER,
+            cache: None,
             timeout_ms,
             vary: Vary::default(),
-            forward_headers,
-            private_if_cookie: None,
+            forward_headers: forwarded,
             pass_set_cookie,
         });
     }
 
-    let ttls = match parse_ttls(o, true)? {
+    let ttls = match parse_ttls(&c.soft_ttl, &c.hard_ttl, true)? {
         Some(t) => t,
-        None => return Err(o.err("soft_ttl", "is required for a cacheable fragment")),
+        None => return Err(c.soft_ttl.err("is required for a cacheable fragment")),
     };
 
-    let cold = match o.str("cold")?.unwrap_or("wait") {
+    let cold = match c.cold.str()?.unwrap_or("wait") {
         "wait" => {
-            if o.has("retry_after") {
-                return Err(o.err("retry_after", "only applies with \"cold\": \"fail\""));
+            if c.retry_after.is_set() {
+                return Err(c.retry_after.err("only applies with \"cold\": \"fail\""));
             }
             ColdPolicy::Wait {
-                timeout_ms: o.u32("cold_wait_ms", &TIMEOUT)?.unwrap_or(limits.fragment_timeout_ms),
+                timeout_ms: c
+                    .cold_wait_ms
+                    .u32(&TIMEOUT)?
+                    .unwrap_or(limits.fragment_timeout_ms),
             }
         }
         "fail" => {
-            if o.has("cold_wait_ms") {
-                return Err(o.err("cold_wait_ms", "only applies with \"cold\": \"wait\""));
+            if c.cold_wait_ms.is_set() {
+                return Err(c.cold_wait_ms.err("only applies with \"cold\": \"wait\""));
             }
             ColdPolicy::Fail {
-                retry_after_s: o.u32("retry_after", &RETRY_AFTER)?.unwrap_or(DEFAULT_RETRY_AFTER_S),
+                retry_after_s: c
+                    .retry_after
+                    .u32(&RETRY_AFTER)?
+                    .unwrap_or(DEFAULT_RETRY_AFTER_S),
             }
         }
         _ => {
-            return Err(o.err(
-                "cold",
+            return Err(c.cold.err(
                 "must be \"wait\" (requests wait for the one origin fetch) or \"fail\" (they get 503 with Retry-After meanwhile)",
             ))
         }
     };
 
-    let negative_ttl = o
-        .u32("negative_ttl", &NEGATIVE_TTL)?
+    let negative_ttl = c
+        .negative_ttl
+        .u32(&NEGATIVE_TTL)?
         .unwrap_or(DEFAULT_NEGATIVE_TTL_S);
     if negative_ttl > ttls.hard {
-        return Err(o.err(
-            "negative_ttl",
-            format!("must not exceed hard_ttl ({} s)", ttls.hard),
-        ));
+        return Err(c
+            .negative_ttl
+            .err(format!("must not exceed hard_ttl ({} s)", ttls.hard)));
     }
 
-    let xfetch_beta = o.number("xfetch_beta")?.unwrap_or(DEFAULT_XFETCH_BETA);
+    let xfetch_beta = c.xfetch_beta.number()?.unwrap_or(DEFAULT_XFETCH_BETA);
     if xfetch_beta < 0.0 {
-        return Err(o.err(
-            "xfetch_beta",
-            "must be 0 or more (0 disables early refresh, 1 is the usual value)",
-        ));
+        return Err(c
+            .xfetch_beta
+            .err("must be 0 or more (0 disables early refresh, 1 is the usual value)"));
     }
-    let jitter = o.number("jitter")?.unwrap_or(DEFAULT_JITTER);
+    let jitter = c.jitter.number()?.unwrap_or(DEFAULT_JITTER);
     if !(0.0..MAX_JITTER).contains(&jitter) {
-        return Err(o.err(
-            "jitter",
+        return Err(c.jitter.err(
             "must be at least 0 and below 0.5 (a fraction of the TTL; 0.1 spreads expiries by up to 10%)",
         ));
     }
 
-    let vary = match o.get("vary") {
-        Some(v) => parse_vary(&Obj::new(v, &o.field("vary"))?)?,
+    let vary = match c.vary.object()? {
+        Some(v) => parse_vary(v)?,
         None => Vary::default(),
     };
 
     // A forwarded header shapes the origin's answer; if the key did not vary
     // on it, the first requester's value would decide everyone's copy.
-    for (i, item) in o.array("forward_headers")?.iter().enumerate() {
+    for (i, item) in forward_headers.array()?.iter().enumerate() {
         let name = item
             .as_str()
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
         if !vary.headers.contains(&name) {
-            let vary_field = o.field("vary.headers");
+            let vary_field = format!("{}.headers", c.vary.path);
             return Err(ConfigError::new(
-                format!("{}[{i}]", o.field("forward_headers")),
+                format!("{}[{i}]", forward_headers.path),
                 Some(item),
                 format!(
                     "a forwarded header shapes the response, so the cached copy must vary on it: add \"{name}\" to {vary_field}, or mark the route private"
@@ -1268,41 +1367,44 @@ fn parse_fragment(
         }
     }
 
-    let private_if_cookie = match o.str("private_if_cookie")? {
-        Some(name) => {
-            Some(cookie_name(name).map_err(|problem| o.err("private_if_cookie", problem))?)
-        }
+    let private_if_cookie = match c.private_if_cookie.str()? {
+        Some(name) => Some(cookie_name(name).map_err(|problem| c.private_if_cookie.err(problem))?),
         None => None,
     };
 
     Ok(FragmentRoute {
         id,
         pattern,
-        ttls,
         private,
-        cold,
-        negative_ttl,
-        honor_origin_headers: o.bool("honor_origin_headers")?.unwrap_or(false),
-        xfetch_beta,
-        jitter,
+        cache: Some(CacheSettings {
+            ttls,
+            cold,
+            negative_ttl,
+            honor_origin_headers: c.honor_origin_headers.bool()?.unwrap_or(false),
+            xfetch_beta,
+            jitter,
+            private_if_cookie,
+        }),
         timeout_ms,
         vary,
-        forward_headers,
-        private_if_cookie,
+        forward_headers: forwarded,
         pass_set_cookie,
     })
 }
 
-fn parse_vary(o: &Obj<'_>) -> Result<Vary, ConfigError> {
-    o.check_keys(VARY_KEYS, &[])?;
+fn parse_vary(mut o: Obj<'_>) -> Result<Vary, ConfigError> {
+    let cookies = o.key("cookies");
+    let headers = o.key("headers");
+    let query = o.key("query");
+    let country = o.key("country");
+    o.finish(&[])?;
     Ok(Vary {
-        cookies: o.names("cookies", cookie_name)?,
-        headers: o.names("headers", vary_header)?,
-        query: o.names("query", query_name)?,
-        country: o.bool("country")?.unwrap_or(false),
+        cookies: cookies.names(cookie_name)?,
+        headers: headers.names(vary_header)?,
+        query: query.names(query_name)?,
+        country: country.bool()?.unwrap_or(false),
     })
 }
-
 /// RFC 9110 `token`: what header and cookie names are made of.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -1443,6 +1545,11 @@ mod tests {
         fragment(&format!(r#""soft_ttl": 30, "hard_ttl": 3600, {fields}"#))
     }
 
+    /// The cache settings of a route that must be cached.
+    fn cache(f: &FragmentRoute) -> &CacheSettings {
+        f.cache.as_ref().expect("a cached route")
+    }
+
     fn assert_error(e: &ConfigError, field: &str, value: &str, problem_contains: &str) {
         assert_eq!(e.field, field, "{e}");
         assert_eq!(e.value, value, "{e}");
@@ -1479,22 +1586,22 @@ mod tests {
         assert_eq!(f.id, 0);
         assert_eq!(f.pattern, PathPattern::Prefix("/f/".into()));
         assert_eq!(
-            f.ttls,
+            cache(f).ttls,
             Ttls {
                 soft: 30,
                 hard: 3600
             }
         );
         assert!(!f.private);
-        assert_eq!(f.cold, ColdPolicy::Wait { timeout_ms: 5000 });
-        assert_eq!(f.negative_ttl, DEFAULT_NEGATIVE_TTL_S);
-        assert!(!f.honor_origin_headers);
-        assert_eq!(f.xfetch_beta, 1.0);
-        assert_eq!(f.jitter, 0.1);
+        assert_eq!(cache(f).cold, ColdPolicy::Wait { timeout_ms: 5000 });
+        assert_eq!(cache(f).negative_ttl, DEFAULT_NEGATIVE_TTL_S);
+        assert!(!cache(f).honor_origin_headers);
+        assert_eq!(cache(f).xfetch_beta, 1.0);
+        assert_eq!(cache(f).jitter, 0.1);
         assert_eq!(f.timeout_ms, 5000);
         assert!(f.vary.is_empty());
         assert!(f.forward_headers.is_empty());
-        assert_eq!(f.private_if_cookie, None);
+        assert_eq!(cache(f).private_if_cookie, None);
         assert!(!f.pass_set_cookie);
     }
 
@@ -1506,17 +1613,22 @@ mod tests {
                            { "path": "/c", "private": true } ] }"#;
         let c = Config::from_json_str(json).unwrap();
         assert_eq!(c.fragments[0].timeout_ms, 1234);
-        assert_eq!(c.fragments[0].cold, ColdPolicy::Wait { timeout_ms: 1234 });
+        assert_eq!(
+            cache(&c.fragments[0]).cold,
+            ColdPolicy::Wait { timeout_ms: 1234 }
+        );
         assert_eq!(c.fragments[1].timeout_ms, 99);
-        assert_eq!(c.fragments[1].cold, ColdPolicy::Wait { timeout_ms: 77 });
+        assert_eq!(
+            cache(&c.fragments[1]).cold,
+            ColdPolicy::Wait { timeout_ms: 77 }
+        );
         assert_eq!(c.fragments[2].timeout_ms, 1234);
-        assert_eq!(c.fragments[2].ttls, Ttls { soft: 0, hard: 0 });
+        assert_eq!(c.fragments[2].cache, None);
         assert!(c.fragments[2].private);
     }
 
-    /// The example in the module doc, with every field set.
-    #[test]
-    fn full_example_from_module_doc() {
+    /// The JSON example in the module doc.
+    fn module_doc_example() -> String {
         let source = include_str!("config.rs");
         let mut in_block = false;
         let mut json = String::new();
@@ -1534,6 +1646,13 @@ mod tests {
                 json.push('\n');
             }
         }
+        json
+    }
+
+    /// The example in the module doc, with every field set.
+    #[test]
+    fn full_example_from_module_doc() {
+        let json = module_doc_example();
         let c = Config::from_json_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
 
         assert_eq!(c.origin.to_string(), "http://127.0.0.1:8788");
@@ -1582,16 +1701,19 @@ mod tests {
             FragmentRoute {
                 id: 0,
                 pattern: PathPattern::Prefix("/fragments/".into()),
-                ttls: Ttls {
-                    soft: 30,
-                    hard: 3600
-                },
                 private: false,
-                cold: ColdPolicy::Wait { timeout_ms: 3000 },
-                negative_ttl: 10,
-                honor_origin_headers: true,
-                xfetch_beta: 1.0,
-                jitter: 0.1,
+                cache: Some(CacheSettings {
+                    ttls: Ttls {
+                        soft: 30,
+                        hard: 3600
+                    },
+                    cold: ColdPolicy::Wait { timeout_ms: 3000 },
+                    negative_ttl: 10,
+                    honor_origin_headers: true,
+                    xfetch_beta: 1.0,
+                    jitter: 0.1,
+                    private_if_cookie: Some("session".into()),
+                }),
                 timeout_ms: 4000,
                 vary: Vary {
                     cookies: vec!["currency".into()],
@@ -1600,15 +1722,18 @@ mod tests {
                     country: true,
                 },
                 forward_headers: vec!["accept-language".into()],
-                private_if_cookie: Some("session".into()),
                 pass_set_cookie: true,
             }
         );
-        assert_eq!(c.fragments[1].cold, ColdPolicy::Fail { retry_after_s: 2 });
-        assert_eq!(c.fragments[1].ttls, Ttls { soft: 5, hard: 60 });
+        assert_eq!(
+            cache(&c.fragments[1]).cold,
+            ColdPolicy::Fail { retry_after_s: 2 }
+        );
+        assert_eq!(cache(&c.fragments[1]).ttls, Ttls { soft: 5, hard: 60 });
         assert_eq!(c.fragments[1].timeout_ms, 5000);
         let cart = &c.fragments[2];
         assert!(cart.private);
+        assert_eq!(cart.cache, None);
         assert_eq!(cart.timeout_ms, 2000);
         assert_eq!(cart.forward_headers, ["x-request-id"]);
         assert!(!cart.pass_set_cookie);
@@ -1831,6 +1956,64 @@ mod tests {
         assert!(!e.problem.contains("did you mean"));
     }
 
+    /// The schema of every object, as the parser reads it: a key far from
+    /// all known ones lists them, in this order.
+    #[test]
+    fn unknown_keys_list_every_known_key() {
+        let cases = [
+            (
+                r#"{ "origin": "http://o.test", "zzzzz": 1 }"#.to_owned(),
+                "zzzzz",
+                "origin, allowed_origins, unknown_routes, limits, pages, fragments",
+            ),
+            (
+                r#"{ "origin": "http://o.test", "limits": { "zzzzz": 1 } }"#.to_owned(),
+                "limits.zzzzz",
+                "max_depth, max_includes, max_fragment_bytes, max_page_bytes, max_shell_bytes, fragment_timeout_ms, page_timeout_ms",
+            ),
+            (
+                r#"{ "origin": "http://o.test", "pages": [ { "path": "/", "zzzzz": 1 } ] }"#.to_owned(),
+                "pages[0].zzzzz",
+                "path, soft_ttl, hard_ttl, require_surrogate_control",
+            ),
+            (
+                fragment(r#""zzzzz": 1"#),
+                "fragments[0].zzzzz",
+                "path, soft_ttl, hard_ttl, private, cold, cold_wait_ms, retry_after, negative_ttl, honor_origin_headers, xfetch_beta, jitter, timeout_ms, vary, forward_headers, private_if_cookie, pass_set_cookie",
+            ),
+            (
+                cached(r#""vary": { "zzzzz": 1 }"#),
+                "fragments[0].vary.zzzzz",
+                "cookies, headers, query, country",
+            ),
+        ];
+        for (json, field, known) in cases {
+            let e = error(&json);
+            assert_error(&e, field, "1", "unknown field");
+            assert_eq!(
+                e.problem,
+                format!("unknown field; the fields allowed here are {known}")
+            );
+        }
+    }
+
+    /// Unknown keys are checked before any value of the same object, so a
+    /// typo is reported rather than the error it causes.
+    #[test]
+    fn unknown_keys_come_before_value_errors() {
+        let e = error(&fragment(r#""soft_ttl": "x", "hard_ttl": 1, "jiter": 7"#));
+        assert_error(&e, "fragments[0].jiter", "7", "did you mean jitter?");
+        let e = error(r#"{ "origin": 1, "limits": { "max_depth": 99 }, "fragmnets": [] }"#);
+        assert_error(&e, "fragmnets", "[]", "did you mean fragments?");
+        let e = error(&fragment(
+            r#""private": true, "soft_ttl": 30, "jitterr": 0"#,
+        ));
+        assert_error(&e, "fragments[0].jitterr", "0", "did you mean jitter?");
+        // A key valid in a nested object is checked when that object is read.
+        let e = error(&cached(r#""jitter": 9, "vary": { "countyr": true }"#));
+        assert_error(&e, "fragments[0].jitter", "9", "below 0.5");
+    }
+
     #[test]
     fn unknown_keys_at_the_wrong_level() {
         let e = error(r#"{ "origin": "http://o.test", "max_depth": 3 }"#);
@@ -1895,7 +2078,7 @@ mod tests {
         assert_error(&e, "limits.max_page_bytes", "1e+40", "at most");
         // Integral floats are fine (some TOML writers emit 30.0).
         let c = Config::from_json_str(&fragment(r#""soft_ttl": 30.0, "hard_ttl": 6e1"#)).unwrap();
-        assert_eq!(c.fragments[0].ttls, Ttls { soft: 30, hard: 60 });
+        assert_eq!(cache(&c.fragments[0]).ttls, Ttls { soft: 30, hard: 60 });
     }
 
     #[test]
@@ -2032,7 +2215,10 @@ mod tests {
         let e = error(&cached(r#""cold": "fail", "retry_after": 0"#));
         assert_error(&e, "fragments[0].retry_after", "0", "at least 1 s");
         let c = Config::from_json_str(&cached(r#""cold": "fail""#)).unwrap();
-        assert_eq!(c.fragments[0].cold, ColdPolicy::Fail { retry_after_s: 5 });
+        assert_eq!(
+            cache(&c.fragments[0]).cold,
+            ColdPolicy::Fail { retry_after_s: 5 }
+        );
     }
 
     #[test]
@@ -2042,9 +2228,9 @@ mod tests {
             assert_error(&e, "fragments[0].jitter", bad, "below 0.5");
         }
         let c = Config::from_json_str(&cached(r#""jitter": 0"#)).unwrap();
-        assert_eq!(c.fragments[0].jitter, 0.0);
+        assert_eq!(cache(&c.fragments[0]).jitter, 0.0);
         let c = Config::from_json_str(&cached(r#""jitter": 0.49"#)).unwrap();
-        assert_eq!(c.fragments[0].jitter, 0.49);
+        assert_eq!(cache(&c.fragments[0]).jitter, 0.49);
     }
 
     #[test]
@@ -2059,7 +2245,7 @@ mod tests {
             "expected a number",
         );
         let c = Config::from_json_str(&cached(r#""xfetch_beta": 0"#)).unwrap();
-        assert_eq!(c.fragments[0].xfetch_beta, 0.0);
+        assert_eq!(cache(&c.fragments[0]).xfetch_beta, 0.0);
     }
 
     #[test]
@@ -2079,7 +2265,7 @@ mod tests {
             "must not be negative",
         );
         let c = Config::from_json_str(&cached(r#""negative_ttl": 0"#)).unwrap();
-        assert_eq!(c.fragments[0].negative_ttl, 0);
+        assert_eq!(cache(&c.fragments[0]).negative_ttl, 0);
     }
 
     #[test]
@@ -2338,12 +2524,13 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(closest("sof_ttl", FRAGMENT_KEYS), Some("soft_ttl"));
-        assert_eq!(closest("hardttl", FRAGMENT_KEYS), Some("hard_ttl"));
-        assert_eq!(closest("Private", FRAGMENT_KEYS), Some("private"));
-        assert_eq!(closest("jiter", FRAGMENT_KEYS), Some("jitter"));
-        assert_eq!(closest("x", FRAGMENT_KEYS), None);
-        assert_eq!(closest("completely_else", FRAGMENT_KEYS), None);
+        let known = ["path", "soft_ttl", "hard_ttl", "private", "jitter"];
+        assert_eq!(closest("sof_ttl", &known), Some("soft_ttl"));
+        assert_eq!(closest("hardttl", &known), Some("hard_ttl"));
+        assert_eq!(closest("Private", &known), Some("private"));
+        assert_eq!(closest("jiter", &known), Some("jitter"));
+        assert_eq!(closest("x", &known), None);
+        assert_eq!(closest("completely_else", &known), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("é", "e"), 1);
@@ -2369,12 +2556,29 @@ mod tests {
             "{}",
             "{\"a\":1}",
         ];
-        let keys = FRAGMENT_KEYS
-            .iter()
-            .chain(LIMIT_KEYS)
-            .chain(TOP_KEYS)
-            .chain(VARY_KEYS);
-        for key in keys {
+        // Every key of every object: the module doc's example sets them all.
+        fn collect(v: &Value, keys: &mut Vec<String>) {
+            match v {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        if !keys.contains(k) {
+                            keys.push(k.clone());
+                        }
+                        collect(v, keys);
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| collect(v, keys)),
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        collect(
+            &serde_json::from_str(&module_doc_example()).unwrap(),
+            &mut keys,
+        );
+        // Top level, limits, page-only, fragment and vary keys.
+        assert_eq!(keys.len(), 6 + 7 + 1 + 16 + 4, "{keys:?}");
+        for key in &keys {
             for v in odd {
                 for json in [
                     format!(r#"{{ "origin": "http://o.test", "{key}": {v} }}"#),

@@ -56,7 +56,7 @@ pub const PURGE_PATH: &str = "/_fragcache/purge";
 pub const MAX_DELETES: usize = 500;
 
 /// KV life of a tombstone (KV's shortest).
-pub const TOMBSTONE_TTL_S: u64 = 60;
+pub const TOMBSTONE_TTL_S: u64 = crate::config::MIN_HARD_TTL_S as u64;
 
 /// How long this isolate remembers a purge: far longer than any origin
 /// fetch may take (its timeout is at most 30 s).

@@ -403,9 +403,10 @@ impl MemStore {
         let s = self;
         if s.fail_puts.get() {
             Err(StoreError("injected write failure".into()))
-        } else if ttl_s < 60 {
+        } else if ttl_s < u64::from(crate::config::MIN_HARD_TTL_S) {
             Err(StoreError(format!(
-                "expirationTtl {ttl_s} is below KV's minimum of 60"
+                "expirationTtl {ttl_s} is below KV's minimum of {}",
+                crate::config::MIN_HARD_TTL_S
             )))
         } else {
             s.puts.set(s.puts.get() + 1);

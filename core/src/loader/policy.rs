@@ -50,24 +50,25 @@ pub(super) struct CachePolicy {
 
 impl Policy {
     pub(super) fn for_fragment(r: &FragmentRoute, req: &ClientRequest) -> Policy {
-        let signed_in = r
-            .private_if_cookie
-            .as_deref()
-            .is_some_and(|c| req.cookie(c).is_some());
+        let private_if_cookie = r
+            .cache
+            .as_ref()
+            .and_then(|c| c.private_if_cookie.as_deref());
+        let signed_in = private_if_cookie.is_some_and(|c| req.cookie(c).is_some());
         let private = r.private || signed_in;
         Policy {
             kind: KeyKind::Fragment,
             route_id: r.id,
-            cache: (!private).then(|| CachePolicy {
+            cache: r.cache.as_ref().filter(|_| !private).map(|c| CachePolicy {
                 route: RoutePolicy {
-                    soft_ttl: r.ttls.soft,
-                    hard_ttl: r.ttls.hard,
-                    negative_ttl: r.negative_ttl,
-                    honor_origin_headers: r.honor_origin_headers,
+                    soft_ttl: c.ttls.soft,
+                    hard_ttl: c.ttls.hard,
+                    negative_ttl: c.negative_ttl,
+                    honor_origin_headers: c.honor_origin_headers,
                 },
-                cold: r.cold.clone(),
-                xfetch_beta: r.xfetch_beta,
-                jitter: r.jitter,
+                cold: c.cold.clone(),
+                xfetch_beta: c.xfetch_beta,
+                jitter: c.jitter,
                 vary: r.vary.clone(),
             }),
             private,
@@ -77,7 +78,7 @@ impl Policy {
             shell: false,
             vary: VaryHint {
                 headers: r.vary.headers.clone(),
-                cookie: !r.vary.cookies.is_empty() || r.private_if_cookie.is_some(),
+                cookie: !r.vary.cookies.is_empty() || private_if_cookie.is_some(),
                 country: r.vary.country,
             },
         }
@@ -96,8 +97,8 @@ impl Policy {
                     honor_origin_headers: false,
                 },
                 cold: ColdPolicy::Wait { timeout_ms },
-                xfetch_beta: 1.0,
-                jitter: 0.1,
+                xfetch_beta: crate::config::DEFAULT_XFETCH_BETA,
+                jitter: crate::config::DEFAULT_JITTER,
                 vary: Vary::default(),
             }),
             // An uncached shell is fetched per request with credentials, like

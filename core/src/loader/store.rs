@@ -260,7 +260,9 @@ async fn write_back(
     }
     // KV refuses expirationTtl below 60 s; the soft/hard deadlines in the
     // metadata are what freshness uses, so a longer KV life is harmless.
-    let ttl_s = hard_ms.div_ceil(1000).max(60);
+    let ttl_s = hard_ms
+        .div_ceil(1000)
+        .max(u64::from(crate::config::MIN_HARD_TTL_S));
     if let Err(e) = ports
         .store
         .put(key, StoredEntry { body, meta }, ttl_s)
