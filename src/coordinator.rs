@@ -197,7 +197,6 @@ impl Gate for ObjectGate {
 }
 
 /// The isolate's coordinator: the object named after each cache key.
-#[allow(dead_code)] // wired into the loader by the next commit
 pub struct ObjectCoordinator(pub ObjectNamespace);
 
 impl Coordinator for ObjectCoordinator {

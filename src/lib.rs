@@ -141,7 +141,12 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
     };
     let ctx = Rc::new(ctx);
     let shared = SHARED.with(Rc::clone);
-    let loader = Loader::new(ports::ports(kv, ctx), shared, config, Rc::new(client));
+    let loader = Loader::new(
+        with_coordinator(ports::ports(kv, ctx), &env),
+        shared,
+        config,
+        Rc::new(client),
+    );
     match handle(loader.clone()).await {
         Reply::Pass(target) => match ports::forward(req, &target).await {
             Ok(resp) => pass_or_assemble(resp, loader).await,
@@ -184,6 +189,18 @@ async fn pass_or_assemble(mut resp: Response, loader: Loader) -> Result<Served> 
         body,
     };
     Ok(Served::Reply(handle_surrogate_shell(loader, shell).await))
+}
+
+/// The ports with the coordinator, when the worker has its Durable Object
+/// binding (see `coordinator`); without it, each isolate on its own.
+fn with_coordinator(
+    mut ports: fragcache_core::ports::Ports,
+    env: &Env,
+) -> fragcache_core::ports::Ports {
+    if let Ok(ns) = env.durable_object(coordinator::BINDING) {
+        ports.coordinator = Some(Rc::new(coordinator::ObjectCoordinator(ns)));
+    }
+    ports
 }
 
 /// Name of the secret that enables the purge endpoint.
@@ -245,7 +262,7 @@ async fn purge(
     };
     let shared = SHARED.with(Rc::clone);
     let loader = Loader::new(
-        ports::ports(kv, Rc::new(ctx)),
+        with_coordinator(ports::ports(kv, Rc::new(ctx)), env),
         shared,
         config,
         Rc::new(ClientRequest::new(url)),

@@ -42,6 +42,7 @@ pub fn ports_with(kv: KvStore, background: Rc<dyn Background>) -> Ports {
         background,
         signals: Rc::new(PromiseSignals),
         log: Rc::new(Console),
+        coordinator: None,
     }
 }
 

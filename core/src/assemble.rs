@@ -130,13 +130,11 @@ pub enum IncludeError {
 }
 
 impl IncludeError {
-    /// `Retry-After` seconds when the failure is a busy cold fragment.
+    /// `Retry-After` seconds when the failure is temporary: a busy cold
+    /// fragment, or an origin whose circuit is open.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            IncludeError::Load {
-                error: LoadError::ColdBusy { retry_after_s },
-                ..
-            } => Some(*retry_after_s),
+            IncludeError::Load { error, .. } => error.retry_after(),
             _ => None,
         }
     }

@@ -28,6 +28,8 @@
 //!     "fragment_timeout_ms": 5000,
 //!     "page_timeout_ms": 20000
 //!   },
+//!   "breaker": { "threshold": 3, "probe_interval_ms": 1000, "probe_timeout_ms": 10000 },
+//!   "coordinator": { "enabled": true, "wait_ms": 1000 },
 //!   "pages": [
 //!     { "path": "/", "soft_ttl": 30, "hard_ttl": 3600, "require_surrogate_control": false },
 //!     { "path": "/account/*", "require_surrogate_control": true }
@@ -101,6 +103,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::cache::breaker::BreakerConfig;
 use crate::url::{AllowList, Origin, Url, UrlError};
 
 /// Shortest `hard_ttl` (seconds): Workers KV refuses an `expirationTtl` below 60.
@@ -168,6 +171,36 @@ pub struct Config {
     pub pages: Vec<PageRoute>,
     /// Fragment routes, in declaration order.
     pub fragments: Vec<FragmentRoute>,
+    /// The per-origin circuit breaker (`breaker` object).
+    pub breaker: BreakerConfig,
+    /// The cross-isolate coordinator (`coordinator` object).
+    pub coordinator: CoordinatorSettings,
+}
+
+/// How isolates use the coordinator Durable Object, when the worker has the
+/// `COORDINATOR` binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoordinatorSettings {
+    /// `enabled` (default true): send cold misses and refreshes through the
+    /// coordinator. False runs each isolate on its own even with the binding.
+    pub enabled: bool,
+    /// `wait_ms`: how much longer than the origin timeout an isolate waits
+    /// for the coordinator's answer before fetching for itself.
+    pub wait_ms: u32,
+}
+
+impl CoordinatorSettings {
+    /// Default [`CoordinatorSettings::wait_ms`].
+    pub const DEFAULT_WAIT_MS: u32 = 1_000;
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        CoordinatorSettings {
+            enabled: true,
+            wait_ms: Self::DEFAULT_WAIT_MS,
+        }
+    }
 }
 
 /// What happens to a request that matches no page or fragment route.
@@ -509,6 +542,8 @@ impl Config {
         let limits = root.key("limits");
         let pages = root.key("pages");
         let fragments = root.key("fragments");
+        let breaker = root.key("breaker");
+        let coordinator = root.key("coordinator");
         root.finish(TOP_MOVED)?;
 
         let (origin, origin_url) = parse_origin(&origin)?;
@@ -552,6 +587,14 @@ impl Config {
             Some(o) => parse_limits(o)?,
             None => Limits::default(),
         };
+        let breaker = match breaker.object()? {
+            Some(o) => parse_breaker(o)?,
+            None => BreakerConfig::default(),
+        };
+        let coordinator = match coordinator.object()? {
+            Some(o) => parse_coordinator(o)?,
+            None => CoordinatorSettings::default(),
+        };
 
         let mut seen = Vec::new();
         let mut page_routes = Vec::new();
@@ -573,6 +616,8 @@ impl Config {
             limits,
             pages: page_routes,
             fragments: fragment_routes,
+            breaker,
+            coordinator,
         })
     }
 
@@ -1061,6 +1106,56 @@ fn parse_origin(origin: &Field<'_>) -> Result<(Origin, Url), ConfigError> {
     Ok((parsed, url))
 }
 
+const THRESHOLD: Bounds = Bounds {
+    min: 1,
+    max: 100,
+    unit: " failures",
+    why_min: "the breaker would open before any failure",
+    why_max: "an origin failing that often in a row is down",
+};
+const PROBE_INTERVAL: Bounds = Bounds {
+    min: 100,
+    max: 60_000,
+    unit: " ms",
+    why_min: "probing a failing origin more often than 10 times a second is a stampede",
+    why_max: "recovery would go unnoticed for over a minute",
+};
+const COORDINATOR_WAIT: Bounds = Bounds {
+    min: 1,
+    max: MAX_TIMEOUT_MS as u64,
+    unit: " ms",
+    why_min: "the coordinator could never answer",
+    why_max: "background work (wait_until) ends about 30 s after the response",
+};
+
+fn parse_breaker(mut o: Obj<'_>) -> Result<BreakerConfig, ConfigError> {
+    let threshold = o.key("threshold");
+    let probe_interval_ms = o.key("probe_interval_ms");
+    let probe_timeout_ms = o.key("probe_timeout_ms");
+    o.finish(&[])?;
+    let d = BreakerConfig::default();
+    Ok(BreakerConfig {
+        threshold: threshold.u32(&THRESHOLD)?.unwrap_or(d.threshold),
+        probe_interval_ms: probe_interval_ms
+            .u32(&PROBE_INTERVAL)?
+            .map_or(d.probe_interval_ms, u64::from),
+        probe_timeout_ms: probe_timeout_ms
+            .u32(&TIMEOUT)?
+            .map_or(d.probe_timeout_ms, u64::from),
+    })
+}
+
+fn parse_coordinator(mut o: Obj<'_>) -> Result<CoordinatorSettings, ConfigError> {
+    let enabled = o.key("enabled");
+    let wait_ms = o.key("wait_ms");
+    o.finish(&[])?;
+    let d = CoordinatorSettings::default();
+    Ok(CoordinatorSettings {
+        enabled: enabled.bool()?.unwrap_or(d.enabled),
+        wait_ms: wait_ms.u32(&COORDINATOR_WAIT)?.unwrap_or(d.wait_ms),
+    })
+}
+
 fn parse_limits(mut o: Obj<'_>) -> Result<Limits, ConfigError> {
     let max_depth = o.key("max_depth");
     let max_includes = o.key("max_includes");
@@ -1526,6 +1621,25 @@ mod tests {
     const MINIMAL: &str = r#"{ "origin": "http://127.0.0.1:8788" }"#;
 
     /// Parses `json`, expecting an error.
+    #[test]
+    fn breaker_and_coordinator_settings_are_validated() {
+        let c = Config::from_json_str(
+            r#"{ "origin": "http://o.test", "breaker": { "threshold": 5, "probe_interval_ms": 500 },
+                 "coordinator": { "enabled": false, "wait_ms": 250 } }"#,
+        )
+        .unwrap();
+        assert_eq!(c.breaker.threshold, 5);
+        assert_eq!(c.breaker.probe_interval_ms, 500);
+        assert!(!c.coordinator.enabled);
+        assert_eq!(c.coordinator.wait_ms, 250);
+        let e = error(r#"{ "origin": "http://o.test", "breaker": { "probe_interval_ms": 10 } }"#);
+        assert_error(&e, "breaker.probe_interval_ms", "10", "at least 100");
+        let e = error(r#"{ "origin": "http://o.test", "breaker": { "treshold": 2 } }"#);
+        assert_error(&e, "breaker.treshold", "2", "did you mean threshold?");
+        let e = error(r#"{ "origin": "http://o.test", "coordinator": { "enabled": "yes" } }"#);
+        assert_error(&e, "coordinator.enabled", "\"yes\"", "true or false");
+    }
+
     fn error(json: &str) -> ConfigError {
         match Config::from_json_str(json) {
             Ok(c) => panic!("expected an error for {json}, got {c:?}"),
@@ -1662,6 +1776,8 @@ mod tests {
             ["http://127.0.0.1:8788", "https://static.example.com"]
         );
         assert_eq!(c.unknown_routes, UnknownRoutes::Pass);
+        assert_eq!(c.breaker, BreakerConfig::default());
+        assert_eq!(c.coordinator, CoordinatorSettings::default());
         assert_eq!(
             c.limits,
             Limits {
@@ -1964,7 +2080,7 @@ mod tests {
             (
                 r#"{ "origin": "http://o.test", "zzzzz": 1 }"#.to_owned(),
                 "zzzzz",
-                "origin, allowed_origins, unknown_routes, limits, pages, fragments",
+                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator",
             ),
             (
                 r#"{ "origin": "http://o.test", "limits": { "zzzzz": 1 } }"#.to_owned(),
@@ -2576,8 +2692,8 @@ mod tests {
             &serde_json::from_str(&module_doc_example()).unwrap(),
             &mut keys,
         );
-        // Top level, limits, page-only, fragment and vary keys.
-        assert_eq!(keys.len(), 6 + 7 + 1 + 16 + 4, "{keys:?}");
+        // Top level, limits, breaker, coordinator, page-only, fragment and vary keys.
+        assert_eq!(keys.len(), 8 + 7 + 3 + 2 + 1 + 16 + 4, "{keys:?}");
         for key in &keys {
             for v in odd {
                 for json in [

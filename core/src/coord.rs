@@ -393,8 +393,7 @@ impl KeyObject {
             jitter: req.rules.jitter,
             shell: req.rules.shell,
         };
-        let draws = (ports.rng.next_f64(), ports.rng.next_f64());
-        match verdict(&resp, rules, now, fetch_ms, draws) {
+        match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
             Verdict::Failure => {
                 gate.report(&origin, Outcome::Failed).await;
                 Reply::bare(Answer::Failed {

@@ -207,4 +207,7 @@ pub struct Ports {
     pub signals: Rc<dyn Signals>,
     /// Diagnostics.
     pub log: Rc<dyn Log>,
+    /// The cross-isolate coordinator, when the worker has one (a Durable
+    /// Object binding); `None` keeps single-flight per isolate.
+    pub coordinator: Option<Rc<dyn crate::coord::Coordinator>>,
 }

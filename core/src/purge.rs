@@ -257,6 +257,15 @@ pub async fn purge(loader: &Loader, paths: &[String]) -> PurgeReport {
             }
         }
     }
+    // The coordinator's objects hold copies too; an object that cannot be
+    // told still finds the tombstone newer than its copy on its next load.
+    if let Some(coordinator) = &ports.coordinator {
+        for key in &report.deleted {
+            if let Err(e) = coordinator.forget(key).await {
+                ports.log.log(LogLevel::Warn, &format!("purge {key}: {e}"));
+            }
+        }
+    }
     ports.log.log(
         LogLevel::Info,
         &format!(

@@ -350,22 +350,24 @@ fn set_text(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 fn load_error_reply(e: &LoadError, what: &str) -> Reply {
-    match e {
-        LoadError::ColdBusy { retry_after_s } => {
-            let mut r = Reply::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("fragcache: {what} is being fetched; retry shortly"),
-            );
-            if let Reply::Full { headers, .. } = &mut r {
-                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
-            }
-            r
+    if let Some(retry_after_s) = e.retry_after() {
+        let why = match e {
+            LoadError::OriginDown { .. } => "its origin is down",
+            _ => "it is being fetched",
+        };
+        let mut r = Reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("fragcache: {what} is not available: {why}; retry shortly"),
+        );
+        if let Reply::Full { headers, .. } = &mut r {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
         }
-        other => Reply::error(
-            StatusCode::BAD_GATEWAY,
-            &format!("fragcache: {what} could not be loaded: {other}"),
-        ),
+        return r;
     }
+    Reply::error(
+        StatusCode::BAD_GATEWAY,
+        &format!("fragcache: {what} could not be loaded: {e}"),
+    )
 }
 
 fn include_error_reply(e: &IncludeError) -> Reply {

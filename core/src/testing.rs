@@ -599,6 +599,60 @@ impl Origin for OriginPort {
     }
 }
 
+/// The coordinator Durable Objects of a simulation: one
+/// [`crate::coord::KeyObject`] per key, one breaker shared by them (the
+/// origin objects), on the simulation's own store, origin and clock.
+#[derive(Default)]
+pub struct SimCoordinator {
+    objects: RefCell<HashMap<String, Rc<crate::coord::KeyObject>>>,
+    breaker: Rc<crate::cache::breaker::Breaker>,
+    /// When set, every call fails at once (an unreachable object).
+    pub unavailable: Cell<bool>,
+    /// Load requests received.
+    pub loads: Cell<usize>,
+}
+
+impl SimCoordinator {
+    /// The key objects created so far.
+    pub fn objects(&self) -> usize {
+        self.objects.borrow().len()
+    }
+}
+
+struct SimCoordinatorPort {
+    coordinator: Rc<SimCoordinator>,
+    ports: Ports,
+}
+
+impl crate::coord::Coordinator for SimCoordinatorPort {
+    fn load(
+        &self,
+        req: crate::coord::LoadRequest,
+    ) -> LocalFuture<Result<crate::coord::Reply, crate::coord::CoordError>> {
+        let c = Rc::clone(&self.coordinator);
+        if c.unavailable.get() {
+            return Box::pin(std::future::ready(Err(crate::coord::CoordError(
+                "object unreachable (simulated)".into(),
+            ))));
+        }
+        c.loads.set(c.loads.get() + 1);
+        let object = Rc::clone(c.objects.borrow_mut().entry(req.key.clone()).or_default());
+        let gate: Rc<dyn crate::coord::Gate> = Rc::new(crate::coord::LocalGate::new(
+            Rc::clone(&c.breaker),
+            self.ports.clone(),
+        ));
+        let ports = self.ports.clone();
+        Box::pin(async move { Ok((*object.load(ports, gate, req).await).clone()) })
+    }
+
+    fn forget(&self, key: &str) -> LocalFuture<Result<(), crate::coord::CoordError>> {
+        if let Some(o) = self.coordinator.objects.borrow().get(key) {
+            o.forget();
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 struct SimBackground(Rc<Executor>);
 
 impl Background for SimBackground {
@@ -618,6 +672,8 @@ pub struct Sim {
     pub origin: Rc<ScriptedOrigin>,
     /// Captured logs.
     pub log: Rc<MemLog>,
+    /// The coordinator objects (used by [`Sim::ports_with_coordinator`]).
+    pub coordinator: Rc<SimCoordinator>,
     rng: Rc<SeededRng>,
 }
 
@@ -652,6 +708,7 @@ impl Sim {
             }),
             clock,
             log: Rc::new(MemLog::default()),
+            coordinator: Rc::new(SimCoordinator::default()),
             rng: Rc::new(SeededRng::new(seed)),
         }
     }
@@ -671,6 +728,20 @@ impl Sim {
             background: Rc::new(SimBackground(Rc::clone(&self.exec))),
             signals: Rc::new(SimSignals(Rc::clone(&self.clock))),
             log: Rc::clone(&self.log) as Rc<dyn Log>,
+            coordinator: None,
+        }
+    }
+
+    /// The ports of an isolate whose worker has the coordinator: every
+    /// isolate given these shares [`Sim::coordinator`], as isolates share
+    /// one Durable Object namespace.
+    pub fn ports_with_coordinator(&self) -> Ports {
+        Ports {
+            coordinator: Some(Rc::new(SimCoordinatorPort {
+                coordinator: Rc::clone(&self.coordinator),
+                ports: self.ports(),
+            })),
+            ..self.ports()
         }
     }
 

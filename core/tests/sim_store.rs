@@ -204,7 +204,7 @@ fn a_cold_burst_reads_the_store_once_even_while_the_fetch_runs() {
 
 #[test]
 fn a_fetch_that_never_ends_is_given_up_after_the_flight_lifetime() {
-    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS as u32);
+    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS);
     assert_eq!(
         lifetime,
         TIMEOUT_MS + KV_READ_TIMEOUT_MS + KV_WRITE_TIMEOUT_MS
@@ -240,7 +240,7 @@ fn a_fetch_that_never_ends_is_given_up_after_the_flight_lifetime() {
 
 #[test]
 fn a_refresh_that_never_ends_is_retried_after_the_flight_lifetime() {
-    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS as u32);
+    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS);
     let w = World::new(6);
     w.seed("/f/r", "old", 20_000);
     w.sim.origin.script("/f/r", Script::Stall);
@@ -265,7 +265,7 @@ fn a_refresh_that_never_ends_is_retried_after_the_flight_lifetime() {
 
 #[test]
 fn followers_stop_waiting_when_the_flight_dies() {
-    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS as u32);
+    let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS);
     let w = World::new(7);
     w.sim.origin.script("/w/n", Script::Stall);
     let start = w.sim.now();

@@ -76,6 +76,18 @@ impl Backoff {
         self.records.borrow_mut().remove(key);
     }
 
+    /// Holds off refreshes of `key` until `until` without counting a
+    /// failure of the key itself (its origin is known to be down: when the
+    /// origin is back, the key must not still be serving a long back-off).
+    pub fn defer(&self, key: &str, until: u64) {
+        let mut records = self.records.borrow_mut();
+        let rec = records.entry(key.to_owned()).or_insert(Record {
+            failures: 0,
+            retry_at: until,
+        });
+        rec.retry_at = rec.retry_at.max(until);
+    }
+
     /// Clears the records of every key `belongs` picks: when an origin
     /// recovers (its circuit breaker closes), its keys refresh at once
     /// instead of each sleeping through its own back-off.

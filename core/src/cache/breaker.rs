@@ -66,7 +66,7 @@
 //! wins, ties going to the more pessimistic state), so the same machine can
 //! later live in a Durable Object shared by isolates.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -217,7 +217,7 @@ pub struct BreakerSnapshot {
 /// Per-isolate circuit breakers, keyed by origin.
 #[derive(Debug, Default)]
 pub struct Breaker {
-    config: BreakerConfig,
+    config: Cell<BreakerConfig>,
     records: RefCell<HashMap<String, OriginRecord>>,
 }
 
@@ -225,14 +225,36 @@ impl Breaker {
     /// An empty breaker table with `config`.
     pub fn new(config: BreakerConfig) -> Self {
         Self {
-            config,
+            config: Cell::new(config),
             records: RefCell::default(),
         }
     }
 
     /// The configuration in use.
     pub fn config(&self) -> BreakerConfig {
-        self.config
+        self.config.get()
+    }
+
+    /// Replaces the configuration (the isolate's breaker is made before the
+    /// configuration is read); records are kept.
+    pub fn set_config(&self, config: BreakerConfig) {
+        self.config.set(config);
+    }
+
+    /// Records that someone who sees more (the coordinator's shared
+    /// breaker) found `origin` open until `until_ms`: this table denies it
+    /// until then too, so an isolate stops asking.
+    pub fn note_open(&self, origin: &str, until_ms: u64, now: u64) {
+        let mut origins = BTreeMap::new();
+        origins.insert(
+            origin.to_owned(),
+            OriginRecord {
+                state: BreakerState::Open { until_ms },
+                failures: self.config.get().threshold.max(1),
+                updated_ms: now,
+            },
+        );
+        self.merge(&BreakerSnapshot { origins });
     }
 
     /// Whether a request to `origin` may be sent at `now`. `uniform` in
@@ -248,12 +270,12 @@ impl Breaker {
                 retry_after_ms: until_ms - now,
             },
             BreakerState::HalfOpen { probe_started_ms }
-                if now < probe_started_ms.saturating_add(self.config.probe_timeout_ms) =>
+                if now < probe_started_ms.saturating_add(self.config.get().probe_timeout_ms) =>
             {
                 // The probe's outcome decides; if it fails, the next probe
                 // is about one jittered interval away.
                 Permit::Deny {
-                    retry_after_ms: self.config.probe_delay_ms(uniform).max(1),
+                    retry_after_ms: self.config.get().probe_delay_ms(uniform).max(1),
                 }
             }
             // Probe time has come, or the last probe expired unanswered.
@@ -276,10 +298,10 @@ impl Breaker {
         rec.failures = rec.failures.saturating_add(1);
         rec.updated_ms = now;
         let open = BreakerState::Open {
-            until_ms: now.saturating_add(self.config.probe_delay_ms(uniform)),
+            until_ms: now.saturating_add(self.config.get().probe_delay_ms(uniform)),
         };
         match rec.state {
-            BreakerState::Closed if rec.failures >= self.config.threshold.max(1) => {
+            BreakerState::Closed if rec.failures >= self.config.get().threshold.max(1) => {
                 rec.state = open;
             }
             BreakerState::Closed => {}
@@ -318,7 +340,7 @@ impl Breaker {
         match self.records.borrow().get(origin).map(|r| r.state) {
             None => BreakerState::Closed,
             Some(BreakerState::HalfOpen { probe_started_ms }) => {
-                let expires = probe_started_ms.saturating_add(self.config.probe_timeout_ms);
+                let expires = probe_started_ms.saturating_add(self.config.get().probe_timeout_ms);
                 if now >= expires {
                     BreakerState::Open { until_ms: expires }
                 } else {

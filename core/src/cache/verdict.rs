@@ -9,7 +9,7 @@ use super::policy::{
     decide, parse_directives, Decision, ResponseHeaders, RoutePolicy, Uncacheable,
 };
 use crate::headers::{encode_block, keep_from_origin};
-use crate::ports::OriginResponse;
+use crate::ports::{OriginResponse, Rng};
 
 /// How the cache treats one origin response.
 #[derive(Debug)]
@@ -44,14 +44,14 @@ pub struct StoreRules<'a> {
     pub shell: bool,
 }
 
-/// Decides what `resp`, fetched at `now` in `fetch_ms`, becomes. `u1` and
-/// `u2` are uniform draws in `[0, 1)` for the soft and hard TTL jitter.
+/// Decides what `resp`, fetched at `now` in `fetch_ms`, becomes. `rng`
+/// jitters the soft and hard TTLs (two draws, only when storing).
 pub fn verdict(
     resp: &OriginResponse,
     rules: StoreRules<'_>,
     now: u64,
     fetch_ms: u32,
-    (u1, u2): (f64, f64),
+    rng: &dyn Rng,
 ) -> Verdict {
     let cache_control = resp.header_joined("cache-control");
     let surrogate = resp.header_joined("surrogate-control");
@@ -65,8 +65,8 @@ pub fn verdict(
         Decision::Pass(why) => return Verdict::Pass(why),
         Decision::Store { soft_s, hard_s } => (soft_s, hard_s),
     };
-    let soft_ms = jittered_ms(soft_s, rules.jitter, u1);
-    let hard_ms = jittered_ms(hard_s, rules.jitter, u2).max(soft_ms);
+    let soft_ms = jittered_ms(soft_s, rules.jitter, rng.next_f64());
+    let hard_ms = jittered_ms(hard_s, rules.jitter, rng.next_f64()).max(soft_ms);
     let mut meta = EntryMeta::new(
         now,
         now + soft_ms,

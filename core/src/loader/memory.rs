@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::cache::backoff::Backoff;
+use crate::cache::breaker::Breaker;
 use crate::cache::flight::Flights;
 use crate::cache::lru::Lru;
 use crate::cache::EntryMeta;
@@ -191,8 +192,11 @@ pub struct Shared {
     /// In-flight KV reads by cache key: a burst on a key this isolate has
     /// no fresh copy of makes one KV read, not one per request.
     pub(super) reads: Rc<Flights<StoreRead>>,
-    /// Back-off after failed refreshes.
+    /// Back-off after failed refreshes of one key.
     pub backoff: Backoff,
+    /// Per-origin circuit breakers, for fetches this isolate makes itself
+    /// (and a mirror of what the coordinator reports).
+    pub breaker: Breaker,
     /// Compiled templates.
     pub templates: TemplateMemo,
     /// Recently fetched entries, covering for KV's eventual consistency.

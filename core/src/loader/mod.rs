@@ -47,6 +47,7 @@ use std::rc::Rc;
 
 use http::StatusCode;
 
+use crate::cache::breaker::BreakerState;
 use crate::cache::entry::{xfetch_due, META_VERSION};
 use crate::cache::flight::{FlightHandle, Flights, Join};
 use crate::cache::key::cache_key;
@@ -93,6 +94,25 @@ pub enum LoadError {
     /// The leader's load ended without an outcome (it was cancelled).
     #[error("the load this request waited for was abandoned")]
     Abandoned,
+    /// The origin's circuit breaker is open: nothing was sent to it.
+    #[error("origin is down (circuit open); retry after {retry_after_s} s")]
+    OriginDown {
+        /// Seconds until the next probe.
+        retry_after_s: u32,
+    },
+}
+
+impl LoadError {
+    /// `Retry-After` seconds for a client, when the failure is temporary
+    /// and its end is known.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            LoadError::ColdBusy { retry_after_s } | LoadError::OriginDown { retry_after_s } => {
+                Some(*retry_after_s)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a flight publishes to the requests waiting on it.
@@ -208,6 +228,10 @@ impl Loader {
         req: Rc<ClientRequest>,
     ) -> Self {
         ports.store = TimedStore::wrap(ports.store, Rc::clone(&ports.clock));
+        if !config.coordinator.enabled {
+            ports.coordinator = None;
+        }
+        shared.breaker.set_config(config.breaker);
         Loader {
             ports,
             shared,
@@ -480,10 +504,10 @@ impl Loader {
         frag: &Rc<Fragment>,
         now: u64,
     ) -> bool {
-        if !self.shared.backoff.allows(key, now) {
+        if !self.shared.backoff.allows(key, now) || self.origin_down(url, now).is_some() {
             return false;
         }
-        let lifetime = flight_lifetime_ms(policy.timeout_ms);
+        let lifetime = flight_lifetime_ms(self.load_budget_ms(policy.timeout_ms));
         match self.shared.flights.join_for(key, now, lifetime) {
             Join::Follower(_) => false,
             Join::Leader(guard) => {
@@ -494,6 +518,31 @@ impl Loader {
                 self.ports.background.spawn(Box::pin(job));
                 true
             }
+        }
+    }
+
+    /// Seconds until `url`'s origin may be tried again, when its circuit
+    /// is open (this isolate's breaker, which also mirrors what the
+    /// coordinator reports).
+    fn origin_down(&self, url: &Url, now: u64) -> Option<u32> {
+        match self.shared.breaker.state(&url.origin().to_string(), now) {
+            BreakerState::Open { until_ms } if until_ms > now => Some(
+                u32::try_from((until_ms - now).div_ceil(1000))
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The longest a leader's load may take before its write-back: the
+    /// origin timeout, and with a coordinator also the wait for it and a
+    /// fetch of our own if it does not answer.
+    pub(super) fn load_budget_ms(&self, timeout_ms: u32) -> u64 {
+        let t = u64::from(timeout_ms);
+        match self.ports.coordinator {
+            Some(_) => 2 * t + u64::from(self.config.coordinator.wait_ms),
+            None => t,
         }
     }
 
@@ -508,7 +557,16 @@ impl Loader {
         nothing_stored: bool,
     ) -> Lookup {
         let now = self.ports.clock.now_ms();
-        let lifetime = flight_lifetime_ms(policy.timeout_ms);
+        if let Some(retry_after_s) = self.origin_down(&url, now) {
+            // Fail fast: the page uses alt, onerror, esi:try or a 503.
+            return Lookup::ready(
+                CacheStatus::Error,
+                None,
+                false,
+                Err(LoadError::OriginDown { retry_after_s }),
+            );
+        }
+        let lifetime = flight_lifetime_ms(self.load_budget_ms(policy.timeout_ms));
         let (status, handle, deadline) = match self.shared.flights.join_for(&key, now, lifetime) {
             Join::Leader(guard) => {
                 if nothing_stored {
@@ -523,7 +581,7 @@ impl Loader {
                 (
                     CacheStatus::Miss,
                     handle,
-                    now + u64::from(policy.timeout_ms) + 1_000,
+                    now + self.load_budget_ms(policy.timeout_ms) + 1_000,
                 )
             }
             Join::Follower(handle) => match cache.cold {

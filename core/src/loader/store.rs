@@ -21,16 +21,21 @@ use std::rc::Rc;
 
 use http::{HeaderMap, HeaderName, StatusCode};
 
-use crate::cache::entry::{jittered_ms, META_VERSION};
+use futures_util::future::{select, Either};
+
+use crate::cache::breaker::Permit;
+use crate::cache::entry::META_VERSION;
 use crate::cache::flight::LeaderGuard;
 use crate::cache::kv::{KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
-use crate::cache::policy::{decide, parse_directives, Decision, ResponseHeaders};
+use crate::cache::verdict::{verdict, StoreRules, Verdict};
 use crate::cache::EntryMeta;
-use crate::headers::{encode_block, MAX_STORED_HEADER_BYTES};
-use crate::ports::{LogLevel, OriginRequest, OriginResponse, StoredEntry};
+use crate::coord::{Answer, CoordError, Coordinator, LoadRequest, Reply, Rules};
+use crate::headers::{decode_block, text, MAX_STORED_HEADER_BYTES};
+use crate::ports::{LogLevel, OriginError, OriginRequest, OriginResponse, StoredEntry};
 
 use super::memory::Cached;
 use super::origin::is_conditional;
+use super::policy::CachePolicy;
 use super::{Fragment, LoadError, Loader, Outcome, Policy};
 
 /// Time a flight may spend after its origin fetch timed out: the
@@ -38,17 +43,19 @@ use super::{Fragment, LoadError, Loader, Outcome, Policy};
 /// [`crate::cache::kv`].
 pub const FLIGHT_WRITE_BUDGET_MS: u64 = KV_READ_TIMEOUT_MS + KV_WRITE_TIMEOUT_MS;
 
-/// How long a flight with origin timeout `timeout_ms` may live: its fetch
-/// timeout plus [`FLIGHT_WRITE_BUDGET_MS`]. An older flight is dead: the
-/// next request leads a new one and waiters stop waiting (the fetch port
-/// is trusted to honour its timeout, but not relied on to).
-pub fn flight_lifetime_ms(timeout_ms: u32) -> u64 {
-    u64::from(timeout_ms) + FLIGHT_WRITE_BUDGET_MS
+/// How long a flight whose load may take `load_ms` (the origin timeout,
+/// and with a coordinator the wait for it too) may live: that plus
+/// [`FLIGHT_WRITE_BUDGET_MS`]. An older flight is dead: the next request
+/// leads a new one and waiters stop waiting (the fetch port is trusted to
+/// honour its timeout, but not relied on to).
+pub fn flight_lifetime_ms(load_ms: u64) -> u64 {
+    load_ms + FLIGHT_WRITE_BUDGET_MS
 }
 
-/// The leader's job: fetch, publish the outcome, then write the entry back.
-/// `stored`: the copy a refresh replaces (`None` for a cold load); a 304
-/// renews it.
+/// The leader's job: load (through the coordinator when there is one, else
+/// from the origin, gated by the origin's circuit breaker), publish the
+/// outcome, then write the entry back. `stored`: the copy a refresh
+/// replaces (`None` for a cold load); a 304 renews it.
 pub(super) async fn fetch_and_store(
     loader: Loader,
     guard: LeaderGuard<Outcome>,
@@ -56,21 +63,45 @@ pub(super) async fn fetch_and_store(
     policy: Policy,
     stored: Option<Cached>,
 ) {
-    let replaces_entry = stored.is_some();
-    let conditional = is_conditional(&req.headers);
+    let Some(cache) = policy.cache.clone() else {
+        return;
+    };
     let ports = loader.ports.clone();
     let shared = Rc::clone(&loader.shared);
     let key = guard.key().to_owned();
     let url = req.url.to_string();
-    let started = ports.clock.now_ms();
-    // A purge recorded after this point covers what this fetch returns.
+    let origin = req.url.origin().to_string();
+    // A purge recorded after this point covers what this load returns.
     let epoch = shared.purges.epoch();
+    let job = Job {
+        loader: &loader,
+        key: &key,
+        url: &url,
+        origin: &origin,
+        policy: &policy,
+        cache: &cache,
+        epoch,
+    };
+    if let Some(coordinator) = ports.coordinator.clone() {
+        match job.ask(coordinator.as_ref(), &req, stored.as_ref()).await {
+            Ok(reply) => return job.settle(guard, reply, stored.is_some()),
+            Err(e) => ports
+                .log
+                .log(LogLevel::Warn, &format!("{url}: {e}; fetching directly")),
+        }
+    }
+    let now = ports.clock.now_ms();
+    if let Permit::Deny { retry_after_ms } =
+        shared.breaker.permit(&origin, now, ports.rng.next_f64())
+    {
+        return job.origin_down(guard, now, retry_after_ms);
+    }
+    let conditional = is_conditional(&req.headers);
+    let started = ports.clock.now_ms();
     let result = ports.origin.fetch(req).await;
     let now = ports.clock.now_ms();
     let fetch_ms = u32::try_from(now.saturating_sub(started)).unwrap_or(u32::MAX);
-    let Some(cache) = policy.cache else {
-        return;
-    };
+    job.record_origin(matches!(&result, Ok(r) if !r.status.is_server_error()), now);
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -109,15 +140,13 @@ pub(super) async fn fetch_and_store(
     } else {
         resp
     };
-    let cache_control = resp.header_joined("cache-control");
-    let surrogate = resp.header_joined("surrogate-control");
-    let headers = ResponseHeaders {
-        cache_control: cache_control.as_deref(),
-        surrogate_control: surrogate.as_deref(),
-        set_cookie: resp.header("set-cookie").is_some(),
+    let rules = StoreRules {
+        route: &cache.route,
+        jitter: cache.jitter,
+        shell: policy.shell,
     };
-    match decide(resp.status.as_u16(), headers, &cache.route) {
-        Decision::Failure => {
+    match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
+        Verdict::Failure => {
             let delay = shared
                 .backoff
                 .record_failure(&key, now, ports.rng.next_f64());
@@ -127,8 +156,7 @@ pub(super) async fn fetch_and_store(
             );
             guard.complete(Outcome::Failed(LoadError::Status(resp.status)));
         }
-        Decision::Pass(why) => {
-            shared.backoff.record_success(&key);
+        Verdict::Pass(why) => {
             let frag = Rc::new(Fragment::from_response(
                 &resp,
                 now,
@@ -136,36 +164,23 @@ pub(super) async fn fetch_and_store(
                 false,
                 policy.shell,
             ));
-            ports.log.log(
-                LogLevel::Info,
-                &format!("{url}: not cached ({})", why.as_str()),
+            job.pass(
+                guard,
+                frag,
+                why.is_personal(),
+                stored.is_some(),
+                now,
+                why.as_str(),
             );
-            if why.is_personal() {
-                let pass_ms = u64::from(cache.route.soft_ttl.max(1)) * 1000;
-                shared.mark_personal(&key, now + pass_ms, now);
-                guard.publish(Outcome::Personal(frag));
-            } else {
-                guard.publish(Outcome::Shared(frag));
-            }
-            if replaces_entry {
+            if stored.is_some() {
                 // The origin no longer lets us cache this: the stored copy must
                 // not keep being served until its hard TTL. An expired
                 // tombstone sends the next request down the cold path.
-                shared.recent.forget(&key);
                 let tombstone = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
                 write_back(&loader, &key, Vec::new(), tombstone, 0, started, epoch).await;
             }
-            drop(guard);
         }
-        Decision::Store { .. } if shared.purges.purged_since(epoch, &key) => {
-            // Fetched before a purge of this key: possibly the old content.
-            // The request that started it asked before the purge and may
-            // have it; nobody else may, and it is neither kept nor stored.
-            shared.backoff.record_success(&key);
-            ports.log.log(
-                LogLevel::Info,
-                &format!("{url}: purged while being fetched; not stored"),
-            );
+        Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
             let frag = Rc::new(Fragment::from_response(
                 &resp,
                 now,
@@ -173,29 +188,23 @@ pub(super) async fn fetch_and_store(
                 false,
                 policy.shell,
             ));
-            guard.publish(Outcome::Personal(frag));
-            drop(guard);
+            job.purged_meanwhile(guard, frag);
         }
-        Decision::Store { soft_s, hard_s } => {
+        Verdict::Store {
+            meta,
+            value,
+            headers_dropped,
+            ..
+        } => {
             shared.backoff.record_success(&key);
-            let soft_ms = jittered_ms(soft_s, cache.jitter, ports.rng.next_f64());
-            let hard_ms = jittered_ms(hard_s, cache.jitter, ports.rng.next_f64()).max(soft_ms);
-            let mut meta = EntryMeta::new(
-                now,
-                now + soft_ms,
-                now + hard_ms,
-                resp.status.as_u16(),
-                fetch_ms,
-            )
-            .with_headers(
-                resp.header("content-type"),
-                resp.header("etag"),
-                resp.header("last-modified"),
-                cache_control.as_deref(),
-            );
-            meta.esi = surrogate
-                .as_deref()
-                .is_some_and(|v| parse_directives(v).esi);
+            if headers_dropped {
+                ports.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "{url}: response headers exceed {MAX_STORED_HEADER_BYTES} bytes; the cached copy keeps none"
+                    ),
+                );
+            }
             let frag = Rc::new(Fragment::from_response(
                 &resp,
                 now,
@@ -203,32 +212,241 @@ pub(super) async fn fetch_and_store(
                 false,
                 policy.shell,
             ));
-            // A shell's headers are stored ahead of its body in the value.
-            let mut value = resp.body;
-            if policy.shell && !frag.headers.is_empty() {
-                match encode_block(&frag.headers) {
-                    Some(mut block) => {
-                        meta.header_bytes = block.len() as u32;
-                        block.extend_from_slice(&value);
-                        value = block;
-                    }
-                    None => ports.log.log(
-                        LogLevel::Warn,
-                        &format!(
-                            "{url}: response headers exceed {MAX_STORED_HEADER_BYTES} bytes; the cached copy keeps none"
-                        ),
-                    ),
-                }
-            }
             shared.recent.remember(&key, &meta, &frag);
             // Publish before writing: waiting requests need the bytes, not the
             // write. The flight stays open until the write is done so that
             // requests arriving meanwhile join it rather than fetch again.
             guard.publish(Outcome::Shared(frag));
-            write_back(&loader, &key, value, meta, hard_ms, started, epoch).await;
+            let hard_ms = meta.stale_until.saturating_sub(now);
+            write_back(&loader, &key, value, *meta, hard_ms, started, epoch).await;
             drop(guard);
         }
     }
+}
+
+/// One leader's load: what it is loading and for whom, and the steps of
+/// publishing an outcome that the coordinator's answers share with the
+/// isolate's own fetches.
+struct Job<'a> {
+    loader: &'a Loader,
+    key: &'a str,
+    url: &'a str,
+    origin: &'a str,
+    policy: &'a Policy,
+    cache: &'a CachePolicy,
+    epoch: u64,
+}
+
+impl Job<'_> {
+    /// Asks the coordinator, waiting at most the origin timeout plus the
+    /// configured `coordinator.wait_ms`.
+    async fn ask(
+        &self,
+        coordinator: &dyn Coordinator,
+        req: &OriginRequest,
+        stored: Option<&Cached>,
+    ) -> Result<Reply, CoordError> {
+        let headers = req
+            .headers
+            .iter()
+            // The object revalidates with what it holds, not our validators.
+            .filter(|(n, _)| *n != "if-none-match" && *n != "if-modified-since")
+            .filter_map(|(n, v)| text(v).map(|v| (n.as_str().to_owned(), v.to_owned())))
+            .collect();
+        let load = LoadRequest {
+            key: self.key.to_owned(),
+            url: self.url.to_owned(),
+            headers,
+            timeout_ms: req.timeout_ms,
+            max_body_bytes: req.max_body_bytes,
+            have: stored.map(|(meta, _)| meta.stored_at),
+            rules: Rules {
+                soft_ttl: self.cache.route.soft_ttl,
+                hard_ttl: self.cache.route.hard_ttl,
+                negative_ttl: self.cache.route.negative_ttl,
+                honor_origin_headers: self.cache.route.honor_origin_headers,
+                jitter: self.cache.jitter,
+                shell: self.policy.shell,
+            },
+        };
+        let ports = &self.loader.ports;
+        let wait = u64::from(req.timeout_ms) + u64::from(self.loader.config.coordinator.wait_ms);
+        match select(coordinator.load(load), ports.clock.sleep(wait)).await {
+            Either::Left((answer, _)) => answer,
+            Either::Right(_) => Err(CoordError(format!("no answer within {wait} ms"))),
+        }
+    }
+
+    /// Publishes the coordinator's answer as if this isolate had fetched
+    /// it; the object has already written KV.
+    fn settle(&self, guard: LeaderGuard<Outcome>, reply: Reply, replaces: bool) {
+        let shared = &self.loader.shared;
+        let ports = &self.loader.ports;
+        let now = ports.clock.now_ms();
+        match reply.answer {
+            Answer::Entry { meta, fetched } => {
+                if fetched {
+                    self.record_origin(true, now);
+                }
+                let entry = StoredEntry {
+                    body: reply.bytes.to_vec(),
+                    meta: meta.clone(),
+                };
+                let frag = Rc::new(Fragment::from_entry(entry, self.key));
+                if shared.purges.purged_since(self.epoch, self.key) {
+                    return self.purged_meanwhile(guard, frag);
+                }
+                shared.backoff.record_success(self.key);
+                shared.recent.remember(self.key, &meta, &frag);
+                if !fetched {
+                    ports.log.log(
+                        LogLevel::Info,
+                        &format!("{}: the coordinator answered with a newer copy", self.url),
+                    );
+                }
+                guard.publish(Outcome::Shared(frag));
+            }
+            Answer::Pass {
+                status,
+                personal,
+                header_bytes,
+            } => {
+                self.record_origin(true, now);
+                let split = (header_bytes as usize).min(reply.bytes.len());
+                let resp = OriginResponse {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                    headers: decode_block(&reply.bytes[..split]),
+                    body: reply.bytes[split..].to_vec(),
+                };
+                let frag = Rc::new(Fragment::from_response(
+                    &resp,
+                    now,
+                    None,
+                    false,
+                    self.policy.shell,
+                ));
+                self.pass(guard, frag, personal, replaces, now, "origin");
+            }
+            Answer::Failed { status, message } => {
+                let delay = shared
+                    .backoff
+                    .record_failure(self.key, now, ports.rng.next_f64());
+                ports.log.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "{}: {message} (through the coordinator); keeping any stored copy; next attempt in {delay} ms",
+                        self.url
+                    ),
+                );
+                let error = match status.and_then(|s| StatusCode::from_u16(s).ok()) {
+                    Some(s) => LoadError::Status(s),
+                    None => LoadError::Origin(OriginError::Network(message)),
+                };
+                guard.complete(Outcome::Failed(error));
+            }
+            Answer::OriginDown { retry_after_ms } => {
+                shared
+                    .breaker
+                    .note_open(self.origin, now + retry_after_ms, now);
+                self.origin_down(guard, now, retry_after_ms);
+            }
+        }
+    }
+
+    /// An origin whose circuit is open: nothing was fetched; stale copies
+    /// keep being served, and this key tries again when the next probe is
+    /// due (without counting a failure of its own).
+    fn origin_down(&self, guard: LeaderGuard<Outcome>, now: u64, retry_after_ms: u64) {
+        self.loader
+            .shared
+            .backoff
+            .defer(self.key, now + retry_after_ms);
+        let retry_after_s = u32::try_from(retry_after_ms.div_ceil(1000))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        guard.complete(Outcome::Failed(LoadError::OriginDown { retry_after_s }));
+    }
+
+    /// A response that may not be stored.
+    fn pass(
+        &self,
+        guard: LeaderGuard<Outcome>,
+        frag: Rc<Fragment>,
+        personal: bool,
+        replaces: bool,
+        now: u64,
+        why: &str,
+    ) {
+        let shared = &self.loader.shared;
+        shared.backoff.record_success(self.key);
+        self.loader
+            .ports
+            .log
+            .log(LogLevel::Info, &format!("{}: not cached ({why})", self.url));
+        if replaces {
+            shared.recent.forget(self.key);
+        }
+        if personal {
+            let pass_ms = u64::from(self.cache.route.soft_ttl.max(1)) * 1000;
+            shared.mark_personal(self.key, now + pass_ms, now);
+            guard.publish(Outcome::Personal(frag));
+        } else {
+            guard.publish(Outcome::Shared(frag));
+        }
+    }
+
+    /// Loaded before a purge of this key: possibly the old content. The
+    /// request that started the load asked before the purge and may have
+    /// it; nobody else may, and it is neither kept nor stored.
+    fn purged_meanwhile(&self, guard: LeaderGuard<Outcome>, frag: Rc<Fragment>) {
+        self.loader.shared.backoff.record_success(self.key);
+        self.loader.ports.log.log(
+            LogLevel::Info,
+            &format!("{}: purged while being fetched; not stored", self.url),
+        );
+        guard.publish(Outcome::Personal(frag));
+    }
+
+    /// Tells this isolate's breaker what the origin did. When the origin
+    /// is back, its keys' back-offs are cleared so stale copies refresh at
+    /// once.
+    fn record_origin(&self, healthy: bool, now: u64) {
+        let shared = &self.loader.shared;
+        let log = &self.loader.ports.log;
+        if healthy {
+            if shared.breaker.record_success(self.origin, now) {
+                let origin = self.origin;
+                shared.backoff.forget_where(|k| key_origin_is(k, origin));
+                log.log(
+                    LogLevel::Warn,
+                    &format!("origin {origin}: answering again; circuit closed"),
+                );
+            }
+            return;
+        }
+        let before = shared.breaker.state(self.origin, now);
+        let after =
+            shared
+                .breaker
+                .record_failure(self.origin, now, self.loader.ports.rng.next_f64());
+        if before.as_str() != after.as_str() {
+            log.log(
+                LogLevel::Warn,
+                &format!(
+                    "origin {}: failing; circuit {after}: stale copies are served and one probe at a time tests it",
+                    self.origin
+                ),
+            );
+        }
+    }
+}
+
+/// Whether cache key `key` is for a URL on `origin` (keys are
+/// `{kind}{route}:{origin}{path}…`).
+fn key_origin_is(key: &str, origin: &str) -> bool {
+    key.split_once(':')
+        .and_then(|(_, rest)| rest.strip_prefix(origin))
+        .is_some_and(|path| path.starts_with('/'))
 }
 
 /// Writes an entry, at most once per second per key from this isolate, and
