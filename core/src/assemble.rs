@@ -60,6 +60,7 @@ use std::rc::Rc;
 use futures_util::future::{join_all, select, Either, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
+use crate::cache::breaker::BreakerState;
 use crate::cache::CacheStatus;
 use crate::esi::{
     Include, IncludeSrc, Plan, RequestInputs, RequestVars, Segment, SrcRefusal, Template,
@@ -153,6 +154,9 @@ pub struct FragmentReport {
     pub ms: u64,
     /// Nesting depth (0 for the shell's own includes).
     pub depth: u32,
+    /// The state of the include's origin's circuit breaker, when it is not
+    /// closed (`open`, `half-open`).
+    pub origin: Option<&'static str>,
 }
 
 /// One piece of page output.
@@ -506,6 +510,7 @@ impl PageState {
                 age_s: None,
                 ms: 0,
                 depth,
+                origin: None,
             });
             reports.len() - 1
         };
@@ -513,9 +518,15 @@ impl PageState {
         if lookup.private {
             self.private.set(true);
         }
+        let breaker = self
+            .loader
+            .shared()
+            .breaker
+            .state(&url.origin().to_string(), began);
         if let Some(r) = self.reports.borrow_mut().get_mut(report) {
             r.status = lookup.status;
             r.age_s = lookup.age_s;
+            r.origin = (breaker != BreakerState::Closed).then(|| breaker.as_str());
         }
         Ok(Started {
             url,

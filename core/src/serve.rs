@@ -134,6 +134,7 @@ pub async fn handle(loader: Loader) -> Reply {
         age_s: age,
         ms: 0,
         depth: 0,
+        origin: None,
     };
     render_shell(
         loader,
@@ -216,6 +217,7 @@ pub async fn handle_surrogate_shell(loader: Loader, shell: OriginResponse) -> Re
         age_s: None,
         ms: 0,
         depth: 0,
+        origin: None,
     };
     render_shell(loader, Rc::new(fragment), report, false, true).await
 }
@@ -390,6 +392,9 @@ pub fn status_header(reports: &[FragmentReport]) -> String {
         let _ = write!(out, "{}={}", header_safe(&r.path), r.status.as_str());
         if let Some(age) = r.age_s {
             let _ = write!(out, ";age={age}");
+        }
+        if let Some(state) = r.origin {
+            let _ = write!(out, ";origin={state}");
         }
     }
     out

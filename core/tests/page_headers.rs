@@ -278,3 +278,30 @@ fn a_fragment_the_origin_marks_private_is_known_private_before_headers_next_time
     }
     assert!(sim.store.keys().iter().all(|k| !k.contains("/f/mine")));
 }
+
+#[test]
+fn an_open_circuit_shows_in_the_status_header_and_fails_fast() {
+    let sim = Sim::new(7);
+    let shared = Shared::new();
+    let page = r#"<p><esi:include src="/f/d1" onerror="continue"/><esi:include src="/f/d2" onerror="continue"/><esi:include src="/f/d3" onerror="continue"/></p>"#;
+    sim.origin.script("/live/down", Script::ok(page, 1));
+    for f in ["/f/d1", "/f/d2", "/f/d3"] {
+        sim.origin.script(f, Script::status(503, 1));
+    }
+    let first = serve(&sim, &shared, "/live/down", &[]);
+    assert_eq!(first.body, "<p></p>");
+    // Three failures in a row opened the origin's circuit: the next page's
+    // includes fail at once, without reaching the origin, and say why.
+    let fetched = sim.origin.count("/f/d1");
+    let p = serve(&sim, &shared, "/live/down", &[]);
+    assert_eq!(p.body, "<p></p>");
+    let x = get(&p.headers, "x-fragcache").unwrap();
+    assert!(x.contains("/f/d1=error;origin=open"), "{x}");
+    assert_eq!(sim.origin.count("/f/d1"), fetched, "no request while open");
+    // Without a fallback the page is a 503 with Retry-After.
+    sim.origin
+        .script("/live/bare", Script::ok(r#"<esi:include src="/f/d1"/>"#, 1));
+    let bare = serve(&sim, &shared, "/live/bare", &[]);
+    assert_eq!(bare.status, 503);
+    assert!(get(&bare.headers, "retry-after").is_some());
+}
