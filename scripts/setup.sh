@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORKER_BUILD_VERSION=0.8.7
+CARGO_MACHETE_VERSION=0.9.2
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -40,6 +41,11 @@ fi
 if [ "$(worker-build --version 2>/dev/null | awk '{print $NF}')" != "$WORKER_BUILD_VERSION" ]; then
   say "installing worker-build $WORKER_BUILD_VERSION (a few minutes, once)"
   cargo install --quiet --force --locked worker-build --version "=$WORKER_BUILD_VERSION"
+fi
+
+if [ "$(cargo machete --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_MACHETE_VERSION" ]; then
+  say "installing cargo-machete $CARGO_MACHETE_VERSION (unused-dependency check; a minute, once)"
+  cargo install --quiet --force --locked cargo-machete --version "=$CARGO_MACHETE_VERSION"
 fi
 
 # npm packages: install when missing or when package-lock.json changed.

@@ -12,6 +12,11 @@ step() { printf '\n== %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+# No `cargo audit`: it needs the RustSec advisory database from GitHub,
+# which this project's machines and CI cannot reach.
+step "cargo machete (unused dependencies)"
+cargo machete
+
 step "cargo clippy (native)"
 cargo clippy --workspace --all-targets -- -D warnings
 

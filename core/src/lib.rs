@@ -8,28 +8,38 @@
 //!
 //! # Layout
 //!
-//! - [`esi`]: the streaming, chunk-safe ESI lexer and the compiler that turns
-//!   a page into a [`esi::Template`] (literal byte ranges plus instructions),
-//!   and the per-request evaluation of that template into a [`esi::Plan`]
-//!   (variables substituted, conditions decided, includes listed).
-//! - [`config`]: the operator's configuration (a JSON object from
-//!   `wrangler.toml`) validated into typed routes and limits.
-//! - [`url`]: URL parsing, include resolution and the origin allow-list.
-//! - [`cache`]: the KV entry format, freshness classification, origin cache
-//!   header parsing, back-off, XFetch and the in-isolate single-flight map.
+//! Where to look, in the order a request meets them:
+//!
+//! - [`config`]: the operator's `[vars.FRAGCACHE]` object → a validated
+//!   [`config::Config`]; the parser is the schema, errors name the field.
+//! - [`request`]: the parts of the client request the core reads.
+//! - [`serve`]: one request end to end: route, shell, the page's headers
+//!   (with [`headers`]), first bytes; every error reply is built here.
+//! - [`esi`]: the streaming lexer (it reports to a sink), the compiler into
+//!   a [`esi::Template`], and per-request evaluation into a [`esi::Plan`]
+//!   that also records which request inputs it read.
+//! - [`assemble`]: ordered, concurrent, streaming page assembly within a
+//!   byte budget; includes, `alt`, `onerror`, `esi:try`, nesting.
+//! - [`url`]: URL parsing, include resolution, the origin allow-list.
+//! - [`loader`]: one fragment through the cache: isolate memory, KV,
+//!   fresh/stale/cold, single-flight, the leader's fetch and write-back.
+//! - [`cache`]: the pieces the loader is built from: entry metadata and
+//!   freshness, `Cache-Control` policy, the storage verdict, cache keys,
+//!   the flight map, back-off, the per-origin circuit breaker, the LRU and
+//!   timed KV access.
+//! - [`coord`]: coordination across isolates: the coordinator port and the
+//!   logic the Durable Object runs.
+//! - [`purge`]: purging by path or prefix.
 //! - [`headers`]: the page as an HTTP response: which origin headers pass,
 //!   how `Vary` is merged, how a cached shell's headers are stored.
 //! - [`ports`]: the traits the adapter implements (store, origin, clock,
-//!   randomness, background work).
-//! - [`loader`]: loading one fragment through the cache (hit, stale refresh,
-//!   cold single-flight, private bypass).
-//! - [`assemble`]: ordered, concurrent, streaming page assembly.
-//! - [`serve`]: one request end to end: route, shell, headers, first bytes.
-//! - [`purge`]: purging stored entries when content changes.
-//! - [`request`]: the parts of the client request the core reads.
+//!   randomness, background work, wake-ups, log, coordinator).
 //! - `testing` (feature `testing`, and in this crate's own tests):
 //!   in-memory fakes and a deterministic executor for simulations; not
 //!   compiled into the worker.
+//!
+//! The reasons the code relies on (workerd's request contexts, cache
+//! semantics, privacy, limits, coordination) are in `docs/design.md`.
 
 pub mod assemble;
 pub mod cache;
