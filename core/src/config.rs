@@ -132,21 +132,23 @@ pub const DEFAULT_JITTER: f64 = 0.1;
 /// `jitter` must stay below this, so a TTL never shrinks by half or more.
 pub const MAX_JITTER: f64 = 0.5;
 /// Request headers that `forward_headers` may not name: credentials (they
-/// follow the private-fragment rules) and hop-by-hop headers (they describe
-/// one connection, not the request). The credentials come first:
-/// `loader::HOP_BY_HOP` is the rest of this list.
+/// follow the private-fragment rules), `Host` (the fetch sets it) and
+/// hop-by-hop headers (they describe one connection, not the request). The
+/// order is the point: `loader::HOP_BY_HOP` is this list without the
+/// credentials, and `headers::HOP_BY_HOP_RESPONSE` without `Host` either.
 pub const UNFORWARDABLE_HEADERS: &[&str] = &[
     "cookie",
     "authorization",
+    "host",
     "connection",
     "keep-alive",
+    "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
 ];
 
 /// Field name used for errors about the configuration as a whole.

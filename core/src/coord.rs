@@ -43,10 +43,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::breaker::{Breaker, BreakerState, Permit};
 use crate::cache::entry::{EntryMeta, Freshness, META_VERSION};
+use crate::cache::kv::put_entry;
 use crate::cache::policy::RoutePolicy;
 use crate::cache::verdict::{verdict, StoreRules, Verdict};
 use crate::headers::{encode_block, keep_from_origin, value as header_value};
-use crate::ports::{LocalFuture, LogLevel, OriginRequest, Ports, StoredEntry};
+use crate::ports::{LocalFuture, LogLevel, OriginRequest, Ports};
 use crate::url::Url;
 
 /// Path of a load request on the coordinator object.
@@ -407,7 +408,7 @@ impl KeyObject {
                     // The origin no longer lets this be cached: the stored
                     // copy must stop being served (an expired tombstone).
                     let tomb = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
-                    put(&ports, &req.key, Vec::new(), tomb.clone(), 0).await;
+                    put_entry(&ports, &req.key, Vec::new(), tomb.clone(), 0).await;
                     *self.copy.borrow_mut() = None;
                 }
                 let kept = if req.rules.shell {
@@ -444,7 +445,7 @@ impl KeyObject {
                 let hard_ms = meta.stale_until.saturating_sub(now);
                 let value: Rc<[u8]> = Rc::from(value);
                 *self.copy.borrow_mut() = Some((meta.clone(), Rc::clone(&value)));
-                put(&ports, &req.key, value.to_vec(), meta.clone(), hard_ms).await;
+                put_entry(&ports, &req.key, value.to_vec(), meta.clone(), hard_ms).await;
                 Reply {
                     answer: Answer::Entry {
                         meta,
@@ -460,21 +461,4 @@ impl KeyObject {
 /// An expired entry written to replace one the origin stopped allowing.
 fn meta_is_tombstone(meta: &EntryMeta) -> bool {
     meta.fresh_until == meta.stored_at && meta.stale_until == meta.stored_at
-}
-
-/// Writes an entry to KV (at least KV's 60-second minimum life); a failure
-/// is logged, and the answer still goes out.
-async fn put(ports: &Ports, key: &str, body: Vec<u8>, meta: EntryMeta, hard_ms: u64) {
-    let ttl_s = hard_ms
-        .div_ceil(1000)
-        .max(u64::from(crate::config::MIN_HARD_TTL_S));
-    if let Err(e) = ports
-        .store
-        .put(key, StoredEntry { body, meta }, ttl_s)
-        .await
-    {
-        ports
-            .log
-            .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
-    }
 }

@@ -44,18 +44,9 @@ pub fn value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
-/// Response headers that describe one connection (RFC 9110 §7.6.1).
-pub const HOP_BY_HOP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Response headers that describe one connection (RFC 9110 §7.6.1): the
+/// request-side list without credentials and `Host`.
+pub const HOP_BY_HOP_RESPONSE: &[&str] = crate::config::UNFORWARDABLE_HEADERS.split_at(3).1;
 
 /// Origin response headers that never reach the client, besides the
 /// hop-by-hop ones (see the module table).

@@ -15,7 +15,10 @@ use std::rc::Rc;
 
 use futures_util::future::{select, Either};
 
-use crate::ports::{Clock, FragmentStore, KeyList, LocalFuture, StoreError, StoredEntry};
+use crate::cache::entry::EntryMeta;
+use crate::ports::{
+    Clock, FragmentStore, KeyList, LocalFuture, LogLevel, Ports, StoreError, StoredEntry,
+};
 
 /// Longest wait for one KV `get`. Reads from a KV edge cache take a few
 /// milliseconds and cold reads from the central store some hundreds; past a
@@ -82,6 +85,25 @@ impl FragmentStore for TimedStore {
             KV_WRITE_TIMEOUT_MS,
             self.inner.put(key, entry, expiration_ttl_s),
         )
+    }
+}
+
+/// Writes an entry that may be served until `hard_ms` from now. KV refuses
+/// an `expirationTtl` below 60 s; the soft and hard deadlines in the
+/// metadata are what freshness uses, so a longer KV life is harmless. A
+/// failed write is logged: the answer it would have stored still goes out.
+pub async fn put_entry(ports: &Ports, key: &str, body: Vec<u8>, meta: EntryMeta, hard_ms: u64) {
+    let ttl_s = hard_ms
+        .div_ceil(1000)
+        .max(u64::from(crate::config::MIN_HARD_TTL_S));
+    if let Err(e) = ports
+        .store
+        .put(key, StoredEntry { body, meta }, ttl_s)
+        .await
+    {
+        ports
+            .log
+            .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
     }
 }
 

@@ -427,39 +427,35 @@ impl Loader {
     /// route's varied headers and cookies, never the user's credentials),
     /// and known to be private before the page's headers are decided.
     fn personal_pass(&self, url: &Url, policy: Policy) -> Lookup {
-        let this = self.clone();
-        let url = url.clone();
-        Lookup {
-            status: CacheStatus::Bypass,
-            age_s: None,
-            private: true,
-            wants_set_cookie: false,
-            vary: VaryHint::default(),
-            inner: LookupInner::Pending(Box::pin(async move {
-                let result = this.fetch_direct(&url, &policy, false).await;
-                let status = if result.is_ok() {
-                    CacheStatus::Bypass
-                } else {
-                    CacheStatus::Error
-                };
-                (status, result)
-            })),
-        }
+        self.bypass(url, policy, true, false, false)
     }
 
     /// A load that never touches the cache nor other requests.
     fn direct(&self, url: &Url, policy: Policy) -> Lookup {
+        let private = policy.private;
+        let wants_set_cookie = private && policy.pass_set_cookie;
+        self.bypass(url, policy, private, wants_set_cookie, true)
+    }
+
+    /// A fetch for this request alone (`bypass` status).
+    fn bypass(
+        &self,
+        url: &Url,
+        policy: Policy,
+        private: bool,
+        wants_set_cookie: bool,
+        with_credentials: bool,
+    ) -> Lookup {
         let this = self.clone();
         let url = url.clone();
-        let private = policy.private;
         Lookup {
             status: CacheStatus::Bypass,
             age_s: None,
             private,
-            wants_set_cookie: private && policy.pass_set_cookie,
+            wants_set_cookie,
             vary: VaryHint::default(),
             inner: LookupInner::Pending(Box::pin(async move {
-                let result = this.fetch_direct(&url, &policy, true).await;
+                let result = this.fetch_direct(&url, &policy, with_credentials).await;
                 let status = if result.is_ok() {
                     CacheStatus::Bypass
                 } else {

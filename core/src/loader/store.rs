@@ -26,7 +26,7 @@ use futures_util::future::{select, Either};
 use crate::cache::breaker::Permit;
 use crate::cache::entry::META_VERSION;
 use crate::cache::flight::LeaderGuard;
-use crate::cache::kv::{KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
+use crate::cache::kv::{put_entry, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::verdict::{verdict, StoreRules, Verdict};
 use crate::cache::EntryMeta;
 use crate::coord::{Answer, CoordError, Coordinator, LoadRequest, Reply, Rules};
@@ -104,17 +104,7 @@ pub(super) async fn fetch_and_store(
     job.record_origin(matches!(&result, Ok(r) if !r.status.is_server_error()), now);
     let resp = match result {
         Ok(resp) => resp,
-        Err(e) => {
-            let delay = shared
-                .backoff
-                .record_failure(&key, now, ports.rng.next_f64());
-            ports.log.log(
-                LogLevel::Warn,
-                &format!("{url}: refresh failed ({e}); next attempt in {delay} ms"),
-            );
-            guard.complete(Outcome::Failed(LoadError::Origin(e)));
-            return;
-        }
+        Err(e) => return job.failed(guard, now, format!("refresh failed ({e})"), e.into()),
     };
     let resp = if resp.status == StatusCode::NOT_MODIFIED {
         match not_modified(&resp, conditional, stored.as_ref()) {
@@ -126,15 +116,8 @@ pub(super) async fn fetch_and_store(
                 full
             }
             Err(why) => {
-                let delay = shared
-                    .backoff
-                    .record_failure(&key, now, ports.rng.next_f64());
-                ports.log.log(
-                    LogLevel::Warn,
-                    &format!("{url}: origin answered 304 {why}; keeping any stored copy; next attempt in {delay} ms"),
-                );
-                guard.complete(Outcome::Failed(LoadError::Status(resp.status)));
-                return;
+                let what = format!("origin answered 304 {why}");
+                return job.failed(guard, now, what, LoadError::Status(resp.status));
             }
         }
     } else {
@@ -147,14 +130,8 @@ pub(super) async fn fetch_and_store(
     };
     match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
         Verdict::Failure => {
-            let delay = shared
-                .backoff
-                .record_failure(&key, now, ports.rng.next_f64());
-            ports.log.log(
-                LogLevel::Warn,
-                &format!("{url}: origin answered {}; keeping any stored copy; next attempt in {delay} ms", resp.status.as_u16()),
-            );
-            guard.complete(Outcome::Failed(LoadError::Status(resp.status)));
+            let what = format!("origin answered {}", resp.status.as_u16());
+            job.failed(guard, now, what, LoadError::Status(resp.status));
         }
         Verdict::Pass(why) => {
             let frag = Rc::new(Fragment::from_response(
@@ -328,21 +305,12 @@ impl Job<'_> {
                 self.pass(guard, frag, personal, replaces, now, "origin");
             }
             Answer::Failed { status, message } => {
-                let delay = shared
-                    .backoff
-                    .record_failure(self.key, now, ports.rng.next_f64());
-                ports.log.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "{}: {message} (through the coordinator); keeping any stored copy; next attempt in {delay} ms",
-                        self.url
-                    ),
-                );
+                let what = format!("{message} (through the coordinator)");
                 let error = match status.and_then(|s| StatusCode::from_u16(s).ok()) {
                     Some(s) => LoadError::Status(s),
                     None => LoadError::Origin(OriginError::Network(message)),
                 };
-                guard.complete(Outcome::Failed(error));
+                self.failed(guard, now, what, error);
             }
             Answer::OriginDown { retry_after_ms } => {
                 shared
@@ -351,6 +319,25 @@ impl Job<'_> {
                 self.origin_down(guard, now, retry_after_ms);
             }
         }
+    }
+
+    /// A failed load: any stored copy stays and is served, and the key backs
+    /// off.
+    fn failed(&self, guard: LeaderGuard<Outcome>, now: u64, what: String, error: LoadError) {
+        let rng = self.loader.ports.rng.next_f64();
+        let delay = self
+            .loader
+            .shared
+            .backoff
+            .record_failure(self.key, now, rng);
+        self.loader.ports.log.log(
+            LogLevel::Warn,
+            &format!(
+                "{}: {what}; keeping any stored copy; next attempt in {delay} ms",
+                self.url
+            ),
+        );
+        guard.complete(Outcome::Failed(error));
     }
 
     /// An origin whose circuit is open: nothing was fetched; stale copies
@@ -476,20 +463,7 @@ async fn write_back(
     if loader.shared.purges.purged_since(epoch, key) {
         return;
     }
-    // KV refuses expirationTtl below 60 s; the soft/hard deadlines in the
-    // metadata are what freshness uses, so a longer KV life is harmless.
-    let ttl_s = hard_ms
-        .div_ceil(1000)
-        .max(u64::from(crate::config::MIN_HARD_TTL_S));
-    if let Err(e) = ports
-        .store
-        .put(key, StoredEntry { body, meta }, ttl_s)
-        .await
-    {
-        ports
-            .log
-            .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
-    }
+    put_entry(ports, key, body, meta, hard_ms).await;
 }
 
 /// Response headers of a 304 that describe the message rather than the
