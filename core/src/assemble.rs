@@ -249,40 +249,45 @@ impl Page {
         let plan: Plan = template.evaluate(&state.vars);
         state.read(plan.inputs);
         let base = Rc::new(base);
-        // Look up all top-level includes concurrently.
-        let lookups = join_all(plan.segments.iter().map(|seg| {
-            let state = Rc::clone(&state);
-            let base = Rc::clone(&base);
-            let src = match seg {
-                Segment::Include(inc) => Some(inc.src.clone()),
-                _ => None,
+        // Start every top-level lookup at once, in document order. What
+        // completes without waiting (isolate memory, private fragments,
+        // includes that fail at once) informs the headers; the rest goes on
+        // inside its segment, so that neither a KV read nor an origin fetch
+        // delays the first bytes. Unknown at header time means private.
+        let mut lookups: Vec<Option<Pre>> = Vec::with_capacity(plan.segments.len());
+        for seg in &plan.segments {
+            let Segment::Include(inc) = seg else {
+                lookups.push(None);
+                continue;
             };
-            async move {
-                match src {
-                    Some(src) => Some(state.start(&src, &base, 0, &[]).await),
-                    None => None,
-                }
-            }
-        }))
-        .await;
+            let (state, base, src) = (Rc::clone(&state), Rc::clone(&base), inc.src.clone());
+            let mut fut: StartFuture =
+                Box::pin(async move { state.start(&src, &base, 0, &[]).await });
+            lookups.push(Some(match (&mut fut).now_or_never() {
+                Some(started) => Pre::Ready(started),
+                None => Pre::Pending(fut),
+            }));
+        }
         // Private fragments whose Set-Cookie goes to the client must finish
         // before the headers are sent (all of them concurrently).
         let lookups = join_all(lookups.into_iter().map(|pre| async move {
             match pre {
-                Some(Ok(started)) if started.lookup.wants_set_cookie => {
+                Some(Pre::Ready(Ok(started))) if started.lookup.wants_set_cookie => {
                     let lookup = started.lookup.settle().await;
-                    Some(Ok(Started { lookup, ..started }))
+                    Some(Pre::Ready(Ok(Started { lookup, ..started })))
                 }
                 other => other,
             }
         }))
         .await;
-        for started in lookups.iter().flatten().flatten() {
-            state
-                .set_cookies
-                .borrow_mut()
-                .extend_from_slice(started.lookup.set_cookies());
-            state.vary.borrow_mut().merge(&started.lookup.vary);
+        for pre in lookups.iter().flatten() {
+            if let Pre::Ready(Ok(started)) = pre {
+                state
+                    .set_cookies
+                    .borrow_mut()
+                    .extend_from_slice(started.lookup.set_cookies());
+                state.vary.borrow_mut().merge(&started.lookup.vary);
+            }
         }
         let uncertain = plan
             .segments
@@ -426,6 +431,15 @@ impl Page {
         self.state.produced.get()
     }
 }
+
+/// A top-level include's lookup as the page was prepared: done, or still
+/// going (waiting for KV), to be finished inside its segment.
+enum Pre {
+    Ready(Result<Started, IncludeError>),
+    Pending(StartFuture),
+}
+
+type StartFuture = LocalFuture<Result<Started, IncludeError>>;
 
 /// A started include: the resolved URL and its lookup.
 struct Started {
@@ -636,10 +650,11 @@ impl PageState {
         base: Rc<Url>,
         depth: u32,
         chain: Rc<Vec<String>>,
-        pre: Option<Result<Started, IncludeError>>,
+        pre: Option<Pre>,
     ) -> Result<Output, IncludeError> {
         let first = match pre {
-            Some(started) => started,
+            Some(Pre::Ready(started)) => started,
+            Some(Pre::Pending(lookup)) => lookup.await,
             None => self.start(&inc.src, &base, depth, &chain).await,
         };
         let err = match first {
@@ -739,7 +754,7 @@ fn segment_future(
     base: &Rc<Url>,
     depth: u32,
     chain: Rc<Vec<String>>,
-    pre: Option<Result<Started, IncludeError>>,
+    pre: Option<Pre>,
 ) -> SegmentFuture {
     match seg {
         Segment::Literal(range) => {
@@ -771,12 +786,14 @@ fn segment_future(
 
 /// Whether a top-level segment could still turn out user-specific after the
 /// headers are sent (see [`Page::may_be_private`]).
-fn header_time_unknown(seg: &Segment, pre: Option<&Result<Started, IncludeError>>) -> bool {
+fn header_time_unknown(seg: &Segment, pre: Option<&Pre>) -> bool {
     match (seg, pre) {
         // An esi:try's includes are looked up only when it runs.
         (Segment::Try { .. }, _) => true,
-        (Segment::Include(inc), Some(Err(_))) => inc.alt.is_some(),
-        (Segment::Include(inc), Some(Ok(started))) => {
+        // A lookup still waiting (for KV): its privacy is not known yet.
+        (Segment::Include(_), Some(Pre::Pending(_))) => true,
+        (Segment::Include(inc), Some(Pre::Ready(Err(_)))) => inc.alt.is_some(),
+        (Segment::Include(inc), Some(Pre::Ready(Ok(started)))) => {
             let l = &started.lookup;
             if l.private {
                 return false;

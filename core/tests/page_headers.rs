@@ -305,3 +305,50 @@ fn an_open_circuit_shows_in_the_status_header_and_fails_fast() {
     assert_eq!(bare.status, 503);
     assert!(get(&bare.headers, "retry-after").is_some());
 }
+
+#[test]
+fn first_bytes_do_not_wait_for_kv_reads_and_unknown_means_private() {
+    let sim = Sim::new(8);
+    sim.origin.script(
+        "/live/kv",
+        Script::ok(
+            r#"<h1>Shop</h1><esi:include src="/f/k1"/><esi:include src="/f/k2"/>"#,
+            1,
+        )
+        .header("cache-control", "public, max-age=60"),
+    );
+    sim.origin.script("/f/k1", Script::ok("K1", 1));
+    sim.origin.script("/f/k2", Script::ok("K2", 1));
+    // Another isolate stored both fragments.
+    serve(&sim, &Shared::new(), "/live/kv", &[]);
+    serve(&sim, &Shared::new(), "/live/kv", &[]);
+    // This isolate has nothing in memory, and KV answers in 40 ms.
+    sim.store.latency_ms.set(40);
+    let config = Rc::new(Config::from_json_str(CONFIG).unwrap());
+    let req = ClientRequest::new(Url::parse("http://shop.test/live/kv").unwrap());
+    let loader = Loader::new(sim.ports(), Shared::new(), config, Rc::new(req));
+    let clock = sim.ports().clock;
+    let start = sim.now();
+    let slot = sim.spawn(async move {
+        match handle(loader).await {
+            Reply::Stream { headers, first, .. } => (clock.now_ms(), headers, first),
+            _ => panic!("not streamed"),
+        }
+    });
+    sim.run();
+    let (at, headers, first) = slot.borrow_mut().take().unwrap();
+    assert_eq!(
+        first, b"<h1>Shop</h1>",
+        "the shell's bytes before the includes"
+    );
+    assert!(
+        at - start < 40,
+        "first bytes after {} ms: waited for KV",
+        at - start
+    );
+    assert_eq!(
+        get(&headers, "cache-control"),
+        Some("private, no-store"),
+        "fragments not known yet"
+    );
+}
