@@ -352,3 +352,27 @@ fn first_bytes_do_not_wait_for_kv_reads_and_unknown_means_private() {
         "fragments not known yet"
     );
 }
+
+#[test]
+fn kv_reads_per_page_none_when_warm_one_per_key_when_cold() {
+    let sim = Sim::new(9);
+    let shared = Shared::new();
+    let shell: String = (0..5)
+        .map(|i| format!("<p><esi:include src=\"/f/r{i}\"/></p>"))
+        .collect();
+    sim.origin.script("/live/reads", Script::ok(&shell, 1));
+    for i in 0..5 {
+        sim.origin
+            .script(&format!("/f/r{i}"), Script::ok(&format!("R{i}"), 5));
+    }
+    let before = sim.store.gets.get();
+    let cold = serve(&sim, &shared, "/live/reads", &[]);
+    assert_eq!(cold.body.matches('R').count(), 5);
+    let cold_reads = sim.store.gets.get() - before;
+    let before = sim.store.gets.get();
+    serve(&sim, &shared, "/live/reads", &[]);
+    let warm_reads = sim.store.gets.get() - before;
+    println!("KV reads: cold page of 5 fragments {cold_reads}, warm page {warm_reads}");
+    assert!(cold_reads <= 5, "cold: {cold_reads} reads for 5 keys");
+    assert_eq!(warm_reads, 0, "a warm page in a warm isolate reads nothing");
+}

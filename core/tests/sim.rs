@@ -558,24 +558,77 @@ fn first_byte_does_not_wait_for_a_slow_fragment_near_the_end() {
 
 #[test]
 fn cold_page_time_is_the_slowest_fragment_not_the_sum() {
-    let w = World::new(15);
+    // Six connections at once per request: six 100 ms fragments take one
+    // round, ten take two (the platform's limit), never ten.
+    for (n, rounds) in [(6usize, 1u64), (10, 2)] {
+        let w = World::new(15);
+        let shell: String = (0..n)
+            .map(|i| format!("<esi:include src=\"/f/p{i}\"/>"))
+            .collect();
+        w.sim.origin.script("/live", Script::ok(&shell, 0));
+        for i in 0..n {
+            w.sim
+                .origin
+                .script(&format!("/f/p{i}"), Script::ok(&i.to_string(), 100));
+        }
+        let p = page(&w, "/live", None);
+        w.sim.run();
+        let (_, _, body, _, total) = take(&p);
+        let want: String = (0..n).map(|i| i.to_string()).collect();
+        assert_eq!(body, want);
+        assert!(
+            total <= rounds * 100 + 2 * n as u64,
+            "took {total} ms for {n} 100 ms fragments"
+        );
+    }
+}
+
+#[test]
+fn includes_past_six_connections_queue_in_document_order() {
+    let w = World::new(16);
     let shell: String = (0..10)
-        .map(|i| format!("<esi:include src=\"/f/p{i}\"/>"))
+        .map(|i| format!("<p><esi:include src=\"/f/q{i}\"/></p>"))
         .collect();
     w.sim.origin.script("/live", Script::ok(&shell, 0));
     for i in 0..10 {
+        // Later fragments are faster: without the queue they would finish first.
+        let ms = 300 - 20 * i as u64;
         w.sim
             .origin
-            .script(&format!("/f/p{i}"), Script::ok(&i.to_string(), 100));
+            .script(&format!("/f/q{i}"), Script::ok(&i.to_string(), ms));
     }
+    let start = w.sim.now();
     let p = page(&w, "/live", None);
-    w.sim.run();
-    let (_, _, body, _, total) = take(&p);
-    assert_eq!(body, "0123456789");
-    assert!(
-        total <= 100 + 2 * 10,
-        "took {total} ms for ten 100 ms fragments"
+    w.sim.run_until(start + 50);
+    let asked: Vec<String> = w
+        .sim
+        .origin
+        .requests()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| p.starts_with("/f/"))
+        .collect();
+    assert_eq!(
+        asked,
+        ["/f/q0", "/f/q1", "/f/q2", "/f/q3", "/f/q4", "/f/q5"],
+        "six at once, the first six in the page"
     );
+    w.sim.run();
+    let asked: Vec<String> = w
+        .sim
+        .origin
+        .requests()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| p.starts_with("/f/"))
+        .collect();
+    let want: Vec<String> = (0..10).map(|i| format!("/f/q{i}")).collect();
+    assert_eq!(
+        asked, want,
+        "the rest in document order as connections free up"
+    );
+    let (_, _, body, _, _) = take(&p);
+    assert_eq!(body.matches("<p>").count(), 10);
 }
 
 #[test]

@@ -37,6 +37,7 @@
 //! - `origin`: the origin request ([`SURROGATE_CAPABILITY`], [`HOP_BY_HOP`]);
 //! - `store`: the flight leader's fetch, storage decision and KV write-back.
 
+pub mod connections;
 mod fragment;
 mod memory;
 mod origin;
@@ -57,6 +58,7 @@ use crate::config::{ColdPolicy, Config, PageRoute};
 use crate::ports::{LocalFuture, LogLevel, OriginError, Ports, StoreError, StoredEntry};
 use crate::request::ClientRequest;
 use crate::url::Url;
+use connections::{GatedOrigin, MAX_CONNECTIONS};
 
 pub use fragment::Fragment;
 pub use memory::{
@@ -228,6 +230,7 @@ impl Loader {
         req: Rc<ClientRequest>,
     ) -> Self {
         ports.store = TimedStore::wrap(ports.store, Rc::clone(&ports.clock));
+        ports.origin = GatedOrigin::wrap(ports.origin, MAX_CONNECTIONS);
         if !config.coordinator.enabled {
             ports.coordinator = None;
         }

@@ -154,7 +154,12 @@ pub(super) async fn fetch_and_store(
                 // not keep being served until its hard TTL. An expired
                 // tombstone sends the next request down the cold path.
                 let tombstone = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
-                write_back(&loader, &key, Vec::new(), tombstone, 0, started, epoch).await;
+                let since = Since {
+                    started,
+                    epoch,
+                    known_absent: false,
+                };
+                write_back(&loader, &key, Vec::new(), tombstone, 0, since).await;
             }
         }
         Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
@@ -190,12 +195,18 @@ pub(super) async fn fetch_and_store(
                 policy.shell,
             ));
             shared.recent.remember(&key, &meta, &frag);
+            let known_absent = stored.is_none() && guard.handle().nothing_stored();
             // Publish before writing: waiting requests need the bytes, not the
             // write. The flight stays open until the write is done so that
             // requests arriving meanwhile join it rather than fetch again.
             guard.publish(Outcome::Shared(frag));
             let hard_ms = meta.stale_until.saturating_sub(now);
-            write_back(&loader, &key, value, *meta, hard_ms, started, epoch).await;
+            let since = Since {
+                started,
+                epoch,
+                known_absent,
+            };
+            write_back(&loader, &key, value, *meta, hard_ms, since).await;
             drop(guard);
         }
     }
@@ -436,6 +447,15 @@ fn key_origin_is(key: &str, origin: &str) -> bool {
         .is_some_and(|path| path.starts_with('/'))
 }
 
+/// What a write-back must not overwrite: anything stored after the fetch
+/// `started`, or purged since `epoch`. `known_absent`: the lookup found
+/// nothing in KV just before this fetch, so it need not look again.
+struct Since {
+    started: u64,
+    epoch: u64,
+    known_absent: bool,
+}
+
 /// Writes an entry, at most once per second per key from this isolate, and
 /// not at all if another isolate stored a newer copy (or a purge its
 /// tombstone) after our fetch started at `started`, nor if this isolate
@@ -446,17 +466,25 @@ async fn write_back(
     body: Vec<u8>,
     meta: EntryMeta,
     hard_ms: u64,
-    started: u64,
-    epoch: u64,
+    since: Since,
 ) {
+    let Since {
+        started,
+        epoch,
+        known_absent,
+    } = since;
     let ports = &loader.ports;
     let now = ports.clock.now_ms();
     if !loader.shared.claim_write(key, now) {
         return;
     }
-    if let Ok(Some(current)) = ports.store.get(key).await {
-        if current.meta.version == META_VERSION && current.meta.stored_at > started {
-            return;
+    // A cold load whose lookup just found nothing in KV skips the check, so
+    // a cold page costs one KV read per key, not two.
+    if !known_absent {
+        if let Ok(Some(current)) = ports.store.get(key).await {
+            if current.meta.version == META_VERSION && current.meta.stored_at > started {
+                return;
+            }
         }
     }
     // The read above let a purge run; nothing is awaited from here to the put.
