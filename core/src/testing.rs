@@ -14,6 +14,15 @@
 //! - [`SeededRng`]: xorshift generator, the one source of randomness in
 //!   tests.
 //! - [`MemLog`]: captured log lines.
+//!
+//! On top of these, the harness the simulation tests share:
+//!
+//! - [`Site`]: a [`Sim`] with one configuration and one isolate's
+//!   [`Shared`], which builds loaders for client requests on
+//!   `http://shop.test`, loads fragments from [`ORIGIN`] and serves pages.
+//! - [`loader`], [`load_fragment`], [`serve`]: the same steps for tests that
+//!   model several isolates or configurations themselves.
+//! - [`Collected`]: a reply drained to its end, with its timing.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -27,10 +36,18 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::future::select;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::assemble::Chunk;
+use crate::cache::key::{cache_key, KeyKind};
+use crate::cache::{CacheStatus, EntryMeta};
+use crate::config::Config;
+use crate::loader::{LoadError, Loader, Shared};
 use crate::ports::{
     Background, Clock, FragmentStore, KeyList, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake as WakeFn,
 };
+use crate::request::ClientRequest;
+use crate::serve::Reply;
+use crate::url::Url;
 
 /// Wakes a task by pushing its id on the ready queue.
 struct TaskWaker {
@@ -796,5 +813,199 @@ impl Sim {
         self.run();
         let v = slot.borrow_mut().take();
         v.expect("the future did not complete: it is waiting on something that never happens")
+    }
+}
+
+/// The origin of every configuration the simulation tests use.
+pub const ORIGIN: &str = "http://origin.test";
+
+/// The host the simulated clients ask.
+const SHOP: &str = "http://shop.test";
+
+/// A fragment load's outcome: cache status, body (lossy UTF-8) or error,
+/// and the virtual time it finished at.
+pub type Loaded = (CacheStatus, Result<String, LoadError>, u64);
+
+/// The value a spawned task left in `slot`; panics if it has not finished.
+pub fn take<T>(slot: &Slot<T>) -> T {
+    slot.borrow_mut().take().expect("request answered")
+}
+
+/// A client request for `path_and_query` on `http://shop.test`, with
+/// `headers` added in order (repeated names stay separate values).
+pub fn client_request(path_and_query: &str, headers: &[(&str, &str)]) -> ClientRequest {
+    let url = Url::parse(&format!("{SHOP}{path_and_query}")).expect("client URL");
+    headers
+        .iter()
+        .fold(ClientRequest::new(url), |req, (n, v)| req.with_header(n, v))
+}
+
+/// A loader for [`client_request`]`(path_and_query, headers)` in the isolate
+/// `shared`, on `ports` (which choose, for instance, whether the isolate
+/// has the coordinator).
+pub fn loader(
+    ports: Ports,
+    shared: &Rc<Shared>,
+    config: &Rc<Config>,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Loader {
+    Loader::new(
+        ports,
+        Rc::clone(shared),
+        Rc::clone(config),
+        Rc::new(client_request(path_and_query, headers)),
+    )
+}
+
+/// Loads `url` as an include of `loader`'s request, to the end.
+pub async fn load_fragment(loader: Loader, url: Url) -> Loaded {
+    let clock = Rc::clone(&loader.ports().clock);
+    let (status, r) = loader.lookup_fragment(&url).await.finish().await;
+    let body = r.map(|f| String::from_utf8_lossy(&f.body).into_owned());
+    (status, body, clock.now_ms())
+}
+
+/// A response drained to its end, as the client would receive it.
+#[derive(Debug)]
+pub struct Collected {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The whole body: every [`Chunk::Bytes`] of a stream, in order (a
+    /// [`Chunk::Failed`] adds nothing, as in the Worker).
+    pub body: Vec<u8>,
+    /// Whether the reply was a [`Reply::Stream`] rather than a
+    /// [`Reply::Full`].
+    pub streamed: bool,
+    /// Virtual milliseconds from the start of [`serve`] to the headers.
+    pub first_byte_ms: u64,
+    /// Virtual milliseconds from the start of [`serve`] to the last byte.
+    pub total_ms: u64,
+}
+
+impl Collected {
+    /// The body as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Answers `loader`'s request with [`crate::serve::handle`] and drains the
+/// reply; `Err` holds the URL of a [`Reply::Pass`].
+pub async fn serve(loader: Loader) -> Result<Collected, Url> {
+    let clock = Rc::clone(&loader.ports().clock);
+    let start = clock.now_ms();
+    match crate::serve::handle(loader).await {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => {
+            let t = clock.now_ms() - start;
+            Ok(Collected {
+                status,
+                headers,
+                body,
+                streamed: false,
+                first_byte_ms: t,
+                total_ms: t,
+            })
+        }
+        Reply::Stream {
+            status,
+            headers,
+            first,
+            mut page,
+        } => {
+            let first_byte_ms = clock.now_ms() - start;
+            let mut body = first;
+            while let Some(chunk) = page.next_chunk().await {
+                if let Chunk::Bytes(b) = chunk {
+                    body.extend_from_slice(&b);
+                }
+            }
+            Ok(Collected {
+                status,
+                headers,
+                body,
+                streamed: true,
+                first_byte_ms,
+                total_ms: clock.now_ms() - start,
+            })
+        }
+        Reply::Pass(url) => Err(url),
+    }
+}
+
+/// A simulation of one site: one configuration, one isolate.
+pub struct Site {
+    /// The simulation and its fakes.
+    pub sim: Sim,
+    /// The configuration every loader uses.
+    pub config: Rc<Config>,
+    /// The isolate's shared state.
+    pub shared: Rc<Shared>,
+}
+
+impl Site {
+    /// A site configured by `config_json` (which must be valid), simulated
+    /// with `seed`.
+    pub fn new(seed: u64, config_json: &str) -> Site {
+        Site {
+            sim: Sim::new(seed),
+            config: Rc::new(Config::from_json_str(config_json).expect("test config is valid")),
+            shared: Shared::new(),
+        }
+    }
+
+    /// A loader for a client request to `path_and_query` with `headers`.
+    pub fn loader(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Loader {
+        loader(
+            self.sim.ports(),
+            &self.shared,
+            &self.config,
+            path_and_query,
+            headers,
+        )
+    }
+
+    /// Starts loading `path` on [`ORIGIN`] as an include of a bare request
+    /// to `/`.
+    pub fn load(&self, path: &str) -> Slot<Loaded> {
+        let loader = self.loader("/", &[]);
+        let url = Url::parse(&format!("{ORIGIN}{path}")).expect("origin URL");
+        self.sim.spawn(load_fragment(loader, url))
+    }
+
+    /// Starts serving a client request to `path_and_query` with `headers`;
+    /// the reply must not be a pass-through.
+    pub fn serve(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Slot<Collected> {
+        let loader = self.loader(path_and_query, headers);
+        let path = path_and_query.to_owned();
+        self.sim.spawn(async move {
+            serve(loader)
+                .await
+                .unwrap_or_else(|url| panic!("{path} passed through to {url}"))
+        })
+    }
+
+    /// The store key of fragment `path` (on [`ORIGIN`]) for a bare request.
+    pub fn key_of(&self, path: &str) -> String {
+        let url = Url::parse(&format!("{ORIGIN}{path}")).expect("origin URL");
+        let route = self.config.fragment_route(url.path()).expect("routed");
+        let req = client_request("/", &[]);
+        cache_key(KeyKind::Fragment, route.id, &url, &route.vary, &req)
+    }
+
+    /// Stores `body` with `meta` as fragment `path`'s entry (KV expiry in
+    /// an hour).
+    pub fn put(&self, path: &str, body: &str, meta: EntryMeta) {
+        let entry = StoredEntry {
+            body: body.as_bytes().to_vec(),
+            meta,
+        };
+        self.sim.store.insert(&self.key_of(path), entry, 3600);
     }
 }

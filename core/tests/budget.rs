@@ -10,12 +10,9 @@ use proptest::prelude::*;
 use fragcache_core::assemble::{Chunk, IncludeError, Page};
 use fragcache_core::config::Config;
 use fragcache_core::esi::Template;
-use fragcache_core::loader::{Loader, Shared};
-use fragcache_core::request::ClientRequest;
-use fragcache_core::testing::{Script, Sim};
+use fragcache_core::loader::Shared;
+use fragcache_core::testing::{self, Script, Sim, ORIGIN};
 use fragcache_core::url::Url;
-
-const ORIGIN: &str = "http://origin.test";
 
 struct Run {
     /// Concatenated output.
@@ -77,8 +74,7 @@ fn run(shell: &str, max_fragment: usize, max_page: usize) -> Run {
     let sim = Sim::new(7);
     script(&sim, max_fragment);
     let config = config(max_fragment, max_page, 200);
-    let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-    let loader = Loader::new(sim.ports(), Shared::new(), config, Rc::new(req));
+    let loader = testing::loader(sim.ports(), &Shared::new(), &config, "/", &[]);
     let template = Rc::new(Template::compile(shell.as_bytes()));
     let base = Url::parse(&format!("{ORIGIN}/")).unwrap();
     let log = Rc::clone(&sim.log);

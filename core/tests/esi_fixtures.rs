@@ -42,13 +42,10 @@ use std::rc::Rc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use fragcache_core::assemble::Chunk;
 use fragcache_core::config::Config;
 use fragcache_core::esi::{Plan, RequestVars, Template};
-use fragcache_core::loader::{Loader, Shared};
-use fragcache_core::request::ClientRequest;
-use fragcache_core::serve::{handle, Reply};
-use fragcache_core::testing::{Script, Sim};
+use fragcache_core::loader::Shared;
+use fragcache_core::testing::{self, Script, Sim};
 use fragcache_core::url::Url;
 
 #[derive(Debug, Default)]
@@ -205,44 +202,36 @@ fn run_page_logged(fx: &Fixture) -> (Option<Vec<u8>>, Vec<String>) {
             },
         );
     }
-    let mut req =
-        ClientRequest::new(Url::parse(&format!("http://shop.test/page{query}")).expect("page url"));
-    let headers = [
+    let headers: Vec<(&str, &str)> = [
         ("cookie", &fx.vars.cookie),
         ("host", &fx.vars.host),
         ("user-agent", &fx.vars.user_agent),
         ("accept-language", &fx.vars.accept_language),
         ("referer", &fx.vars.referer),
-    ];
-    for (name, value) in headers {
-        if let Some(v) = value {
-            req = req.with_header(name, v);
-        }
-    }
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value.as_deref()?)))
+    .collect();
     let config = Rc::new(Config::from_json_str(CONFIG).expect("config"));
-    let loader = Loader::new(sim.ports(), Shared::new(), config, Rc::new(req));
+    let loader = testing::loader(
+        sim.ports(),
+        &Shared::new(),
+        &config,
+        &format!("/page{query}"),
+        &headers,
+    );
     let out = sim.block_on(async move {
-        match handle(loader).await {
-            Reply::Full { status, body, .. } => {
-                if status.as_u16() >= 400 {
-                    eprintln!("page status {status}: {}", String::from_utf8_lossy(&body));
+        match testing::serve(loader).await {
+            // Bytes are out once a stream starts: a failed include leaves
+            // its slot empty, as in the Worker.
+            Ok(page) if page.streamed => Some(page.body),
+            Ok(page) => {
+                if page.status.as_u16() >= 400 {
+                    eprintln!("page status {}: {}", page.status, page.text());
                 }
-                (status.as_u16() < 400).then_some(body)
+                (page.status.as_u16() < 400).then_some(page.body)
             }
-            Reply::Stream {
-                first, mut page, ..
-            } => {
-                let mut out = first;
-                while let Some(chunk) = page.next_chunk().await {
-                    match chunk {
-                        Chunk::Bytes(b) => out.extend_from_slice(&b),
-                        // Bytes are out: the slot stays empty, as in the Worker.
-                        Chunk::Failed(_) => {}
-                    }
-                }
-                Some(out)
-            }
-            Reply::Pass(_) => None,
+            Err(_) => None,
         }
     });
     let logs = sim.log.lines().into_iter().map(|(_, l)| l).collect();

@@ -7,9 +7,8 @@ use std::rc::Rc;
 
 use fragcache_core::cache::CacheStatus;
 use fragcache_core::config::Config;
-use fragcache_core::loader::{Loader, Shared};
-use fragcache_core::request::ClientRequest;
-use fragcache_core::testing::{Script, Sim, Slot};
+use fragcache_core::loader::Shared;
+use fragcache_core::testing::{self, take, Script, Sim, Slot, ORIGIN};
 use fragcache_core::url::Url;
 
 const CONFIG: &str = r#"{
@@ -53,21 +52,11 @@ impl World {
         } else {
             self.sim.ports()
         };
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        let loader = Loader::new(
-            ports,
-            Rc::clone(&i.shared),
-            Rc::clone(&self.config),
-            Rc::new(req),
-        );
-        let url = Url::parse(&format!("http://origin.test{path}")).unwrap();
+        let loader = testing::loader(ports, &i.shared, &self.config, "/", &[]);
+        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
         self.sim.spawn(async move {
-            let (status, r) = loader.lookup_fragment(&url).await.finish().await;
-            (
-                status,
-                r.map(|f| String::from_utf8_lossy(&f.body).into_owned())
-                    .map_err(|e| e.to_string()),
-            )
+            let (status, r, _) = testing::load_fragment(loader, url).await;
+            (status, r.map_err(|e| e.to_string()))
         })
     }
 
@@ -82,10 +71,6 @@ impl World {
         self.sim.run();
         slots
     }
-}
-
-fn take(slot: &Slot<Loaded>) -> Loaded {
-    slot.borrow_mut().take().expect("answered")
 }
 
 fn paths(n: usize) -> Vec<String> {

@@ -6,11 +6,8 @@
 use std::rc::Rc;
 
 use fragcache_core::config::Config;
-use fragcache_core::loader::{Loader, Shared};
-use fragcache_core::request::ClientRequest;
-use fragcache_core::serve::{handle, Reply};
-use fragcache_core::testing::{Script, Sim};
-use fragcache_core::url::Url;
+use fragcache_core::loader::Shared;
+use fragcache_core::testing::{self, take, Script, Sim};
 use http::HeaderMap;
 
 const CONFIG: &str = r#"{
@@ -53,43 +50,20 @@ struct Page {
 }
 
 fn serve(sim: &Sim, shared: &Rc<Shared>, path: &str, headers: &[(&str, &str)]) -> Page {
-    let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
-    for (n, v) in headers {
-        req = req.with_header(n, v);
-    }
     let config = Rc::new(Config::from_json_str(CONFIG).unwrap());
-    let loader = Loader::new(sim.ports(), Rc::clone(shared), config, Rc::new(req));
+    let loader = testing::loader(sim.ports(), shared, &config, path, headers);
     let path = path.to_owned();
     let slot = sim.spawn(async move {
-        match handle(loader).await {
-            Reply::Full {
-                status,
-                headers,
-                body,
-            } => (status, headers, body),
-            Reply::Stream {
-                status,
-                headers,
-                first,
-                mut page,
-            } => {
-                let mut body = first;
-                while let Some(c) = page.next_chunk().await {
-                    if let fragcache_core::assemble::Chunk::Bytes(b) = c {
-                        body.extend_from_slice(&b);
-                    }
-                }
-                (status, headers, body)
-            }
-            Reply::Pass(_) => panic!("{path} passed through"),
-        }
+        testing::serve(loader)
+            .await
+            .unwrap_or_else(|_| panic!("{path} passed through"))
     });
     sim.run();
-    let (status, headers, body) = slot.borrow_mut().take().expect("answered");
+    let c = take(&slot);
     Page {
-        status: status.as_u16(),
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        status: c.status.as_u16(),
+        body: c.text(),
+        headers: c.headers,
     }
 }
 
@@ -325,27 +299,17 @@ fn first_bytes_do_not_wait_for_kv_reads_and_unknown_means_private() {
     // This isolate has nothing in memory, and KV answers in 40 ms.
     sim.store.latency_ms.set(40);
     let config = Rc::new(Config::from_json_str(CONFIG).unwrap());
-    let req = ClientRequest::new(Url::parse("http://shop.test/live/kv").unwrap());
-    let loader = Loader::new(sim.ports(), Shared::new(), config, Rc::new(req));
-    let clock = sim.ports().clock;
-    let start = sim.now();
-    let slot = sim.spawn(async move {
-        match handle(loader).await {
-            Reply::Stream { headers, first, .. } => (clock.now_ms(), headers, first),
-            _ => panic!("not streamed"),
-        }
-    });
+    let loader = testing::loader(sim.ports(), &Shared::new(), &config, "/live/kv", &[]);
+    let slot = sim.spawn(testing::serve(loader));
     sim.run();
-    let (at, headers, first) = slot.borrow_mut().take().unwrap();
-    assert_eq!(
-        first, b"<h1>Shop</h1>",
-        "the shell's bytes before the includes"
-    );
+    let page = take(&slot).expect("a page");
+    assert_eq!(page.text(), "<h1>Shop</h1>K1K2");
     assert!(
-        at - start < 40,
+        page.first_byte_ms < 40,
         "first bytes after {} ms: waited for KV",
-        at - start
+        page.first_byte_ms
     );
+    let headers = page.headers;
     assert_eq!(
         get(&headers, "cache-control"),
         Some("private, no-store"),

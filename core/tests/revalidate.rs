@@ -5,83 +5,53 @@
 
 use std::rc::Rc;
 
-use fragcache_core::cache::key::{cache_key, KeyKind};
 use fragcache_core::cache::{CacheStatus, EntryMeta, Freshness};
-use fragcache_core::config::Config;
-use fragcache_core::loader::{LoadError, Loader, Shared};
+use fragcache_core::loader::LoadError;
 use fragcache_core::ports::StoredEntry;
-use fragcache_core::request::ClientRequest;
-use fragcache_core::testing::{Script, Sim, Slot};
+use fragcache_core::testing::{take, Script, Site, ORIGIN};
 use fragcache_core::url::Url;
 use http::{HeaderMap, StatusCode};
 
-const ORIGIN: &str = "http://origin.test";
 const LAST_MODIFIED: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
 
 type Loaded = (CacheStatus, Result<String, LoadError>);
 
-struct World {
-    sim: Sim,
-    shared: Rc<Shared>,
-    config: Rc<Config>,
+fn world(seed: u64) -> Site {
+    Site::new(
+        seed,
+        r#"{
+          "origin": "http://origin.test",
+          "pages": [ { "path": "/", "soft_ttl": 10, "hard_ttl": 300 } ],
+          "fragments": [
+            { "path": "/h/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0,
+              "honor_origin_headers": true },
+            { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
+          ]
+        }"#,
+    )
 }
 
-impl World {
-    fn new(seed: u64) -> World {
-        let config = Config::from_json_str(
-            r#"{
-              "origin": "http://origin.test",
-              "pages": [ { "path": "/", "soft_ttl": 10, "hard_ttl": 300 } ],
-              "fragments": [
-                { "path": "/h/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0,
-                  "honor_origin_headers": true },
-                { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
-              ]
-            }"#,
-        )
-        .expect("test config is valid");
-        World {
-            sim: Sim::new(seed),
-            shared: Shared::new(),
-            config: Rc::new(config),
-        }
-    }
+/// What the revalidation tests add to [`Site`].
+trait Revalidation {
+    fn load_now(&self, path: &str) -> Loaded;
+    fn load_shell_now(&self) -> (CacheStatus, String, HeaderMap);
+    fn seed_stale(&self, path: &str, body: &str, etag: Option<&str>, last_modified: Option<&str>);
+    fn stored(&self, path: &str) -> StoredEntry;
+    fn only_request_headers(&self, path: &str) -> HeaderMap;
+}
 
-    fn load(&self, path: &str) -> Slot<Loaded> {
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        let loader = Loader::new(
-            self.sim.ports(),
-            Rc::clone(&self.shared),
-            Rc::clone(&self.config),
-            Rc::new(req),
-        );
-        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
-        self.sim.spawn(async move {
-            let (status, r) = loader.lookup_fragment(&url).await.finish().await;
-            (
-                status,
-                r.map(|f| String::from_utf8_lossy(&f.body).into_owned()),
-            )
-        })
-    }
-
+impl Revalidation for Site {
     /// Loads `path` and runs the simulation (background work included).
     fn load_now(&self, path: &str) -> Loaded {
         let slot = self.load(path);
         self.sim.run();
-        let v = slot.borrow_mut().take();
-        v.expect("request answered")
+        let (status, body, _) = take(&slot);
+        (status, body)
     }
 
     /// Loads the page shell `/`: status, body, and the shell's headers.
     fn load_shell_now(&self) -> (CacheStatus, String, HeaderMap) {
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        let loader = Loader::new(
-            self.sim.ports(),
-            Rc::clone(&self.shared),
-            Rc::clone(&self.config),
-            Rc::new(req),
-        );
+        let loader = self.loader("/", &[]);
         let config = Rc::clone(&self.config);
         let url = Url::parse(&format!("{ORIGIN}/")).unwrap();
         let slot = self.sim.spawn(async move {
@@ -95,15 +65,7 @@ impl World {
             )
         });
         self.sim.run();
-        let v = slot.borrow_mut().take();
-        v.expect("request answered")
-    }
-
-    fn key_of(&self, path: &str) -> String {
-        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
-        let route = self.config.fragment_route(url.path()).expect("routed");
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        cache_key(KeyKind::Fragment, route.id, &url, &route.vary, &req)
+        take(&slot)
     }
 
     /// Stores `body` under `path`, 20 s old: stale (soft TTL 10 s) but
@@ -116,11 +78,7 @@ impl World {
             last_modified,
             None,
         );
-        let entry = StoredEntry {
-            body: body.as_bytes().to_vec(),
-            meta,
-        };
-        self.sim.store.insert(&self.key_of(path), entry, 3600);
+        self.put(path, body, meta);
     }
 
     fn stored(&self, path: &str) -> StoredEntry {
@@ -146,7 +104,7 @@ fn not_modified(latency_ms: u64) -> Script {
 
 #[test]
 fn etag_304_renews_the_stored_copy_without_the_body() {
-    let w = World::new(1);
+    let w = world(1);
     w.seed_stale("/f/e", "stored body", Some("\"v1\""), None);
     let before = w.stored("/f/e").meta;
     w.sim
@@ -189,7 +147,7 @@ fn etag_304_renews_the_stored_copy_without_the_body() {
 
 #[test]
 fn last_modified_304_renews_with_the_origin_cache_control_when_honoured() {
-    let w = World::new(2);
+    let w = world(2);
     w.seed_stale("/h/lm", "dated body", None, Some(LAST_MODIFIED));
     w.sim.origin.script(
         "/h/lm",
@@ -219,7 +177,7 @@ fn last_modified_304_renews_with_the_origin_cache_control_when_honoured() {
 
 #[test]
 fn a_304_to_a_request_without_validators_is_a_failure() {
-    let w = World::new(3);
+    let w = world(3);
     // A stored copy with no validators: the refresh is unconditional.
     w.seed_stale("/f/nv", "kept", None, None);
     let before = w.stored("/f/nv");
@@ -253,7 +211,7 @@ fn a_304_to_a_request_without_validators_is_a_failure() {
 
 #[test]
 fn a_304_naming_another_etag_is_a_failure() {
-    let w = World::new(4);
+    let w = world(4);
     w.seed_stale("/f/mm", "v1 body", Some("\"v1\""), None);
     let before = w.stored("/f/mm");
     w.sim
@@ -267,7 +225,7 @@ fn a_304_naming_another_etag_is_a_failure() {
     assert_eq!(w.stored("/f/mm").meta, before.meta);
     assert!(w.sim.log.contains("with another ETag"));
     // A weak form of the same tag does match.
-    let w = World::new(5);
+    let w = world(5);
     w.seed_stale("/f/wk", "v1 body", Some("\"v1\""), None);
     w.sim
         .origin
@@ -282,7 +240,7 @@ fn a_304_naming_another_etag_is_a_failure() {
 
 #[test]
 fn a_200_to_a_conditional_refresh_replaces_the_entry() {
-    let w = World::new(6);
+    let w = world(6);
     w.seed_stale("/f/new", "old body", Some("\"v1\""), Some(LAST_MODIFIED));
     w.sim.origin.script(
         "/f/new",
@@ -312,7 +270,7 @@ fn a_200_to_a_conditional_refresh_replaces_the_entry() {
 
 #[test]
 fn a_page_shell_keeps_its_headers_through_a_304() {
-    let w = World::new(7);
+    let w = world(7);
     w.sim.origin.script(
         "/",
         Script::ok("<p>shell</p>", 40)

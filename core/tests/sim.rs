@@ -5,110 +5,42 @@
 use std::rc::Rc;
 
 use fragcache_core::cache::{CacheStatus, EntryMeta, Freshness};
-use fragcache_core::config::Config;
-use fragcache_core::loader::{LoadError, Loader, Shared};
-use fragcache_core::ports::StoredEntry;
-use fragcache_core::request::ClientRequest;
-use fragcache_core::serve::{handle, Reply};
-use fragcache_core::testing::{Script, Sim, Slot};
+use fragcache_core::loader::{LoadError, Shared};
+use fragcache_core::testing::{self, take, Script, Site, Slot, ORIGIN};
 use fragcache_core::url::Url;
 
-const ORIGIN: &str = "http://origin.test";
+const CONFIG: &str = r#"{
+  "origin": "http://origin.test",
+  "pages": [ { "path": "/", "soft_ttl": 10, "hard_ttl": 300 },
+             { "path": "/live" } ],
+  "fragments": [
+    { "path": "/f/private", "private": true },
+    { "path": "/f/cart", "private": true, "pass_set_cookie": true },
+    { "path": "/f/fail/*", "soft_ttl": 10, "hard_ttl": 300, "cold": "fail", "retry_after": 7 },
+    { "path": "/f/neg", "soft_ttl": 10, "hard_ttl": 300, "negative_ttl": 5 },
+    { "path": "/v/*", "soft_ttl": 60, "hard_ttl": 300, "vary": { "headers": ["accept-language"], "cookies": ["currency"] } },
+    { "path": "/cc/*", "soft_ttl": 60, "hard_ttl": 300, "vary": { "country": true } },
+    { "path": "/xf/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 20 },
+    { "path": "/jit/*", "soft_ttl": 100, "hard_ttl": 1000, "jitter": 0.1, "xfetch_beta": 0 },
+    { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
+  ]
+}"#;
 
-fn config() -> Rc<Config> {
-    Rc::new(
-        Config::from_json_str(
-            r#"{
-              "origin": "http://origin.test",
-              "pages": [ { "path": "/", "soft_ttl": 10, "hard_ttl": 300 },
-                         { "path": "/live" } ],
-              "fragments": [
-                { "path": "/f/private", "private": true },
-                { "path": "/f/cart", "private": true, "pass_set_cookie": true },
-                { "path": "/f/fail/*", "soft_ttl": 10, "hard_ttl": 300, "cold": "fail", "retry_after": 7 },
-                { "path": "/f/neg", "soft_ttl": 10, "hard_ttl": 300, "negative_ttl": 5 },
-                { "path": "/v/*", "soft_ttl": 60, "hard_ttl": 300, "vary": { "headers": ["accept-language"], "cookies": ["currency"] } },
-                { "path": "/cc/*", "soft_ttl": 60, "hard_ttl": 300, "vary": { "country": true } },
-                { "path": "/xf/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 20 },
-                { "path": "/jit/*", "soft_ttl": 100, "hard_ttl": 1000, "jitter": 0.1, "xfetch_beta": 0 },
-                { "path": "/f/*", "soft_ttl": 10, "hard_ttl": 300, "jitter": 0, "xfetch_beta": 0 }
-              ]
-            }"#,
-        )
-        .expect("test config is valid"),
-    )
+fn world(seed: u64) -> Site {
+    Site::new(seed, CONFIG)
 }
 
-type Loaded = (CacheStatus, Result<String, LoadError>, u64);
-
-struct World {
-    sim: Sim,
-    shared: Rc<Shared>,
-    config: Rc<Config>,
+/// What these simulations add to [`Site`].
+trait SimSite {
+    fn seed_entry(&self, key_path: &str, body: &str, age_ms: u64, soft_ms: u64, hard_ms: u64);
+    fn servable_keys(&self) -> Vec<String>;
 }
 
-impl World {
-    fn new(seed: u64) -> World {
-        World {
-            sim: Sim::new(seed),
-            shared: Shared::new(),
-            config: config(),
-        }
-    }
-
-    fn loader(&self, path: &str, cookie: Option<&str>) -> Loader {
-        let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
-        if let Some(c) = cookie {
-            req = req.with_header("cookie", c);
-        }
-        Loader::new(
-            self.sim.ports(),
-            Rc::clone(&self.shared),
-            Rc::clone(&self.config),
-            Rc::new(req),
-        )
-    }
-
-    /// A loader for a client request to `path` with `headers`.
-    fn loader_with(&self, path: &str, headers: &[(&str, &str)]) -> Loader {
-        let mut req = ClientRequest::new(Url::parse(&format!("http://shop.test{path}")).unwrap());
-        for (n, v) in headers {
-            req = req.with_header(n, v);
-        }
-        Loader::new(
-            self.sim.ports(),
-            Rc::clone(&self.shared),
-            Rc::clone(&self.config),
-            Rc::new(req),
-        )
-    }
-
-    /// Loads `path` as an include: (status, body or error, finish time).
-    fn load(&self, path: &str) -> Slot<Loaded> {
-        let loader = self.loader("/", None);
-        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
-        let clock = self.sim.ports().clock;
-        self.sim.spawn(async move {
-            let lookup = loader.lookup_fragment(&url).await;
-            let (status, r) = lookup.finish().await;
-            let body = r.map(|f| String::from_utf8_lossy(&f.body).into_owned());
-            (status, body, clock.now_ms())
-        })
-    }
-
+impl SimSite for Site {
     fn seed_entry(&self, key_path: &str, body: &str, age_ms: u64, soft_ms: u64, hard_ms: u64) {
-        let now = self.sim.now();
-        let stored = now - age_ms;
+        let stored = self.sim.now() - age_ms;
         let meta = EntryMeta::new(stored, stored + soft_ms, stored + hard_ms, 200, 50);
-        let key = self.key_of(key_path);
-        self.sim.store.insert(
-            &key,
-            StoredEntry {
-                body: body.as_bytes().to_vec(),
-                meta,
-            },
-            3600,
-        );
+        self.put(key_path, body, meta);
     }
 
     /// Stored keys that a read would not treat as absent (purge tombstones
@@ -127,28 +59,11 @@ impl World {
             })
             .collect()
     }
-
-    fn key_of(&self, path: &str) -> String {
-        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
-        let route = self.config.fragment_route(url.path()).expect("routed");
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        fragcache_core::cache::key::cache_key(
-            fragcache_core::cache::key::KeyKind::Fragment,
-            route.id,
-            &url,
-            &route.vary,
-            &req,
-        )
-    }
-}
-
-fn take<T>(slot: &Slot<T>) -> T {
-    slot.borrow_mut().take().expect("request answered")
 }
 
 #[test]
 fn cold_burst_of_1000_makes_one_origin_fetch() {
-    let w = World::new(1);
+    let w = world(1);
     w.sim.origin.script("/f/a", Script::ok("A", 300));
     let start = w.sim.now();
     let slots: Vec<_> = (0..1000).map(|_| w.load("/f/a")).collect();
@@ -173,7 +88,7 @@ fn cold_burst_of_1000_makes_one_origin_fetch() {
 
 #[test]
 fn stale_burst_is_served_at_once_and_refreshed_once() {
-    let w = World::new(2);
+    let w = world(2);
     w.seed_entry("/f/s", "old", 20_000, 10_000, 300_000);
     w.sim.origin.script("/f/s", Script::ok("new", 300));
     let start = w.sim.now();
@@ -195,7 +110,7 @@ fn stale_burst_is_served_at_once_and_refreshed_once() {
 
 #[test]
 fn a_mix_of_keys_makes_one_fetch_per_key() {
-    let w = World::new(3);
+    let w = world(3);
     for i in 0..10u64 {
         w.sim.origin.script(
             &format!("/f/k{i}"),
@@ -216,7 +131,7 @@ fn a_mix_of_keys_makes_one_fetch_per_key() {
 
 #[test]
 fn failing_refresh_keeps_stale_and_backs_off() {
-    let w = World::new(4);
+    let w = world(4);
     w.seed_entry("/f/x", "good", 20_000, 10_000, 300_000);
     w.sim.origin.script("/f/x", Script::status(500, 20));
     // A request every 100 ms for 20 s while the origin is down.
@@ -249,7 +164,7 @@ fn failing_refresh_keeps_stale_and_backs_off() {
 #[test]
 fn hang_and_reset_during_refresh_serve_stale() {
     for script in [Script::Hang, Script::Reset { latency_ms: 5 }] {
-        let w = World::new(5);
+        let w = world(5);
         w.seed_entry("/f/h", "kept", 20_000, 10_000, 300_000);
         w.sim.origin.script("/f/h", script);
         let s = w.load("/f/h");
@@ -263,7 +178,7 @@ fn hang_and_reset_during_refresh_serve_stale() {
 
 #[test]
 fn cold_fail_policy_answers_followers_at_once() {
-    let w = World::new(6);
+    let w = world(6);
     w.sim.origin.script("/f/fail/a", Script::ok("F", 300));
     let start = w.sim.now();
     let slots: Vec<_> = (0..50).map(|_| w.load("/f/fail/a")).collect();
@@ -280,7 +195,7 @@ fn cold_fail_policy_answers_followers_at_once() {
 
 #[test]
 fn kv_read_errors_count_as_misses_and_still_coalesce() {
-    let w = World::new(7);
+    let w = world(7);
     w.sim.store.fail_gets.set(true);
     w.sim.origin.script("/f/r", Script::ok("R", 100));
     let slots: Vec<_> = (0..100).map(|_| w.load("/f/r")).collect();
@@ -291,7 +206,7 @@ fn kv_read_errors_count_as_misses_and_still_coalesce() {
 
 #[test]
 fn kv_write_failure_is_logged_not_shown() {
-    let w = World::new(8);
+    let w = world(8);
     w.sim.store.fail_puts.set(true);
     w.sim.origin.script("/f/w", Script::ok("W", 10));
     let s = w.load("/f/w");
@@ -302,7 +217,7 @@ fn kv_write_failure_is_logged_not_shown() {
 
 #[test]
 fn set_cookie_responses_are_neither_stored_nor_shared() {
-    let w = World::new(9);
+    let w = world(9);
     w.sim.origin.script(
         "/f/c",
         Script::ok("session {{serial}}", 100).header("set-cookie", "sid=abc"),
@@ -321,7 +236,7 @@ fn set_cookie_responses_are_neither_stored_nor_shared() {
 
 #[test]
 fn negative_results_are_cached_briefly() {
-    let w = World::new(10);
+    let w = world(10);
     w.sim.origin.script("/f/neg", Script::status(404, 10));
     let a = w.load("/f/neg");
     w.sim.run();
@@ -334,11 +249,11 @@ fn negative_results_are_cached_briefly() {
 
 #[test]
 fn private_fragments_are_per_request_with_own_cookies() {
-    let w = World::new(11);
+    let w = world(11);
     w.sim.origin.script("/f/private", Script::ok("hello", 50));
     let mut slots = Vec::new();
     for user in 0..20 {
-        let loader = w.loader("/", Some(&format!("session=user{user}")));
+        let loader = w.loader("/", &[("cookie", &format!("session=user{user}"))]);
         let url = Url::parse(&format!("{ORIGIN}/f/private")).unwrap();
         slots.push(w.sim.spawn(async move {
             let l = loader.lookup_fragment(&url).await;
@@ -359,7 +274,7 @@ fn private_fragments_are_per_request_with_own_cookies() {
 
 #[test]
 fn cacheable_fetches_never_carry_credentials() {
-    let w = World::new(12);
+    let w = world(12);
     w.sim.origin.script("/f/pub", Script::ok("P", 5));
     w.sim.origin.script("/f/private", Script::ok("me", 5));
     let credentials = [
@@ -367,7 +282,7 @@ fn cacheable_fetches_never_carry_credentials() {
         ("authorization", "Bearer alice-token"),
     ];
     for path in ["/f/pub", "/f/private"] {
-        let loader = w.loader_with("/", &credentials);
+        let loader = w.loader("/", &credentials);
         let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
         w.sim
             .block_on(async move { loader.lookup_fragment(&url).await.finish().await.0 });
@@ -398,11 +313,11 @@ fn cacheable_fetches_never_carry_credentials() {
 
 #[test]
 fn header_values_that_differ_in_case_and_spacing_share_a_key_and_an_origin_request() {
-    let w = World::new(24);
+    let w = world(24);
     w.sim.origin.script("/v/n", Script::ok("v{{serial}}", 5));
-    let first = w.loader_with("/", &[("accept-language", "EN-gb,\tfr")]);
+    let first = w.loader("/", &[("accept-language", "EN-gb,\tfr")]);
     // Two instances of the header, odd spacing and case.
-    let second = w.loader_with(
+    let second = w.loader(
         "/",
         &[("accept-language", " en-GB"), ("Accept-Language", "  FR ")],
     );
@@ -444,49 +359,19 @@ fn header_values_that_differ_in_case_and_spacing_share_a_key_and_an_origin_reque
 type PageResult = (u16, Vec<(String, String)>, String, u64, u64);
 
 /// Serves `path`: (status, headers, body, time to first byte, total time).
-fn page(w: &World, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
-    let loader = w.loader(path, cookie);
-    let clock = w.sim.ports().clock;
+fn page(w: &Site, path: &str, cookie: Option<&str>) -> Slot<PageResult> {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    let loader = w.loader(path, &headers);
     w.sim.spawn(async move {
-        let start = clock.now_ms();
-        match handle(loader).await {
-            Reply::Full {
-                status,
-                headers,
-                body,
-            } => {
-                let t = clock.now_ms() - start;
-                (
-                    status.as_u16(),
-                    pairs(&headers),
-                    String::from_utf8_lossy(&body).into_owned(),
-                    t,
-                    t,
-                )
-            }
-            Reply::Stream {
-                status,
-                headers,
-                first,
-                mut page,
-            } => {
-                let ttfb = clock.now_ms() - start;
-                let mut body = first;
-                while let Some(c) = page.next_chunk().await {
-                    if let fragcache_core::assemble::Chunk::Bytes(b) = c {
-                        body.extend_from_slice(&b);
-                    }
-                }
-                let total = clock.now_ms() - start;
-                (
-                    status.as_u16(),
-                    pairs(&headers),
-                    String::from_utf8_lossy(&body).into_owned(),
-                    ttfb,
-                    total,
-                )
-            }
-            Reply::Pass(u) => (0, Vec::new(), u.to_string(), 0, 0),
+        match testing::serve(loader).await {
+            Ok(c) => (
+                c.status.as_u16(),
+                pairs(&c.headers),
+                c.text(),
+                c.first_byte_ms,
+                c.total_ms,
+            ),
+            Err(u) => (0, Vec::new(), u.to_string(), 0, 0),
         }
     })
 }
@@ -504,7 +389,7 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn page_assembles_in_order_with_private_cache_control() {
-    let w = World::new(13);
+    let w = world(13);
     w.sim.origin.script(
         "/",
         Script::ok(
@@ -542,7 +427,7 @@ fn page_assembles_in_order_with_private_cache_control() {
 
 #[test]
 fn first_byte_does_not_wait_for_a_slow_fragment_near_the_end() {
-    let w = World::new(14);
+    let w = world(14);
     w.sim.origin.script(
         "/live",
         Script::ok(r#"<head>x</head><esi:include src="/f/slow"/>"#, 0),
@@ -561,7 +446,7 @@ fn cold_page_time_is_the_slowest_fragment_not_the_sum() {
     // Six connections at once per request: six 100 ms fragments take one
     // round, ten take two (the platform's limit), never ten.
     for (n, rounds) in [(6usize, 1u64), (10, 2)] {
-        let w = World::new(15);
+        let w = world(15);
         let shell: String = (0..n)
             .map(|i| format!("<esi:include src=\"/f/p{i}\"/>"))
             .collect();
@@ -585,7 +470,7 @@ fn cold_page_time_is_the_slowest_fragment_not_the_sum() {
 
 #[test]
 fn includes_past_six_connections_queue_in_document_order() {
-    let w = World::new(16);
+    let w = world(16);
     let shell: String = (0..10)
         .map(|i| format!("<p><esi:include src=\"/f/q{i}\"/></p>"))
         .collect();
@@ -633,7 +518,7 @@ fn includes_past_six_connections_queue_in_document_order() {
 
 #[test]
 fn failed_first_include_fails_the_page_with_retry_after_on_cold_fail_routes() {
-    let w = World::new(16);
+    let w = world(16);
     w.sim.origin.script(
         "/live",
         Script::ok(r#"<esi:include src="/f/fail/b"/>tail"#, 0),
@@ -652,7 +537,7 @@ fn failed_first_include_fails_the_page_with_retry_after_on_cold_fail_routes() {
 
 #[test]
 fn set_cookie_of_a_private_fragment_reaches_the_client_only_when_configured() {
-    let w = World::new(17);
+    let w = world(17);
     w.sim.origin.script(
         "/live",
         Script::ok(
@@ -684,7 +569,7 @@ fn set_cookie_of_a_private_fragment_reaches_the_client_only_when_configured() {
 
 #[test]
 fn xfetch_refreshes_popular_keys_before_they_go_stale() {
-    let w = World::new(18);
+    let w = world(18);
     w.sim.origin.script("/xf/a", Script::ok("v{{serial}}", 100));
     let first = w.load("/xf/a");
     w.sim.run();
@@ -710,7 +595,7 @@ fn xfetch_refreshes_popular_keys_before_they_go_stale() {
 
 #[test]
 fn jitter_spreads_the_expiry_of_fragments_stored_together() {
-    let w = World::new(19);
+    let w = world(19);
     let slots: Vec<_> = (0..50)
         .map(|i| {
             w.sim
@@ -748,7 +633,7 @@ fn jitter_spreads_the_expiry_of_fragments_stored_together() {
 
 #[test]
 fn a_refresh_the_origin_now_marks_private_stops_serving_the_stored_copy() {
-    let w = World::new(20);
+    let w = world(20);
     w.seed_entry("/f/turned", "public copy", 20_000, 10_000, 300_000);
     w.sim.origin.script(
         "/f/turned",
@@ -779,7 +664,7 @@ fn a_refresh_the_origin_now_marks_private_stops_serving_the_stored_copy() {
 
 #[test]
 fn purge_removes_every_variant_of_a_path_and_nothing_else() {
-    let w = World::new(21);
+    let w = world(21);
     for p in ["/f/p1?b=2&a=1", "/f/p1?x=1", "/f/p1", "/f/p10", "/f/other"] {
         w.sim.origin.script(p, Script::ok(p, 5));
         let s = w.load(p);
@@ -787,7 +672,7 @@ fn purge_removes_every_variant_of_a_path_and_nothing_else() {
         assert!(take(&s).1.is_ok());
     }
     assert_eq!(w.sim.store.keys().len(), 5);
-    let loader = w.loader("/", None);
+    let loader = w.loader("/", &[]);
     let report = w.sim.block_on(async move {
         fragcache_core::purge::purge(&loader, &["/f/p1".to_owned()]).await
     });
@@ -801,7 +686,7 @@ fn purge_removes_every_variant_of_a_path_and_nothing_else() {
     w.sim.run();
     assert_eq!(take(&again).0, CacheStatus::Miss);
     // A trailing * purges the whole prefix.
-    let loader = w.loader("/", None);
+    let loader = w.loader("/", &[]);
     let report = w
         .sim
         .block_on(async move { fragcache_core::purge::purge(&loader, &["/f/*".to_owned()]).await });
@@ -813,7 +698,7 @@ fn purge_removes_every_variant_of_a_path_and_nothing_else() {
 
 #[test]
 fn a_redirecting_page_shell_keeps_its_location_and_cookies() {
-    let w = World::new(22);
+    let w = world(22);
     w.sim.origin.script(
         "/live",
         Script::status(302, 0)
@@ -830,7 +715,7 @@ fn a_redirecting_page_shell_keeps_its_location_and_cookies() {
 
 #[test]
 fn pages_built_from_varying_fragments_say_so() {
-    let w = World::new(23);
+    let w = world(23);
     w.sim.origin.script(
         "/live",
         Script::ok(r#"<p><esi:include src="/v/a"/></p>"#, 0)
@@ -871,13 +756,8 @@ fn pages_built_from_varying_fragments_say_so() {
     }
 }
 
-fn purge(w: &World, shared: &Rc<Shared>, paths: &[&str]) -> fragcache_core::purge::PurgeReport {
-    let loader = Loader::new(
-        w.sim.ports(),
-        Rc::clone(shared),
-        Rc::clone(&w.config),
-        Rc::new(ClientRequest::new(Url::parse("http://shop.test/").unwrap())),
-    );
+fn purge(w: &Site, shared: &Rc<Shared>, paths: &[&str]) -> fragcache_core::purge::PurgeReport {
+    let loader = testing::loader(w.sim.ports(), shared, &w.config, "/", &[]);
     let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
     // Runs the purge without letting virtual time pass (or anything else
     // that is waiting on a timer finish).
@@ -889,7 +769,7 @@ fn purge(w: &World, shared: &Rc<Shared>, paths: &[&str]) -> fragcache_core::purg
 }
 
 /// Whether the store holds a servable copy of `path` with `body`.
-fn stored_body(w: &World, path: &str) -> Option<String> {
+fn stored_body(w: &Site, path: &str) -> Option<String> {
     let now = w.sim.now();
     w.sim
         .store
@@ -900,7 +780,7 @@ fn stored_body(w: &World, path: &str) -> Option<String> {
 
 #[test]
 fn a_purge_during_a_refresh_keeps_the_old_content_out() {
-    let w = World::new(25);
+    let w = world(25);
     w.seed_entry("/f/pr", "old", 20_000, 10_000, 300_000);
     w.sim
         .origin
@@ -940,7 +820,7 @@ fn a_purge_during_a_refresh_keeps_the_old_content_out() {
 fn a_purge_in_the_same_millisecond_as_the_refresh_start_still_wins() {
     // The tombstone's stored_at equals the refresh's start: only this
     // isolate's purge record can tell that the purge came after.
-    let w = World::new(26);
+    let w = world(26);
     w.seed_entry("/f/ms", "old", 20_000, 10_000, 300_000);
     w.sim
         .origin
@@ -962,7 +842,7 @@ fn a_purge_in_the_same_millisecond_as_the_refresh_start_still_wins() {
 
 #[test]
 fn a_purge_racing_a_cold_miss() {
-    let w = World::new(27);
+    let w = world(27);
     w.sim
         .origin
         .script("/f/cold", Script::ok("before purge", 1_000));
@@ -1003,7 +883,7 @@ fn a_purge_racing_a_cold_miss() {
 
 #[test]
 fn a_refresh_in_another_isolate_does_not_write_over_the_tombstone() {
-    let w = World::new(28);
+    let w = world(28);
     w.seed_entry("/f/iso", "old", 20_000, 10_000, 300_000);
     w.sim
         .origin
@@ -1026,7 +906,7 @@ fn a_refresh_in_another_isolate_does_not_write_over_the_tombstone() {
 
 #[test]
 fn purge_reaches_paths_that_keys_escape_and_reports_truncation() {
-    let w = World::new(29);
+    let w = world(29);
     let paths = [
         "/f/a%20b|c",
         "/f/a%20b|c?x=1",

@@ -3,24 +3,18 @@
 //! flights have a bounded lifetime, and a hung KV call never holds a
 //! request.
 
-use std::rc::Rc;
-
 use fragcache_core::cache::kv::{KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use fragcache_core::cache::{CacheStatus, EntryMeta};
-use fragcache_core::config::Config;
-use fragcache_core::loader::{LoadError, Loader, Shared};
-use fragcache_core::ports::StoredEntry;
-use fragcache_core::request::ClientRequest;
-use fragcache_core::testing::{Script, Sim, Slot};
-use fragcache_core::url::Url;
+use fragcache_core::loader::LoadError;
+use fragcache_core::testing::{take, Script, Site, ORIGIN};
 
-const ORIGIN: &str = "http://origin.test";
 /// The `/f/*` route's origin timeout.
 const TIMEOUT_MS: u64 = 2_000;
 
-fn config() -> Rc<Config> {
-    Rc::new(
-        Config::from_json_str(&format!(
+fn world(seed: u64) -> Site {
+    Site::new(
+        seed,
+        &format!(
             r#"{{
               "origin": "{ORIGIN}",
               "pages": [ {{ "path": "/" }} ],
@@ -31,81 +25,23 @@ fn config() -> Rc<Config> {
                    "cold_wait_ms": 30000 }}
               ]
             }}"#
-        ))
-        .expect("test config is valid"),
+        ),
     )
 }
 
-type Loaded = (CacheStatus, Result<String, LoadError>, u64);
-
-struct World {
-    sim: Sim,
-    shared: Rc<Shared>,
-    config: Rc<Config>,
-}
-
-impl World {
-    fn new(seed: u64) -> World {
-        World {
-            sim: Sim::new(seed),
-            shared: Shared::new(),
-            config: config(),
-        }
-    }
-
-    fn load(&self, path: &str) -> Slot<Loaded> {
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        let loader = Loader::new(
-            self.sim.ports(),
-            Rc::clone(&self.shared),
-            Rc::clone(&self.config),
-            Rc::new(req),
-        );
-        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
-        let clock = self.sim.ports().clock;
-        self.sim.spawn(async move {
-            let lookup = loader.lookup_fragment(&url).await;
-            let (status, r) = lookup.finish().await;
-            let body = r.map(|f| String::from_utf8_lossy(&f.body).into_owned());
-            (status, body, clock.now_ms())
-        })
-    }
-
-    fn key_of(&self, path: &str) -> String {
-        let url = Url::parse(&format!("{ORIGIN}{path}")).unwrap();
-        let route = self.config.fragment_route(url.path()).expect("routed");
-        let req = ClientRequest::new(Url::parse("http://shop.test/").unwrap());
-        fragcache_core::cache::key::cache_key(
-            fragcache_core::cache::key::KeyKind::Fragment,
-            route.id,
-            &url,
-            &route.vary,
-            &req,
-        )
-    }
-
-    /// Stores `body` for `path`, `age_ms` old, stale after 10 s.
-    fn seed(&self, path: &str, body: &str, age_ms: u64) {
-        let stored = self.sim.now() - age_ms;
-        let meta = EntryMeta::new(stored, stored + 10_000, stored + 300_000, 200, 50);
-        self.sim.store.insert(
-            &self.key_of(path),
-            StoredEntry {
-                body: body.as_bytes().to_vec(),
-                meta,
-            },
-            3600,
-        );
-    }
-}
-
-fn take<T>(slot: &Slot<T>) -> T {
-    slot.borrow_mut().take().expect("request answered")
+/// Stores `body` for `path`, `age_ms` old, stale after 10 s.
+fn seed(w: &Site, path: &str, body: &str, age_ms: u64) {
+    let stored = w.sim.now() - age_ms;
+    w.put(
+        path,
+        body,
+        EntryMeta::new(stored, stored + 10_000, stored + 300_000, 200, 50),
+    );
 }
 
 #[test]
 fn a_hung_store_counts_as_a_miss_and_a_failed_write() {
-    let w = World::new(1);
+    let w = world(1);
     w.sim.store.hang.set(true);
     w.sim.origin.script("/f/a", Script::ok("A", 100));
     let start = w.sim.now();
@@ -135,9 +71,9 @@ fn a_hung_store_counts_as_a_miss_and_a_failed_write() {
 
 #[test]
 fn a_slow_store_is_read_once_per_burst() {
-    let w = World::new(2);
+    let w = world(2);
     w.sim.store.latency_ms.set(30);
-    w.seed("/f/s", "stored", 1_000);
+    seed(&w, "/f/s", "stored", 1_000);
     let slots: Vec<_> = (0..100).map(|_| w.load("/f/s")).collect();
     w.sim.run();
     for s in &slots {
@@ -149,9 +85,9 @@ fn a_slow_store_is_read_once_per_burst() {
 
 #[test]
 fn stale_in_the_store_is_served_while_a_failing_refresh_is_in_flight() {
-    let w = World::new(3);
+    let w = world(3);
     w.sim.store.latency_ms.set(20);
-    w.seed("/f/x", "old", 20_000);
+    seed(&w, "/f/x", "old", 20_000);
     w.sim.origin.script("/f/x", Script::status(500, 300));
     let start = w.sim.now();
     let first = w.load("/f/x");
@@ -187,7 +123,7 @@ fn stale_in_the_store_is_served_while_a_failing_refresh_is_in_flight() {
 
 #[test]
 fn a_cold_burst_reads_the_store_once_even_while_the_fetch_runs() {
-    let w = World::new(4);
+    let w = world(4);
     w.sim.store.latency_ms.set(20);
     w.sim.origin.script("/f/c", Script::ok("C", 300));
     let start = w.sim.now();
@@ -210,7 +146,7 @@ fn a_fetch_that_never_ends_is_given_up_after_the_flight_lifetime() {
         lifetime,
         TIMEOUT_MS + KV_READ_TIMEOUT_MS + KV_WRITE_TIMEOUT_MS
     );
-    let w = World::new(5);
+    let w = world(5);
     w.sim.origin.script("/f/n", Script::Stall);
     let start = w.sim.now();
     let leader = w.load("/f/n");
@@ -242,8 +178,8 @@ fn a_fetch_that_never_ends_is_given_up_after_the_flight_lifetime() {
 #[test]
 fn a_refresh_that_never_ends_is_retried_after_the_flight_lifetime() {
     let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS);
-    let w = World::new(6);
-    w.seed("/f/r", "old", 20_000);
+    let w = world(6);
+    seed(&w, "/f/r", "old", 20_000);
     w.sim.origin.script("/f/r", Script::Stall);
     let start = w.sim.now();
     let first = w.load("/f/r");
@@ -267,7 +203,7 @@ fn a_refresh_that_never_ends_is_retried_after_the_flight_lifetime() {
 #[test]
 fn followers_stop_waiting_when_the_flight_dies() {
     let lifetime = fragcache_core::loader::flight_lifetime_ms(TIMEOUT_MS);
-    let w = World::new(7);
+    let w = world(7);
     w.sim.origin.script("/w/n", Script::Stall);
     let start = w.sim.now();
     let _leader = w.load("/w/n");
