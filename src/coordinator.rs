@@ -36,6 +36,7 @@ const OBJECT_ORIGIN: &str = "https://coordinator.fragcache";
 #[derive(Serialize, Deserialize)]
 struct Report {
     origin: String,
+    key: String,
     outcome: Outcome,
 }
 
@@ -97,7 +98,9 @@ impl DurableObject for FragmentCoordinator {
             }
             REPORT_PATH => {
                 let r: Report = req.json().await?;
-                self.local_gate()?.report(&r.origin, r.outcome).await;
+                self.local_gate()?
+                    .report(&r.origin, &r.key, r.outcome)
+                    .await;
                 Response::ok("")
             }
             FORGET_PATH => {
@@ -128,8 +131,8 @@ impl LocalGateNow {
         futures_util::FutureExt::now_or_never(self.0.permit(origin)).unwrap_or(Permit::Go)
     }
 
-    async fn report(&self, origin: &str, outcome: Outcome) {
-        self.0.report(origin, outcome).await;
+    async fn report(&self, origin: &str, key: &str, outcome: Outcome) {
+        self.0.report(origin, key, outcome).await;
     }
 }
 
@@ -178,12 +181,14 @@ impl Gate for ObjectGate {
         })
     }
 
-    fn report(&self, origin: &str, outcome: Outcome) -> LocalFuture<()> {
+    fn report(&self, origin: &str, key: &str, outcome: Outcome) -> LocalFuture<()> {
         let ns = self.0.clone();
         let origin = origin.to_owned();
+        let key = key.to_owned();
         Box::pin(async move {
             let body = serde_json::to_string(&Report {
                 origin: origin.clone(),
+                key,
                 outcome,
             })
             .unwrap_or_default();

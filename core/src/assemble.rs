@@ -520,7 +520,7 @@ impl PageState {
             let mut reports = self.reports.borrow_mut();
             reports.push(FragmentReport {
                 path: url.path_and_query(),
-                status: CacheStatus::Miss,
+                status: CacheStatus::Lookup,
                 age_s: None,
                 ms: 0,
                 depth,

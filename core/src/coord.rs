@@ -224,8 +224,8 @@ pub enum Outcome {
 pub trait Gate {
     /// May the object fetch from `origin` now?
     fn permit(&self, origin: &str) -> LocalFuture<Permit>;
-    /// Reports what a permitted fetch found.
-    fn report(&self, origin: &str, outcome: Outcome) -> LocalFuture<()>;
+    /// Reports what a permitted fetch of cache key `key` found.
+    fn report(&self, origin: &str, key: &str, outcome: Outcome) -> LocalFuture<()>;
 }
 
 /// A [`Gate`] on a breaker in this isolate: an origin's object uses it for
@@ -249,7 +249,7 @@ impl Gate for LocalGate {
         Box::pin(std::future::ready(p))
     }
 
-    fn report(&self, origin: &str, outcome: Outcome) -> LocalFuture<()> {
+    fn report(&self, origin: &str, key: &str, outcome: Outcome) -> LocalFuture<()> {
         let now = self.ports.clock.now_ms();
         let before = self.breaker.state(origin, now);
         let after = match outcome {
@@ -257,9 +257,10 @@ impl Gate for LocalGate {
                 self.breaker.record_success(origin, now);
                 BreakerState::Closed
             }
-            Outcome::Failed => self
-                .breaker
-                .record_failure(origin, now, self.ports.rng.next_f64()),
+            Outcome::Failed => {
+                self.breaker
+                    .record_key_failure(origin, key, now, self.ports.rng.next_f64())
+            }
         };
         if before.as_str() != after.as_str() {
             self.ports.log.log(
@@ -382,7 +383,7 @@ impl KeyObject {
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
-                gate.report(&origin, Outcome::Failed).await;
+                gate.report(&origin, &req.key, Outcome::Failed).await;
                 return Reply::bare(Answer::Failed {
                     status: None,
                     message: e.to_string(),
@@ -396,14 +397,14 @@ impl KeyObject {
         };
         match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
             Verdict::Failure => {
-                gate.report(&origin, Outcome::Failed).await;
+                gate.report(&origin, &req.key, Outcome::Failed).await;
                 Reply::bare(Answer::Failed {
                     status: Some(resp.status.as_u16()),
                     message: format!("origin answered {}", resp.status.as_u16()),
                 })
             }
             Verdict::Pass(why) => {
-                gate.report(&origin, Outcome::Healthy).await;
+                gate.report(&origin, &req.key, Outcome::Healthy).await;
                 if self.copy.borrow().is_some() {
                     // The origin no longer lets this be cached: the stored
                     // copy must stop being served (an expired tombstone).
@@ -434,7 +435,7 @@ impl KeyObject {
                 headers_dropped,
                 ..
             } => {
-                gate.report(&origin, Outcome::Healthy).await;
+                gate.report(&origin, &req.key, Outcome::Healthy).await;
                 if headers_dropped {
                     ports.log.log(
                         LogLevel::Warn,

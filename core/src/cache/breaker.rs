@@ -188,6 +188,13 @@ pub struct OriginRecord {
     pub failures: u32,
     /// Time of the last change to this record.
     pub updated_ms: u64,
+    /// Keys seen in the current run of failures, counted as changes of key
+    /// (see [`Breaker::record_key_failure`]).
+    #[serde(default)]
+    pub keys: u32,
+    /// Hash of the key of the last failure.
+    #[serde(default)]
+    pub last_key: u64,
 }
 
 impl OriginRecord {
@@ -252,6 +259,8 @@ impl Breaker {
                 state: BreakerState::Open { until_ms },
                 failures: self.config.get().threshold.max(1),
                 updated_ms: now,
+                keys: 0,
+                last_key: 0,
             },
         );
         self.merge(&BreakerSnapshot { origins });
@@ -293,15 +302,45 @@ impl Breaker {
     /// to `origin` at `now`; `uniform` in [0, 1) jitters the time of the
     /// next probe if the breaker opens. Returns the resulting state.
     pub fn record_failure(&self, origin: &str, now: u64, uniform: f64) -> BreakerState {
+        self.failure(origin, None, now, uniform)
+    }
+
+    /// Records a failed request for cache key `key` of `origin`. One key
+    /// failing again and again is that key's problem (its own back-off
+    /// handles it), not the origin's: the breaker opens only once the run
+    /// of consecutive failures spans at least two keys (or the threshold
+    /// is 1).
+    pub fn record_key_failure(
+        &self,
+        origin: &str,
+        key: &str,
+        now: u64,
+        uniform: f64,
+    ) -> BreakerState {
+        // FNV-1a: only to tell keys apart, not to resist anyone.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.failure(origin, Some(hash), now, uniform)
+    }
+
+    fn failure(&self, origin: &str, key: Option<u64>, now: u64, uniform: f64) -> BreakerState {
         let mut records = self.records.borrow_mut();
         let rec = Self::slot(&mut records, origin, now);
         rec.failures = rec.failures.saturating_add(1);
         rec.updated_ms = now;
+        // An unnamed key counts as another key every time.
+        if key.is_none_or(|k| rec.keys == 0 || k != rec.last_key) {
+            rec.keys = rec.keys.saturating_add(1);
+        }
+        rec.last_key = key.unwrap_or(0);
+        let threshold = self.config.get().threshold.max(1);
+        let spans_keys = rec.keys >= 2 || threshold == 1;
         let open = BreakerState::Open {
             until_ms: now.saturating_add(self.config.get().probe_delay_ms(uniform)),
         };
         match rec.state {
-            BreakerState::Closed if rec.failures >= self.config.get().threshold.max(1) => {
+            BreakerState::Closed if rec.failures >= threshold && spans_keys => {
                 rec.state = open;
             }
             BreakerState::Closed => {}
@@ -329,6 +368,8 @@ impl Breaker {
                 state: BreakerState::Closed,
                 failures: 0,
                 updated_ms: now,
+                keys: 0,
+                last_key: 0,
             };
         }
         was_tripped
@@ -411,12 +452,36 @@ impl Breaker {
             state: BreakerState::Closed,
             failures: 0,
             updated_ms: now,
+            keys: 0,
+            last_key: 0,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_broken_key_does_not_open_the_origin() {
+        let b = Breaker::default();
+        for t in 0..10 {
+            assert_eq!(
+                b.record_key_failure("https://o.test", "f0:https://o.test/broken", t, 0.5),
+                BreakerState::Closed,
+                "failure {t} of the same key"
+            );
+        }
+        // A second key failing too: the origin is down.
+        let s = b.record_key_failure("https://o.test", "f0:https://o.test/other", 11, 0.5);
+        assert!(matches!(s, BreakerState::Open { .. }), "{s:?}");
+        // A success starts the count again from nothing.
+        b.record_success("https://o.test", 12);
+        assert_eq!(
+            b.record_key_failure("https://o.test", "f0:https://o.test/a", 13, 0.5),
+            BreakerState::Closed
+        );
+    }
+
     use super::*;
     use crate::cache::backoff::Backoff;
     use std::cell::Cell;
@@ -687,11 +752,15 @@ mod tests {
                 state: BreakerState::Closed,
                 failures: 2,
                 updated_ms: 10,
+                keys: 0,
+                last_key: 0,
             },
             OriginRecord {
                 state: BreakerState::Open { until_ms: 900 },
                 failures: 3,
                 updated_ms: 10,
+                keys: 0,
+                last_key: 0,
             },
             OriginRecord {
                 state: BreakerState::HalfOpen {
@@ -699,6 +768,8 @@ mod tests {
                 },
                 failures: 3,
                 updated_ms: 9,
+                keys: 0,
+                last_key: 0,
             },
         ];
         for a in recs {

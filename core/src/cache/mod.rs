@@ -47,6 +47,9 @@ pub enum CacheStatus {
     Bypass,
     /// Could not be loaded.
     Error,
+    /// Still being looked up (in KV) when the page's headers went out: the
+    /// final status is in the log, not the headers.
+    Lookup,
 }
 
 impl CacheStatus {
@@ -60,6 +63,7 @@ impl CacheStatus {
             CacheStatus::Coalesced => "coalesced",
             CacheStatus::Bypass => "bypass",
             CacheStatus::Error => "error",
+            CacheStatus::Lookup => "lookup",
         }
     }
 }

@@ -302,19 +302,19 @@ impl Loader {
         // otherwise KV may hold a newer one (another isolate refreshed it).
         let mut found = self.shared.recent.get(&key);
         let here = found.as_ref().map(|(m, _)| m.classify(now));
-        // While a fetch of this key is in flight here, KV cannot know better
-        // than its outcome when this isolate has a stale copy to serve
-        // meanwhile, or when the flight's leader found nothing usable in KV
-        // before starting: a burst on a stale or cold key then costs one KV
-        // read, not one per request. Without a copy of its own, a request
-        // reads KV even while a refresh is in flight (reads are shared), so
-        // a stale copy there is served rather than waiting on a refresh that
-        // may fail.
+        // While a fetch of this key is in flight here and its leader found
+        // nothing usable in KV before starting, KV cannot know better than
+        // its outcome: a cold burst costs one KV read, not one per request.
+        // Without a copy of its own, a request reads KV even while a refresh
+        // is in flight (reads are shared), so a stale copy there is served
+        // rather than waiting on a refresh that may fail.
+        // A copy of its own that is still servable (fresh or stale) is used
+        // at once: a stale one is served while the refresh job, not this
+        // request, asks KV whether another isolate has a newer copy. So a
+        // stale burst costs what hits cost, and no lookup delays the page.
         let flight = self.shared.flights.current(&key, now);
-        let skip_read = here == Some(Freshness::Fresh)
-            || flight
-                .as_ref()
-                .is_some_and(|f| f.nothing_stored() || here == Some(Freshness::Stale));
+        let skip_read = matches!(here, Some(Freshness::Fresh | Freshness::Stale))
+            || flight.as_ref().is_some_and(|f| f.nothing_stored());
         // Whether KV answered and had nothing usable.
         let mut nothing_stored = false;
         if !skip_read {
@@ -503,9 +503,11 @@ impl Loader {
         frag: &Rc<Fragment>,
         now: u64,
     ) -> bool {
-        if !self.shared.backoff.allows(key, now) || self.origin_down(url, now).is_some() {
-            return false;
-        }
+        // While the key backs off or its origin's circuit is open the
+        // origin is not asked, but KV still is: another isolate may have
+        // refreshed the key, and its copy should be served at once.
+        let origin_allowed =
+            self.shared.backoff.allows(key, now) && self.origin_down(url, now).is_none();
         let lifetime = flight_lifetime_ms(self.load_budget_ms(policy.timeout_ms));
         match self.shared.flights.join_for(key, now, lifetime) {
             Join::Follower(_) => false,
@@ -513,9 +515,10 @@ impl Loader {
                 let mut req = self.origin_request(url, policy, false);
                 add_validators(&mut req.headers, meta);
                 let stored = Some((meta.clone(), Rc::clone(frag)));
-                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), stored);
-                self.ports.background.spawn(Box::pin(job));
-                true
+                let job = fetch_and_store(self.clone(), guard, req, policy.clone(), stored)
+                    .origin_allowed(origin_allowed);
+                self.ports.background.spawn(Box::pin(job.run()));
+                origin_allowed
             }
         }
     }
@@ -575,7 +578,7 @@ impl Loader {
                 let req = self.origin_request(&url, &policy, false);
                 // A cold load sends no validators: there is nothing to renew.
                 let job = fetch_and_store(self.clone(), guard, req, policy.clone(), None);
-                self.ports.background.spawn(Box::pin(job));
+                self.ports.background.spawn(Box::pin(job.run()));
                 // The fetch has its own timeout; allow a little for the write-back.
                 (
                     CacheStatus::Miss,

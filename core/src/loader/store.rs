@@ -28,7 +28,7 @@ use crate::cache::entry::META_VERSION;
 use crate::cache::flight::LeaderGuard;
 use crate::cache::kv::{put_entry, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::verdict::{verdict, StoreRules, Verdict};
-use crate::cache::EntryMeta;
+use crate::cache::{EntryMeta, Freshness};
 use crate::coord::{Answer, CoordError, Coordinator, LoadRequest, Reply, Rules};
 use crate::headers::{decode_block, text, MAX_STORED_HEADER_BYTES};
 use crate::ports::{LogLevel, OriginError, OriginRequest, OriginResponse, StoredEntry};
@@ -56,12 +56,62 @@ pub fn flight_lifetime_ms(load_ms: u64) -> u64 {
 /// from the origin, gated by the origin's circuit breaker), publish the
 /// outcome, then write the entry back. `stored`: the copy a refresh
 /// replaces (`None` for a cold load); a 304 renews it.
-pub(super) async fn fetch_and_store(
+pub(super) fn fetch_and_store(
     loader: Loader,
     guard: LeaderGuard<Outcome>,
     req: OriginRequest,
     policy: Policy,
     stored: Option<Cached>,
+) -> LeaderJob {
+    LeaderJob {
+        loader,
+        guard,
+        req,
+        policy,
+        stored,
+        origin_allowed: true,
+    }
+}
+
+/// A flight leader's load, ready to run as background work.
+pub(super) struct LeaderJob {
+    loader: Loader,
+    guard: LeaderGuard<Outcome>,
+    req: OriginRequest,
+    policy: Policy,
+    stored: Option<Cached>,
+    origin_allowed: bool,
+}
+
+impl LeaderJob {
+    /// With `false`, only look for a newer copy in KV; never ask the origin
+    /// (the key backs off, or its origin's circuit is open).
+    pub(super) fn origin_allowed(mut self, allowed: bool) -> Self {
+        self.origin_allowed = allowed;
+        self
+    }
+
+    /// Runs the job.
+    pub(super) async fn run(self) {
+        let LeaderJob {
+            loader,
+            guard,
+            req,
+            policy,
+            stored,
+            origin_allowed,
+        } = self;
+        load(loader, guard, req, policy, stored, origin_allowed).await;
+    }
+}
+
+async fn load(
+    loader: Loader,
+    guard: LeaderGuard<Outcome>,
+    req: OriginRequest,
+    policy: Policy,
+    stored: Option<Cached>,
+    origin_allowed: bool,
 ) {
     let Some(cache) = policy.cache.clone() else {
         return;
@@ -82,6 +132,24 @@ pub(super) async fn fetch_and_store(
         cache: &cache,
         epoch,
     };
+    // A refresh first asks KV: another isolate may have refreshed the key
+    // already, and then the origin need not be asked at all.
+    if let Some((old, _)) = &stored {
+        if let Some((meta, frag)) = job.newer_in_store(old.stored_at).await {
+            shared.backoff.record_success(&key);
+            shared.recent.remember(&key, &meta, &frag);
+            ports.log.log(
+                LogLevel::Info,
+                &format!("{url}: a newer copy was already in KV; no origin fetch"),
+            );
+            guard.publish(Outcome::Shared(frag));
+            return;
+        }
+    }
+    if !origin_allowed {
+        // Nobody waits on this: the stale copy is being served.
+        return;
+    }
     if let Some(coordinator) = ports.coordinator.clone() {
         match job.ask(coordinator.as_ref(), &req, stored.as_ref()).await {
             Ok(reply) => return job.settle(guard, reply, stored.is_some()),
@@ -265,6 +333,22 @@ impl Job<'_> {
         }
     }
 
+    /// A fresh copy in KV stored after `have` (another isolate's refresh),
+    /// unless a purge has happened since this job started.
+    async fn newer_in_store(&self, have: u64) -> Option<Cached> {
+        let ports = &self.loader.ports;
+        let entry = ports.store.get(self.key).await.ok()??;
+        let now = ports.clock.now_ms();
+        let usable = entry.meta.version == META_VERSION
+            && entry.meta.stored_at > have
+            && entry.meta.classify(now) == Freshness::Fresh
+            && !self.loader.shared.purges.purged_since(self.epoch, self.key);
+        usable.then(|| {
+            let meta = entry.meta.clone();
+            (meta, Rc::new(Fragment::from_entry(entry, self.key)))
+        })
+    }
+
     /// Publishes the coordinator's answer as if this isolate had fetched
     /// it; the object has already written KV.
     fn settle(&self, guard: LeaderGuard<Outcome>, reply: Reply, replaces: bool) {
@@ -423,10 +507,12 @@ impl Job<'_> {
             return;
         }
         let before = shared.breaker.state(self.origin, now);
-        let after =
-            shared
-                .breaker
-                .record_failure(self.origin, now, self.loader.ports.rng.next_f64());
+        let after = shared.breaker.record_key_failure(
+            self.origin,
+            self.key,
+            now,
+            self.loader.ports.rng.next_f64(),
+        );
         if before.as_str() != after.as_str() {
             log.log(
                 LogLevel::Warn,
