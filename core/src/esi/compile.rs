@@ -238,6 +238,9 @@ pub(crate) fn encode_value_dot_segments(s: String, from_vars: &[Range<usize>]) -
 /// Bytes meant for a URL as a `String`: invalid UTF-8 is percent-encoded
 /// rather than replaced, so the URL keeps the bytes the author wrote.
 pub(crate) fn url_text(b: &[u8]) -> String {
+    if let Ok(s) = std::str::from_utf8(b) {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(b.len());
     for chunk in b.utf8_chunks() {
         out.push_str(chunk.valid());
@@ -350,13 +353,18 @@ fn push_merged(v: &mut Vec<Node>, node: Node) {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
-            stack: vec![Frame {
-                kind: Kind::Root,
-                elem: None,
-                start: 0,
-                container: 0,
-                children: Vec::new(),
-            }],
+            stack: {
+                // Room for a few levels without regrowing.
+                let mut stack = Vec::with_capacity(8);
+                stack.push(Frame {
+                    kind: Kind::Root,
+                    elem: None,
+                    start: 0,
+                    container: 0,
+                    children: Vec::new(),
+                });
+                stack
+            },
             overflow: [0; ELEM_COUNT],
             inlines: Vec::new(),
             inline_index: HashMap::new(),

@@ -74,59 +74,66 @@ enum Tok {
     Var(VarRef),
 }
 
-fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
-    let b = src.as_bytes();
-    let mut toks = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        let (tok, len) = match c {
-            b' ' | b'\t' | b'\r' | b'\n' => {
-                i += 1;
-                continue;
-            }
-            b'(' => (Tok::LParen, 1),
-            b')' => (Tok::RParen, 1),
-            b'!' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ne), 2),
-            b'!' => (Tok::Not, 1),
-            b'&' if next == Some(b'&') => (Tok::And, 2),
-            b'&' => (Tok::And, 1),
-            b'|' if next == Some(b'|') => (Tok::Or, 2),
-            b'|' => (Tok::Or, 1),
-            b'=' if next == Some(b'=') => (Tok::Cmp(CmpOp::Eq), 2),
-            b'<' if next == Some(b'=') => (Tok::Cmp(CmpOp::Le), 2),
-            b'<' => (Tok::Cmp(CmpOp::Lt), 1),
-            b'>' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ge), 2),
-            b'>' => (Tok::Cmp(CmpOp::Gt), 1),
-            b'\'' | b'"' => {
-                let (lit, end) = quoted(src, i)?;
-                toks.push(Tok::Lit(lit));
-                i = end;
-                continue;
-            }
-            b'$' => {
-                let (var, end) =
-                    parse_var_at(b, i).ok_or_else(|| format!("bad variable at {i}"))?;
-                toks.push(Tok::Var(var));
-                i = end;
-                continue;
-            }
-            b'-' | b'0'..=b'9' => {
-                let end = number_end(b, i).ok_or_else(|| format!("bad number at {i}"))?;
-                toks.push(Tok::Lit(src[i..end].to_owned()));
-                i = end;
-                continue;
-            }
-            _ => {
-                let ch = src[i..].chars().next().unwrap_or('?');
-                return Err(format!("unexpected {ch:?} at {i}"));
-            }
-        };
-        toks.push(tok);
-        i += len;
+/// The tokens of `src`, one at a time (no token vector is built).
+struct Tokens<'a> {
+    src: &'a str,
+    i: usize,
+}
+
+impl Tokens<'_> {
+    /// The next token, `None` at the end, or the first lexical error.
+    fn next_tok(&mut self) -> Result<Option<Tok>, String> {
+        let src = self.src;
+        let b = src.as_bytes();
+        loop {
+            let i = self.i;
+            let Some(&c) = b.get(i) else {
+                return Ok(None);
+            };
+            let next = b.get(i + 1).copied();
+            let (tok, len) = match c {
+                b' ' | b'\t' | b'\r' | b'\n' => {
+                    self.i += 1;
+                    continue;
+                }
+                b'(' => (Tok::LParen, 1),
+                b')' => (Tok::RParen, 1),
+                b'!' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ne), 2),
+                b'!' => (Tok::Not, 1),
+                b'&' if next == Some(b'&') => (Tok::And, 2),
+                b'&' => (Tok::And, 1),
+                b'|' if next == Some(b'|') => (Tok::Or, 2),
+                b'|' => (Tok::Or, 1),
+                b'=' if next == Some(b'=') => (Tok::Cmp(CmpOp::Eq), 2),
+                b'<' if next == Some(b'=') => (Tok::Cmp(CmpOp::Le), 2),
+                b'<' => (Tok::Cmp(CmpOp::Lt), 1),
+                b'>' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ge), 2),
+                b'>' => (Tok::Cmp(CmpOp::Gt), 1),
+                b'\'' | b'"' => {
+                    let (lit, end) = quoted(src, i)?;
+                    self.i = end;
+                    return Ok(Some(Tok::Lit(lit)));
+                }
+                b'$' => {
+                    let (var, end) =
+                        parse_var_at(b, i).ok_or_else(|| format!("bad variable at {i}"))?;
+                    self.i = end;
+                    return Ok(Some(Tok::Var(var)));
+                }
+                b'-' | b'0'..=b'9' => {
+                    let end = number_end(b, i).ok_or_else(|| format!("bad number at {i}"))?;
+                    self.i = end;
+                    return Ok(Some(Tok::Lit(src[i..end].to_owned())));
+                }
+                _ => {
+                    let ch = src[i..].chars().next().unwrap_or('?');
+                    return Err(format!("unexpected {ch:?} at {i}"));
+                }
+            };
+            self.i = i + len;
+            return Ok(Some(tok));
+        }
     }
-    Ok(toks)
 }
 
 /// A quoted literal starting at `src[start]` (the quote). Returns the
@@ -134,21 +141,24 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
 fn quoted(src: &str, start: usize) -> Result<(String, usize), String> {
     let b = src.as_bytes();
     let q = b[start];
-    let mut out = Vec::new();
-    let mut i = start + 1;
-    while i < b.len() {
-        match b[i] {
-            c if c == q => {
-                return Ok((String::from_utf8_lossy(&out).into_owned(), i + 1));
-            }
-            b'\\' if matches!(b.get(i + 1), Some(&n) if n == q || n == b'\\') => {
-                out.push(b[i + 1]);
-                i += 2;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
+    // Quotes and backslashes are ASCII, so every piece between them is a
+    // `str` slice and the result is built without re-validating.
+    let mut out = String::new();
+    let mut from = start + 1;
+    let mut i = from;
+    while let Some(k) = memchr::memchr2(q, b'\\', &b[i..]) {
+        let at = i + k;
+        if b[at] == q {
+            out.push_str(&src[from..at]);
+            return Ok((out, at + 1));
+        }
+        // A backslash: it escapes a following quote or backslash only.
+        if matches!(b.get(at + 1), Some(&n) if n == q || n == b'\\') {
+            out.push_str(&src[from..at]);
+            from = at + 1;
+            i = at + 2;
+        } else {
+            i = at + 1;
         }
     }
     Err(format!("unterminated string starting at {start}"))
@@ -186,53 +196,72 @@ fn as_number(s: &str) -> Option<f64> {
     s.parse().ok()
 }
 
-struct Parser {
-    toks: std::iter::Peekable<std::vec::IntoIter<Tok>>,
+struct Parser<'a> {
+    toks: Tokens<'a>,
+    /// The next token, once looked at.
+    peeked: Option<Tok>,
+    /// A lexical error was met (it is the first one in the source).
+    lex_error: bool,
 }
 
-impl Parser {
-    fn peek(&mut self) -> Option<&Tok> {
-        self.toks.peek()
+impl Parser<'_> {
+    fn peek(&mut self) -> Result<Option<&Tok>, String> {
+        if self.peeked.is_none() {
+            self.peeked = self
+                .toks
+                .next_tok()
+                .inspect_err(|_| self.lex_error = true)?;
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    fn next(&mut self) -> Result<Option<Tok>, String> {
+        match self.peeked.take() {
+            Some(t) => Ok(Some(t)),
+            None => self.toks.next_tok().inspect_err(|_| self.lex_error = true),
+        }
     }
 
     fn skip(&mut self) {
-        self.toks.next();
+        self.peeked = None;
     }
 
     fn or(&mut self, depth: usize) -> Result<Expr, String> {
-        let mut items = vec![self.and(depth)?];
-        while self.peek() == Some(&Tok::Or) {
+        let first = self.and(depth)?;
+        if self.peek()? != Some(&Tok::Or) {
+            return Ok(first);
+        }
+        let mut items = Vec::with_capacity(2);
+        items.push(first);
+        while self.peek()? == Some(&Tok::Or) {
             self.skip();
             items.push(self.and(depth)?);
         }
-        Ok(if items.len() == 1 {
-            items.remove(0)
-        } else {
-            Expr::Or(items)
-        })
+        Ok(Expr::Or(items))
     }
 
     fn and(&mut self, depth: usize) -> Result<Expr, String> {
-        let mut items = vec![self.cmp(depth)?];
-        while self.peek() == Some(&Tok::And) {
+        let first = self.cmp(depth)?;
+        if self.peek()? != Some(&Tok::And) {
+            return Ok(first);
+        }
+        let mut items = Vec::with_capacity(2);
+        items.push(first);
+        while self.peek()? == Some(&Tok::And) {
             self.skip();
             items.push(self.cmp(depth)?);
         }
-        Ok(if items.len() == 1 {
-            items.remove(0)
-        } else {
-            Expr::And(items)
-        })
+        Ok(Expr::And(items))
     }
 
     fn cmp(&mut self, depth: usize) -> Result<Expr, String> {
         let left = self.unary(depth)?;
-        let Some(&Tok::Cmp(op)) = self.peek() else {
+        let Some(&Tok::Cmp(op)) = self.peek()? else {
             return Ok(left);
         };
         self.skip();
         let right = self.unary(depth)?;
-        if matches!(self.peek(), Some(Tok::Cmp(_))) {
+        if matches!(self.peek()?, Some(Tok::Cmp(_))) {
             return Err("comparisons do not chain".into());
         }
         Ok(Expr::Cmp(op, Box::new(left), Box::new(right)))
@@ -242,11 +271,11 @@ impl Parser {
         if depth >= MAX_DEPTH {
             return Err(format!("nested deeper than {MAX_DEPTH}"));
         }
-        match self.toks.next() {
+        match self.next()? {
             Some(Tok::Not) => Ok(Expr::Not(Box::new(self.unary(depth + 1)?))),
             Some(Tok::LParen) => {
                 let inner = self.or(depth + 1)?;
-                if self.peek() != Some(&Tok::RParen) {
+                if self.peek()? != Some(&Tok::RParen) {
                     return Err("missing `)`".into());
                 }
                 self.skip();
@@ -258,22 +287,43 @@ impl Parser {
             None => Err("unexpected end of expression".into()),
         }
     }
+
+    /// The whole expression, then nothing.
+    fn all(&mut self) -> Result<Expr, String> {
+        if self.peek()?.is_none() {
+            return Err("empty expression".into());
+        }
+        let e = self.or(0)?;
+        if let Some(extra) = self.peek()? {
+            return Err(format!("unexpected {extra:?}"));
+        }
+        Ok(e)
+    }
 }
 
 /// Compiles a test expression (already entity-decoded).
+///
+/// Tokens are read as the parser needs them; a lexical error anywhere in
+/// the source wins over a syntax error before it, as if the whole source
+/// had been tokenized first.
 pub(crate) fn compile(src: &str) -> Result<Expr, String> {
-    let toks = tokenize(src)?;
-    if toks.is_empty() {
-        return Err("empty expression".into());
-    }
     let mut p = Parser {
-        toks: toks.into_iter().peekable(),
+        toks: Tokens { src, i: 0 },
+        peeked: None,
+        lex_error: false,
     };
-    let e = p.or(0)?;
-    if let Some(extra) = p.peek() {
-        return Err(format!("unexpected {extra:?}"));
-    }
-    Ok(e)
+    p.all().map_err(|syntax| {
+        if p.lex_error {
+            return syntax;
+        }
+        loop {
+            match p.toks.next_tok() {
+                Ok(Some(_)) => {}
+                Ok(None) => return syntax,
+                Err(lexical) => return lexical,
+            }
+        }
+    })
 }
 
 enum Val<'a> {
@@ -431,6 +481,38 @@ mod tests {
         for (src, want) in table {
             assert_eq!(eval(src), *want, "{src:?}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_first_lexical_problem() {
+        // A lexical error anywhere wins over a syntax error before it.
+        assert_eq!(compile("1 2 $(").unwrap_err(), "bad variable at 4");
+        assert_eq!(
+            compile("( 1 'x").unwrap_err(),
+            "unterminated string starting at 4"
+        );
+        assert_eq!(compile("1 2 3").unwrap_err(), "unexpected Lit(\"2\")");
+        assert_eq!(compile("  ").unwrap_err(), "empty expression");
+        assert_eq!(compile(" # ").unwrap_err(), "unexpected '#' at 1");
+        assert_eq!(
+            compile("1 == 2 == 3").unwrap_err(),
+            "comparisons do not chain"
+        );
+        assert_eq!(compile("(1").unwrap_err(), "missing `)`");
+        assert_eq!(compile("1 &").unwrap_err(), "unexpected end of expression");
+    }
+
+    #[test]
+    fn quoted_literals_unescape() {
+        let lit = |src: &str| match compile(src) {
+            Ok(Expr::Literal(s)) => s,
+            other => panic!("{src}: {other:?}"),
+        };
+        assert_eq!(lit(r"'a\'b'"), "a'b");
+        assert_eq!(lit(r"'a\\b'"), r"a\b");
+        assert_eq!(lit(r#"'a\nb\"c'"#), r#"a\nb\"c"#);
+        assert_eq!(lit(r#""é\"x""#), "é\"x");
+        assert_eq!(lit("''"), "");
     }
 
     #[test]

@@ -45,6 +45,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use memchr::memmem::Finder;
 use memchr::{memchr, memchr2, memchr3};
@@ -208,7 +209,7 @@ pub(crate) struct Lexer {
 /// previous hit) does not rescan: every byte is searched about once.
 #[derive(Debug)]
 struct Seek {
-    finder: Finder<'static>,
+    finder: &'static Finder<'static>,
     /// No occurrence starts in `lo..hi`; with `hit`, one starts at `hi`.
     lo: usize,
     hi: usize,
@@ -216,9 +217,9 @@ struct Seek {
 }
 
 impl Seek {
-    fn new(needle: &'static [u8]) -> Self {
+    fn new(finder: &'static Finder<'static>) -> Self {
         Seek {
-            finder: Finder::new(needle),
+            finder,
             lo: 0,
             hi: 0,
             hit: false,
@@ -326,14 +327,22 @@ fn remove_end(rest: &[u8], eof: bool) -> RemoveEnd {
     }
 }
 
+/// The searchers, built once per process: building one costs more than
+/// scanning a small document.
+fn finders() -> &'static (Finder<'static>, Finder<'static>) {
+    static FINDERS: OnceLock<(Finder<'static>, Finder<'static>)> = OnceLock::new();
+    FINDERS.get_or_init(|| (Finder::new(b"esi:"), Finder::new(b"<!--esi")))
+}
+
 impl Lexer {
     pub(crate) fn new() -> Self {
+        let (tags, markers) = finders();
         Lexer {
             state: State::Text,
             pos: 0,
             text_start: 0,
-            tags: Seek::new(b"esi:"),
-            markers: Seek::new(b"<!--esi"),
+            tags: Seek::new(tags),
+            markers: Seek::new(markers),
         }
     }
 
@@ -593,14 +602,24 @@ impl Lexer {
     }
 }
 
-/// A parsed ESI tag. Attributes are parsed on lookup: a tag has few and
-/// the compiler asks for at most three, so this saves an allocation per tag.
+/// Attributes of a tag remembered by [`parse_tag`]; a tag with more is
+/// parsed again on lookup.
+const TAG_ATTRS: usize = 8;
+
+/// A parsed ESI tag. The attributes are found in the one pass that decides
+/// `self_closing` and kept as slices of the source (no allocation per tag);
+/// values are decoded on lookup.
 #[derive(Debug)]
 pub(crate) struct Tag<'a> {
     /// Element name (after the `esi:` prefix).
     pub(crate) name: Name<'a>,
     /// Everything after the name, up to (not including) the `>`.
     rest: &'a [u8],
+    /// The first `(name, raw value)` pairs, in order.
+    attrs: [(&'a [u8], &'a [u8]); TAG_ATTRS],
+    n_attrs: usize,
+    /// Whether `attrs[..n_attrs]` are all of them.
+    all_attrs: bool,
     pub(crate) self_closing: bool,
     /// Offset of the `<`.
     pub(crate) start: usize,
@@ -609,13 +628,18 @@ pub(crate) struct Tag<'a> {
 impl<'a> Tag<'a> {
     /// The decoded value of the first attribute called `name`.
     pub(crate) fn attr(&self, name: &[u8]) -> Option<Cow<'a, [u8]>> {
-        Attrs {
-            s: self.rest,
-            i: 0,
-            last_slash: None,
-        }
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| decode_entities(v))
+        let found = match self.attrs[..self.n_attrs].iter().find(|(n, _)| *n == name) {
+            Some(&(_, v)) => Some(v),
+            None if self.all_attrs => None,
+            None => Attrs {
+                s: self.rest,
+                i: 0,
+                last_slash: None,
+            }
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v),
+        };
+        found.map(decode_entities)
     }
 }
 
@@ -695,13 +719,27 @@ pub(crate) fn parse_tag(src: &[u8], start: usize, gt: usize, end_tag: bool) -> T
         i: 0,
         last_slash: None,
     };
-    attrs.by_ref().for_each(drop);
+    let mut kept = [(&[][..], &[][..]); TAG_ATTRS];
+    let mut n_attrs = 0;
+    let mut all_attrs = true;
+    for a in attrs.by_ref() {
+        match kept.get_mut(n_attrs) {
+            Some(slot) => {
+                *slot = a;
+                n_attrs += 1;
+            }
+            None => all_attrs = false,
+        }
+    }
     // `<esi:x … />`: the last byte before `>`, spaces aside, is a bare `/`.
     let end = rest.trim_ascii_end().len();
     let self_closing = attrs.last_slash.is_some_and(|p| p + 1 == end);
     Tag {
         name: Name::new(&inner[..name_len]),
         rest,
+        attrs: kept,
+        n_attrs,
+        all_attrs,
         self_closing,
         start,
     }

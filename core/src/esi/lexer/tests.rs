@@ -409,6 +409,17 @@ fn attributes() {
 }
 
 #[test]
+fn attributes_beyond_those_kept_by_parse_tag() {
+    let t = tag("<esi:include a=1 b=2 c=3 d=4 e=5 f=6 g=7 h=8 i=9 h=x src=\"/late\" a=y />");
+    assert_eq!(attr(&t, "a").as_deref(), Some("1"));
+    assert_eq!(attr(&t, "h").as_deref(), Some("8"));
+    assert_eq!(attr(&t, "i").as_deref(), Some("9"));
+    assert_eq!(attr(&t, "src").as_deref(), Some("/late"));
+    assert_eq!(attr(&t, "alt"), None);
+    assert!(t.self_closing);
+}
+
+#[test]
 fn entities() {
     let d = |s: &str| String::from_utf8(decode_entities(s.as_bytes()).into_owned()).unwrap();
     assert_eq!(d("a&amp;b&lt;&gt;&quot;&apos;"), "a&b<>\"'");
