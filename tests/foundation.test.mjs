@@ -51,7 +51,9 @@ test("assembles includes in document order", async () => {
   const { res, body } = await get("/pages/order");
   assert.equal(res.status, 200);
   assert.equal(body, "<p>a</p>ONE<p>b</p>TWOTHREEend");
-  assert.match(res.headers.get("x-fragcache"), /\/frag\/o1=miss/);
+  // Cold, and not in this isolate's memory: still being looked up (in KV)
+  // when the headers went out, which never delay the first bytes.
+  assert.match(res.headers.get("x-fragcache"), /\/frag\/o1=(lookup|miss)/);
   assert.ok(res.headers.get("server-timing"));
 });
 

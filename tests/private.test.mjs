@@ -337,7 +337,7 @@ test("private_if_cookie: cached for anonymous users, per request once signed in"
 
   const anon1 = await get("/live/maybe");
   assert.equal(anon1.body, "[maybe:anon:1]");
-  assert.equal(fragStatus(anon1.res, "/frag/maybe"), "miss");
+  assert.match(fragStatus(anon1.res, "/frag/maybe"), /^(lookup|miss)$/);
   await waitFor(async () => (await keysFor("/frag/maybe")).length === 1, { message: "anonymous copy stored" });
   const anon2 = await get("/live/maybe", { headers: { cookie: "theme=dark" } });
   assert.equal(anon2.body, "[maybe:anon:1]");
@@ -596,7 +596,8 @@ test(
       });
       const first = await get(page);
       assert.equal(first.res.headers.get("cache-control"), "private, no-store", page);
-      assert.equal(fragStatus(first.res, `/frag/shared/${frag}`), "miss", page);
+      // Cold: unknown at header time (a KV lookup or a miss), not yet a pass.
+      assert.match(fragStatus(first.res, `/frag/shared/${frag}`), /^(lookup|miss)$/, page);
       const bodies = new Set([first.body]);
       for (let i = 0; i < 3; i++) {
         const again = await get(page);
