@@ -425,6 +425,11 @@ impl Page {
         }
     }
 
+    /// Whether the whole page has been produced (nothing left to stream).
+    pub fn is_complete(&self) -> bool {
+        self.done && self.held_error.is_none()
+    }
+
     /// Bytes of output charged against the page's budget so far: an upper
     /// bound of what was, or will be, copied into chunks.
     pub fn bytes_charged(&self) -> usize {
