@@ -201,13 +201,23 @@ impl Gate for ObjectGate {
     }
 }
 
-/// The isolate's coordinator: the object named after each cache key.
-pub struct ObjectCoordinator(pub ObjectNamespace);
+/// The isolate's coordinator: the object named after each cache key,
+/// looked up in the environment only when asked.
+pub struct ObjectCoordinator(pub Env);
+
+impl ObjectCoordinator {
+    fn namespace(&self) -> std::result::Result<ObjectNamespace, CoordError> {
+        self.0
+            .durable_object(BINDING)
+            .map_err(|e| CoordError(e.to_string()))
+    }
+}
 
 impl Coordinator for ObjectCoordinator {
     fn load(&self, req: LoadRequest) -> LocalFuture<std::result::Result<Reply, CoordError>> {
-        let ns = self.0.clone();
+        let ns = self.namespace();
         Box::pin(async move {
+            let ns = ns?;
             let json = serde_json::to_string(&req).map_err(|e| CoordError(e.to_string()))?;
             let mut resp = call(&ns, &req.key, LOAD_PATH, json)
                 .await
@@ -224,10 +234,10 @@ impl Coordinator for ObjectCoordinator {
     }
 
     fn forget(&self, key: &str) -> LocalFuture<std::result::Result<(), CoordError>> {
-        let ns = self.0.clone();
+        let ns = self.namespace();
         let key = key.to_owned();
         Box::pin(async move {
-            call(&ns, &key, FORGET_PATH, String::new())
+            call(&ns?, &key, FORGET_PATH, String::new())
                 .await
                 .map(|_| ())
                 .map_err(|e| CoordError(e.to_string()))

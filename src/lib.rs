@@ -42,6 +42,7 @@ pub(crate) const KV_BINDING: &str = "FRAGMENTS";
 thread_local! {
     static CONFIG: RefCell<Option<std::result::Result<Rc<Config>, ConfigError>>> = const { RefCell::new(None) };
     static SHARED: Rc<Shared> = Shared::new();
+    static HAS_COORDINATOR: RefCell<Option<bool>> = const { RefCell::new(None) };
 }
 
 /// The validated config, parsed on the first request of the isolate. A bad
@@ -197,8 +198,15 @@ fn with_coordinator(
     mut ports: fragcache_core::ports::Ports,
     env: &Env,
 ) -> fragcache_core::ports::Ports {
-    if let Ok(ns) = env.durable_object(coordinator::BINDING) {
-        ports.coordinator = Some(Rc::new(coordinator::ObjectCoordinator(ns)));
+    // Whether the binding exists is decided once per isolate; the
+    // namespace itself is only looked up when a miss or refresh needs it,
+    // so hits pay nothing for the coordinator.
+    let bound = HAS_COORDINATOR.with(|has| {
+        *has.borrow_mut()
+            .get_or_insert_with(|| env.durable_object(coordinator::BINDING).is_ok())
+    });
+    if bound {
+        ports.coordinator = Some(Rc::new(coordinator::ObjectCoordinator(env.clone())));
     }
     ports
 }

@@ -267,17 +267,35 @@ impl Signals for PromiseSignals {
 /// `crypto.getRandomValues` through getrandom.
 struct CryptoRng;
 
+/// Random bytes drawn 256 at a time: XFetch draws once per fresh fragment
+/// per page, and one `crypto.getRandomValues` call per draw would cost a
+/// JavaScript crossing each.
+const RANDOM_BATCH: usize = 256;
+
+thread_local! {
+    static RANDOM: std::cell::RefCell<([u8; RANDOM_BATCH], usize)> =
+        const { std::cell::RefCell::new(([0; RANDOM_BATCH], RANDOM_BATCH)) };
+}
+
 impl Rng for CryptoRng {
     fn next_u64(&self) -> u64 {
-        let mut buf = [0u8; 8];
-        // Jitter and XFetch only need spread, not secrecy: on the (never
-        // observed) failure, fall back to the clock.
-        if getrandom::fill(&mut buf).is_err() {
-            return worker::Date::now()
-                .as_millis()
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-        u64::from_le_bytes(buf)
+        RANDOM.with(|cell| {
+            let (buf, pos) = &mut *cell.borrow_mut();
+            if *pos + 8 > RANDOM_BATCH {
+                // Jitter and XFetch only need spread, not secrecy: on the
+                // (never observed) failure, fall back to the clock.
+                if getrandom::fill(buf).is_err() {
+                    return worker::Date::now()
+                        .as_millis()
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                }
+                *pos = 0;
+            }
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&buf[*pos..*pos + 8]);
+            *pos += 8;
+            u64::from_le_bytes(word)
+        })
     }
 }
 

@@ -13,7 +13,6 @@ use fragcache_core::config::Config;
 use fragcache_core::esi::{RequestVars, Segment, Template};
 use fragcache_core::loader::{Loader, Shared};
 use fragcache_core::request::ClientRequest;
-use fragcache_core::serve::{handle, Reply};
 use fragcache_core::testing::{Script, Sim};
 use fragcache_core::url::Url;
 
@@ -138,20 +137,9 @@ fn bench_warm_page(c: &mut Criterion) {
             Rc::new(req),
         );
         sim.block_on(async move {
-            match handle(loader).await {
-                Reply::Stream {
-                    first, mut page, ..
-                } => {
-                    let mut n = first.len();
-                    while let Some(fragcache_core::assemble::Chunk::Bytes(b)) =
-                        page.next_chunk().await
-                    {
-                        n += b.len();
-                    }
-                    n
-                }
-                _ => 0,
-            }
+            fragcache_core::testing::serve(loader)
+                .await
+                .map_or(0, |page| page.body.len())
         })
     };
     // Warm the cache (shell and fragments), then measure hits only.

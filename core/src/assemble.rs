@@ -63,7 +63,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use crate::cache::breaker::BreakerState;
 use crate::cache::CacheStatus;
 use crate::esi::{
-    Include, IncludeSrc, Plan, RequestInputs, RequestVars, Segment, SrcRefusal, Template,
+    may_contain_esi, Include, IncludeSrc, Plan, RequestInputs, RequestVars, Segment, SrcRefusal,
+    Template,
 };
 use crate::loader::{Fragment, LoadError, Loader, Lookup, VaryHint};
 use crate::ports::{LocalFuture, LogLevel};
@@ -815,10 +816,4 @@ fn header_time_unknown(seg: &Segment, pre: Option<&Pre>) -> bool {
         }
         _ => false,
     }
-}
-
-/// Cheap pre-check that skips compiling bodies with no ESI at all.
-fn may_contain_esi(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"<esi:").is_some()
-        || memchr::memmem::find(body, b"<!--esi").is_some()
 }

@@ -287,7 +287,11 @@ async fn render_shell(
         match page.next_chunk().await {
             None => break,
             Some(Chunk::Bytes(b)) => {
-                first.extend_from_slice(&b);
+                if first.is_empty() {
+                    first = b;
+                } else {
+                    first.extend_from_slice(&b);
+                }
                 if !first.is_empty() {
                     break;
                 }

@@ -334,6 +334,14 @@ fn finders() -> &'static (Finder<'static>, Finder<'static>) {
     FINDERS.get_or_init(|| (Finder::new(b"esi:"), Finder::new(b"<!--esi")))
 }
 
+/// Whether `body` may contain ESI at all (`esi:` or `<!--esi` somewhere):
+/// a cheap check, with the same searchers, that lets bodies without ESI
+/// skip compiling.
+pub(crate) fn may_contain_esi(body: &[u8]) -> bool {
+    let (tags, markers) = finders();
+    tags.find(body).is_some() || markers.find(body).is_some()
+}
+
 impl Lexer {
     pub(crate) fn new() -> Self {
         let (tags, markers) = finders();

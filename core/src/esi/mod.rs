@@ -154,6 +154,7 @@ use compile::{Builder, InlineDef, Node};
 use lexer::Lexer;
 
 pub use compile::MAX_DEPTH;
+pub(crate) use lexer::may_contain_esi;
 pub(crate) use vars::{cookie_value, form_decode};
 
 /// A compiled ESI document: the source bytes plus nodes that refer to them.

@@ -144,7 +144,7 @@ impl Recent {
         let size = Self::entry_bytes(meta, frag);
         self.lru
             .borrow_mut()
-            .insert(key, (meta.clone(), Rc::clone(frag)), size);
+            .insert(key, (Rc::new(meta.clone()), Rc::clone(frag)), size);
     }
 
     /// Drops every remembered copy whose key starts with `prefix`.
@@ -179,7 +179,7 @@ impl Recent {
 }
 
 /// An entry as held in memory: metadata and the shareable fragment.
-pub(super) type Cached = (EntryMeta, Rc<Fragment>);
+pub(super) type Cached = (Rc<EntryMeta>, Rc<Fragment>);
 
 /// The result of one KV read: the entry if present in the current layout.
 pub(super) type StoreRead = Result<Option<Cached>, StoreError>;

@@ -421,7 +421,7 @@ impl Loader {
             let meta = e.meta.clone();
             let frag = Rc::new(Fragment::from_entry(e, key));
             self.shared.recent.remember(key, &meta, &frag);
-            (meta, frag)
+            (Rc::new(meta), frag)
         }))
     }
 
@@ -514,7 +514,7 @@ impl Loader {
             Join::Leader(guard) => {
                 let mut req = self.origin_request(url, policy, false);
                 add_validators(&mut req.headers, meta);
-                let stored = Some((meta.clone(), Rc::clone(frag)));
+                let stored = Some((Rc::new(meta.clone()), Rc::clone(frag)));
                 let job = fetch_and_store(self.clone(), guard, req, policy.clone(), stored)
                     .origin_allowed(origin_allowed);
                 self.ports.background.spawn(Box::pin(job.run()));

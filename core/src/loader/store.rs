@@ -344,7 +344,7 @@ impl Job<'_> {
             && entry.meta.classify(now) == Freshness::Fresh
             && !self.loader.shared.purges.purged_since(self.epoch, self.key);
         usable.then(|| {
-            let meta = entry.meta.clone();
+            let meta = Rc::new(entry.meta.clone());
             (meta, Rc::new(Fragment::from_entry(entry, self.key)))
         })
     }
