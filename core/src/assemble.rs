@@ -218,6 +218,9 @@ type SegmentFuture = LocalFuture<Result<Output, IncludeError>>;
 /// A page being assembled.
 pub struct Page {
     state: Rc<PageState>,
+    /// The whole page, when everything was ready at once (see
+    /// [`PageState::stitch_ready`]); the stream is then empty.
+    ready: Option<Output>,
     stream: FuturesOrdered<SegmentFuture>,
     sent: usize,
     done: bool,
@@ -296,6 +299,18 @@ impl Page {
             .zip(&lookups)
             .any(|(seg, pre)| header_time_unknown(seg, pre.as_ref()));
         state.uncertain.set(uncertain);
+        if !uncertain {
+            if let Some(pieces) = state.stitch_ready(&template, &plan.segments, &lookups) {
+                return Page {
+                    state,
+                    ready: Some(pieces),
+                    stream: FuturesOrdered::new(),
+                    sent: 0,
+                    done: false,
+                    held_error: None,
+                };
+            }
+        }
         let mut stream: FuturesOrdered<SegmentFuture> = FuturesOrdered::new();
         for (seg, pre) in plan.segments.into_iter().zip(lookups) {
             stream.push_back(segment_future(
@@ -310,6 +325,7 @@ impl Page {
         }
         Page {
             state,
+            ready: None,
             stream,
             sent: 0,
             done: false,
@@ -366,14 +382,19 @@ impl Page {
         if self.done {
             return None;
         }
-        let mut pieces = match self.stream.next().await? {
-            Ok(pieces) => pieces,
-            Err(e) => return self.failed(e),
+        let mut pieces = if let Some(pieces) = self.ready.take() {
+            self.done = true;
+            pieces
+        } else {
+            match self.stream.next().await? {
+                Ok(pieces) => pieces,
+                Err(e) => return self.failed(e),
+            }
         };
         // Everything after it that is ready right now goes out in the same
         // chunk: one write instead of one per literal and fragment. Segments
         // not ready stay queued and their wake-ups are kept by the stream.
-        loop {
+        while !self.done {
             match self.stream.next().now_or_never() {
                 Some(Some(Ok(more))) => pieces.extend(more),
                 Some(Some(Err(e))) => {
@@ -464,6 +485,48 @@ impl PageState {
 
     fn log(&self, level: LogLevel, msg: &str) {
         self.loader.ports().log.log(level, msg);
+    }
+
+    /// The whole top level of a page whose every piece is already at hand:
+    /// literal text, evaluated text, and fragments found in memory that are
+    /// plain (no ESI, a 2xx, not personal). Then no segment future is made
+    /// at all: the page is stitched from references and copied once. `None`
+    /// when anything needs work (the page then goes the general way).
+    fn stitch_ready(
+        &self,
+        template: &Rc<Template>,
+        segments: &[Segment],
+        lookups: &[Option<Pre>],
+    ) -> Option<Output> {
+        let mut pieces = Vec::with_capacity(segments.len());
+        let mut total = 0usize;
+        for (seg, pre) in segments.iter().zip(lookups) {
+            let piece = match (seg, pre) {
+                (Segment::Literal(r), _) => Piece::Source(Rc::clone(template), r.clone()),
+                (Segment::Text(b), _) => Piece::Owned(b.clone()),
+                (Segment::Include(_), Some(Pre::Ready(Ok(started)))) => {
+                    let lookup = &started.lookup;
+                    let f = lookup.ready_fragment()?;
+                    let plain = f.status.is_success()
+                        && f.set_cookies.is_empty()
+                        && lookup.status != CacheStatus::Bypass
+                        && !may_contain_esi(&f.body);
+                    if !plain {
+                        return None;
+                    }
+                    Piece::Body(Rc::clone(&f.body))
+                }
+                _ => return None,
+            };
+            total += piece.bytes().len();
+            pieces.push(piece);
+        }
+        // Over budget: the general way cuts the page off where it must.
+        if self.produced.get().saturating_add(total) > self.max_bytes {
+            return None;
+        }
+        self.charge(total).ok()?;
+        Some(pieces)
     }
 
     /// Charges `n` bytes of output against the page's budget, before they
