@@ -340,3 +340,21 @@ fn kv_reads_per_page_none_when_warm_one_per_key_when_cold() {
     assert!(cold_reads <= 5, "cold: {cold_reads} reads for 5 keys");
     assert_eq!(warm_reads, 0, "a warm page in a warm isolate reads nothing");
 }
+
+#[test]
+fn streamed_pages_are_sent_uncompressed_complete_ones_are_not_marked() {
+    let sim = Sim::new(10);
+    let shared = Shared::new();
+    sim.origin.script(
+        "/live/slowpage",
+        Script::ok(r#"<h1>x</h1><esi:include src="/f/slowfrag"/>"#, 1),
+    );
+    sim.origin.script("/f/slowfrag", Script::ok("S", 500));
+    let streamed = serve(&sim, &shared, "/live/slowpage", &[]);
+    assert_eq!(streamed.body, "<h1>x</h1>S");
+    assert_eq!(get(&streamed.headers, "content-encoding"), Some("identity"));
+    // Now warm: the page is complete at once and left to the runtime to compress.
+    let warm = serve(&sim, &shared, "/live/slowpage", &[]);
+    assert_eq!(warm.body, "<h1>x</h1>S");
+    assert!(get(&warm.headers, "content-encoding").is_none());
+}
