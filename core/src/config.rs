@@ -1743,26 +1743,8 @@ mod tests {
         assert!(c.fragments[2].private);
     }
 
-    /// The JSON example in the module doc.
     fn module_doc_example() -> String {
-        let source = include_str!("config.rs");
-        let mut in_block = false;
-        let mut json = String::new();
-        for line in source.lines() {
-            let Some(doc) = line.strip_prefix("//!") else {
-                continue;
-            };
-            let doc = doc.strip_prefix(' ').unwrap_or(doc);
-            if doc.starts_with("```json") {
-                in_block = true;
-            } else if in_block && doc.starts_with("```") {
-                break;
-            } else if in_block {
-                json.push_str(doc);
-                json.push('\n');
-            }
-        }
-        json
+        crate::testing::config_doc_example()
     }
 
     /// The example in the module doc, with every field set.

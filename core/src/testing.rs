@@ -1009,3 +1009,27 @@ impl Site {
         self.sim.store.insert(&self.key_of(path), entry, 3600);
     }
 }
+
+/// The JSON example in the `config` module doc (a valid configuration with
+/// every field set): the config tests parse it, the property tests mutate
+/// it, so the documented example can never drift from what is accepted.
+pub fn config_doc_example() -> String {
+    let source = include_str!("config.rs");
+    let mut in_block = false;
+    let mut json = String::new();
+    for line in source.lines() {
+        let Some(doc) = line.strip_prefix("//!") else {
+            continue;
+        };
+        let doc = doc.strip_prefix(' ').unwrap_or(doc);
+        if doc.starts_with("```json") {
+            in_block = true;
+        } else if in_block && doc.starts_with("```") {
+            break;
+        } else if in_block {
+            json.push_str(doc);
+            json.push('\n');
+        }
+    }
+    json
+}

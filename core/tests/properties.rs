@@ -15,23 +15,7 @@ use serde_json::Value;
 /// The JSON example of the `config` module doc: a valid configuration with
 /// every field set, which the generator below mutates.
 fn example_config() -> Value {
-    let source = include_str!("../src/config.rs");
-    let mut in_block = false;
-    let mut json = String::new();
-    for line in source.lines() {
-        let Some(doc) = line.strip_prefix("//!") else {
-            continue;
-        };
-        let doc = doc.strip_prefix(' ').unwrap_or(doc);
-        if doc.starts_with("```json") {
-            in_block = true;
-        } else if in_block && doc.starts_with("```") {
-            break;
-        } else if in_block {
-            json.push_str(doc);
-            json.push('\n');
-        }
-    }
+    let json = fragcache_core::testing::config_doc_example();
     serde_json::from_str(&json).expect("the module doc example is JSON")
 }
 

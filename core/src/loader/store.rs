@@ -101,181 +101,170 @@ impl LeaderJob {
             stored,
             origin_allowed,
         } = self;
-        load(loader, guard, req, policy, stored, origin_allowed).await;
-    }
-}
-
-async fn load(
-    loader: Loader,
-    guard: LeaderGuard<Outcome>,
-    req: OriginRequest,
-    policy: Policy,
-    stored: Option<Cached>,
-    origin_allowed: bool,
-) {
-    let Some(cache) = policy.cache.clone() else {
-        return;
-    };
-    let ports = loader.ports.clone();
-    let shared = Rc::clone(&loader.shared);
-    let key = guard.key().to_owned();
-    let url = req.url.to_string();
-    let origin = req.url.origin().to_string();
-    // A purge recorded after this point covers what this load returns.
-    let epoch = shared.purges.epoch();
-    let job = Job {
-        loader: &loader,
-        key: &key,
-        url: &url,
-        origin: &origin,
-        policy: &policy,
-        cache: &cache,
-        epoch,
-    };
-    // A refresh first asks KV: another isolate may have refreshed the key
-    // already, and then the origin need not be asked at all.
-    if let Some((old, _)) = &stored {
-        if let Some((meta, frag)) = job.newer_in_store(old.stored_at).await {
-            shared.backoff.record_success(&key);
-            shared.recent.remember(&key, &meta, &frag);
-            ports.log.log(
-                LogLevel::Info,
-                &format!("{url}: a newer copy was already in KV; no origin fetch"),
-            );
-            guard.publish(Outcome::Shared(frag));
+        let Some(cache) = policy.cache.clone() else {
             return;
-        }
-    }
-    if !origin_allowed {
-        // Nobody waits on this: the stale copy is being served.
-        return;
-    }
-    if let Some(coordinator) = ports.coordinator.clone() {
-        match job.ask(coordinator.as_ref(), &req, stored.as_ref()).await {
-            Ok(reply) => return job.settle(guard, reply, stored.is_some()),
-            Err(e) => ports
-                .log
-                .log(LogLevel::Warn, &format!("{url}: {e}; fetching directly")),
-        }
-    }
-    let now = ports.clock.now_ms();
-    if let Permit::Deny { retry_after_ms } =
-        shared.breaker.permit(&origin, now, ports.rng.next_f64())
-    {
-        return job.origin_down(guard, now, retry_after_ms);
-    }
-    let conditional = is_conditional(&req.headers);
-    let started = ports.clock.now_ms();
-    let result = ports.origin.fetch(req).await;
-    let now = ports.clock.now_ms();
-    let fetch_ms = u32::try_from(now.saturating_sub(started)).unwrap_or(u32::MAX);
-    job.record_origin(matches!(&result, Ok(r) if !r.status.is_server_error()), now);
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(e) => return job.failed(guard, now, format!("refresh failed ({e})"), e.into()),
-    };
-    let resp = if resp.status == StatusCode::NOT_MODIFIED {
-        match not_modified(&resp, conditional, stored.as_ref()) {
-            Ok(full) => {
+        };
+        let ports = loader.ports.clone();
+        let shared = Rc::clone(&loader.shared);
+        let key = guard.key().to_owned();
+        let url = req.url.to_string();
+        let origin = req.url.origin().to_string();
+        // A purge recorded after this point covers what this load returns.
+        let epoch = shared.purges.epoch();
+        let job = Job {
+            loader: &loader,
+            key: &key,
+            url: &url,
+            origin: &origin,
+            policy: &policy,
+            cache: &cache,
+            epoch,
+        };
+        // A refresh first asks KV: another isolate may have refreshed the key
+        // already, and then the origin need not be asked at all.
+        if let Some((old, _)) = &stored {
+            if let Some((meta, frag)) = job.newer_in_store(old.stored_at).await {
+                shared.backoff.record_success(&key);
+                shared.recent.remember(&key, &meta, &frag);
                 ports.log.log(
                     LogLevel::Info,
-                    &format!("{url}: not modified; stored copy renewed"),
+                    &format!("{url}: a newer copy was already in KV; no origin fetch"),
                 );
-                full
-            }
-            Err(why) => {
-                let what = format!("origin answered 304 {why}");
-                return job.failed(guard, now, what, LoadError::Status(resp.status));
+                guard.publish(Outcome::Shared(frag));
+                return;
             }
         }
-    } else {
-        resp
-    };
-    let rules = StoreRules {
-        route: &cache.route,
-        jitter: cache.jitter,
-        shell: policy.shell,
-    };
-    match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
-        Verdict::Failure => {
-            let what = format!("origin answered {}", resp.status.as_u16());
-            job.failed(guard, now, what, LoadError::Status(resp.status));
+        if !origin_allowed {
+            // Nobody waits on this: the stale copy is being served.
+            return;
         }
-        Verdict::Pass(why) => {
-            let frag = Rc::new(Fragment::from_response(
-                &resp,
-                now,
-                None,
-                false,
-                policy.shell,
-            ));
-            job.pass(
-                guard,
-                frag,
-                why.is_personal(),
-                stored.is_some(),
-                now,
-                why.as_str(),
-            );
-            if stored.is_some() {
-                // The origin no longer lets us cache this: the stored copy must
-                // not keep being served until its hard TTL. An expired
-                // tombstone sends the next request down the cold path.
-                let tombstone = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
+        if let Some(coordinator) = ports.coordinator.clone() {
+            match job.ask(coordinator.as_ref(), &req, stored.as_ref()).await {
+                Ok(reply) => return job.settle(guard, reply, stored.is_some()),
+                Err(e) => ports
+                    .log
+                    .log(LogLevel::Warn, &format!("{url}: {e}; fetching directly")),
+            }
+        }
+        let now = ports.clock.now_ms();
+        if let Permit::Deny { retry_after_ms } =
+            shared.breaker.permit(&origin, now, ports.rng.next_f64())
+        {
+            return job.origin_down(guard, now, retry_after_ms);
+        }
+        let conditional = is_conditional(&req.headers);
+        let started = ports.clock.now_ms();
+        let result = ports.origin.fetch(req).await;
+        let now = ports.clock.now_ms();
+        let fetch_ms = u32::try_from(now.saturating_sub(started)).unwrap_or(u32::MAX);
+        job.record_origin(matches!(&result, Ok(r) if !r.status.is_server_error()), now);
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => return job.failed(guard, now, format!("refresh failed ({e})"), e.into()),
+        };
+        let resp = if resp.status == StatusCode::NOT_MODIFIED {
+            match not_modified(&resp, conditional, stored.as_ref()) {
+                Ok(full) => {
+                    ports.log.log(
+                        LogLevel::Info,
+                        &format!("{url}: not modified; stored copy renewed"),
+                    );
+                    full
+                }
+                Err(why) => {
+                    let what = format!("origin answered 304 {why}");
+                    return job.failed(guard, now, what, LoadError::Status(resp.status));
+                }
+            }
+        } else {
+            resp
+        };
+        let rules = StoreRules {
+            route: &cache.route,
+            jitter: cache.jitter,
+            shell: policy.shell,
+        };
+        match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
+            Verdict::Failure => {
+                let what = format!("origin answered {}", resp.status.as_u16());
+                job.failed(guard, now, what, LoadError::Status(resp.status));
+            }
+            Verdict::Pass(why) => {
+                let frag = Rc::new(Fragment::from_response(
+                    &resp,
+                    now,
+                    None,
+                    false,
+                    policy.shell,
+                ));
+                job.pass(
+                    guard,
+                    frag,
+                    why.is_personal(),
+                    stored.is_some(),
+                    now,
+                    why.as_str(),
+                );
+                if stored.is_some() {
+                    // The origin no longer lets us cache this: the stored copy must
+                    // not keep being served until its hard TTL. An expired
+                    // tombstone sends the next request down the cold path.
+                    let tombstone = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
+                    let since = Since {
+                        started,
+                        epoch,
+                        known_absent: false,
+                    };
+                    write_back(&loader, &key, Vec::new(), tombstone, 0, since).await;
+                }
+            }
+            Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
+                let frag = Rc::new(Fragment::from_response(
+                    &resp,
+                    now,
+                    None,
+                    false,
+                    policy.shell,
+                ));
+                job.purged_meanwhile(guard, frag);
+            }
+            Verdict::Store {
+                meta,
+                value,
+                headers_dropped,
+                ..
+            } => {
+                shared.backoff.record_success(&key);
+                if headers_dropped {
+                    ports.log.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "{url}: response headers exceed {MAX_STORED_HEADER_BYTES} bytes; the cached copy keeps none"
+                        ),
+                    );
+                }
+                let frag = Rc::new(Fragment::from_response(
+                    &resp,
+                    now,
+                    Some(&key),
+                    false,
+                    policy.shell,
+                ));
+                shared.recent.remember(&key, &meta, &frag);
+                let known_absent = stored.is_none() && guard.handle().nothing_stored();
+                // Publish before writing: waiting requests need the bytes, not the
+                // write. The flight stays open until the write is done so that
+                // requests arriving meanwhile join it rather than fetch again.
+                guard.publish(Outcome::Shared(frag));
+                let hard_ms = meta.stale_until.saturating_sub(now);
                 let since = Since {
                     started,
                     epoch,
-                    known_absent: false,
+                    known_absent,
                 };
-                write_back(&loader, &key, Vec::new(), tombstone, 0, since).await;
+                write_back(&loader, &key, value, *meta, hard_ms, since).await;
+                drop(guard);
             }
-        }
-        Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
-            let frag = Rc::new(Fragment::from_response(
-                &resp,
-                now,
-                None,
-                false,
-                policy.shell,
-            ));
-            job.purged_meanwhile(guard, frag);
-        }
-        Verdict::Store {
-            meta,
-            value,
-            headers_dropped,
-            ..
-        } => {
-            shared.backoff.record_success(&key);
-            if headers_dropped {
-                ports.log.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "{url}: response headers exceed {MAX_STORED_HEADER_BYTES} bytes; the cached copy keeps none"
-                    ),
-                );
-            }
-            let frag = Rc::new(Fragment::from_response(
-                &resp,
-                now,
-                Some(&key),
-                false,
-                policy.shell,
-            ));
-            shared.recent.remember(&key, &meta, &frag);
-            let known_absent = stored.is_none() && guard.handle().nothing_stored();
-            // Publish before writing: waiting requests need the bytes, not the
-            // write. The flight stays open until the write is done so that
-            // requests arriving meanwhile join it rather than fetch again.
-            guard.publish(Outcome::Shared(frag));
-            let hard_ms = meta.stale_until.saturating_sub(now);
-            let since = Since {
-                started,
-                epoch,
-                known_absent,
-            };
-            write_back(&loader, &key, value, *meta, hard_ms, since).await;
-            drop(guard);
         }
     }
 }
