@@ -160,7 +160,8 @@ ${line}
 
   Watch       the x-fragcache response header (DevTools > Network, or
               curl -sI ${WORKER_URL}/): one entry per fragment,
-              hit / miss / stale / bypass, with its age. Lines starting
+              hit / miss / stale / bypass (lookup: still being read from
+              KV when the headers left), with its age. Lines starting
               with "origin:" below show every request that reached the origin.
 
   Sign in     ${WORKER_URL}/login?user=alice   (sign out: /logout)
