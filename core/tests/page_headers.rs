@@ -12,7 +12,8 @@ use http::HeaderMap;
 
 const CONFIG: &str = r#"{
   "origin": "http://origin.test",
-  "pages": [ { "path": "/cached", "soft_ttl": 10, "hard_ttl": 300 }, { "path": "/live/*" } ],
+  "pages": [ { "path": "/cached", "soft_ttl": 10, "hard_ttl": 300 },
+             { "path": "/cached-bare", "soft_ttl": 10, "hard_ttl": 300 }, { "path": "/live/*" } ],
   "fragments": [
     { "path": "/f/lang", "soft_ttl": 60, "hard_ttl": 300,
       "vary": { "headers": ["accept-language"] }, "forward_headers": ["accept-language"] },
@@ -258,24 +259,32 @@ fn an_open_circuit_shows_in_the_status_header_and_fails_fast() {
     let sim = Sim::new(7);
     let shared = Shared::new();
     let page = r#"<p><esi:include src="/f/d1" onerror="continue"/><esi:include src="/f/d2" onerror="continue"/><esi:include src="/f/d3" onerror="continue"/></p>"#;
-    sim.origin.script("/live/down", Script::ok(page, 1));
+    // A cached shell: after the first page it is not fetched again, so only
+    // the fragments talk to the origin (every answer the origin gives,
+    // a shell's included, teaches the breaker).
+    sim.origin.script("/cached", Script::ok(page, 1));
     for f in ["/f/d1", "/f/d2", "/f/d3"] {
         sim.origin.script(f, Script::status(503, 1));
     }
-    let first = serve(&sim, &shared, "/live/down", &[]);
+    sim.origin.script(
+        "/cached-bare",
+        Script::ok(r#"<esi:include src="/f/d1"/>"#, 1),
+    );
+    // Cache that shell first (its include fails: a 502 for now).
+    assert_eq!(serve(&sim, &shared, "/cached-bare", &[]).status, 502);
+    let first = serve(&sim, &shared, "/cached", &[]);
     assert_eq!(first.body, "<p></p>");
     // Three failures in a row opened the origin's circuit: the next page's
     // includes fail at once, without reaching the origin, and say why.
     let fetched = sim.origin.count("/f/d1");
-    let p = serve(&sim, &shared, "/live/down", &[]);
+    let p = serve(&sim, &shared, "/cached", &[]);
     assert_eq!(p.body, "<p></p>");
     let x = get(&p.headers, "x-fragcache").unwrap();
     assert!(x.contains("/f/d1=error;origin=open"), "{x}");
     assert_eq!(sim.origin.count("/f/d1"), fetched, "no request while open");
-    // Without a fallback the page is a 503 with Retry-After.
-    sim.origin
-        .script("/live/bare", Script::ok(r#"<esi:include src="/f/d1"/>"#, 1));
-    let bare = serve(&sim, &shared, "/live/bare", &[]);
+    // Without a fallback the page is a 503 with Retry-After (its shell was
+    // cached before the outage, so nothing reaches the origin now).
+    let bare = serve(&sim, &shared, "/cached-bare", &[]);
     assert_eq!(bare.status, 503);
     assert!(get(&bare.headers, "retry-after").is_some());
 }

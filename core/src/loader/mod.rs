@@ -476,11 +476,18 @@ impl Loader {
         with_credentials: bool,
     ) -> Result<Rc<Fragment>, LoadError> {
         let req = self.origin_request(url, policy, with_credentials);
-        let resp = self.ports.origin.fetch(req).await?;
+        let origin = url.origin().to_string();
+        let id = url.to_string();
+        let result = self.ports.origin.fetch(req).await;
+        let now = self.ports.clock.now_ms();
+        let healthy = matches!(&result, Ok(r) if !r.status.is_server_error());
+        // Every answer the origin gives teaches its breaker, not only the
+        // cache's own fetches: a healthy page shell closes a circuit too.
+        self.record_origin(&origin, &id, healthy, now);
+        let resp = result?;
         if resp.status.is_server_error() {
             return Err(LoadError::Status(resp.status));
         }
-        let now = self.ports.clock.now_ms();
         Ok(Rc::new(Fragment::from_response(
             &resp,
             now,
@@ -488,6 +495,36 @@ impl Loader {
             policy.pass_set_cookie,
             policy.shell,
         )))
+    }
+
+    /// Tells this isolate's breaker what `origin` did for `key` (a cache
+    /// key, or the URL of an uncached fetch). When the origin is back, its
+    /// keys' back-offs are cleared so stale copies refresh at once.
+    pub(super) fn record_origin(&self, origin: &str, key: &str, healthy: bool, now: u64) {
+        let shared = &self.shared;
+        let log = &self.ports.log;
+        if healthy {
+            if shared.breaker.record_success(origin, now) {
+                shared.backoff.forget_where(|k| key_origin_is(k, origin));
+                log.log(
+                    LogLevel::Warn,
+                    &format!("origin {origin}: answering again; circuit closed"),
+                );
+            }
+            return;
+        }
+        let before = shared.breaker.state(origin, now);
+        let after = shared
+            .breaker
+            .record_key_failure(origin, key, now, self.ports.rng.next_f64());
+        if before.as_str() != after.as_str() {
+            log.log(
+                LogLevel::Warn,
+                &format!(
+                    "origin {origin}: failing; circuit {after}: stale copies are served and one probe at a time tests it"
+                ),
+            );
+        }
     }
 
     /// Starts a background refresh of `key` unless one is in flight or the
@@ -674,4 +711,12 @@ impl Loader {
     fn log(&self, level: LogLevel, msg: &str) {
         self.ports.log.log(level, msg);
     }
+}
+
+/// Whether cache key `key` is for a URL on `origin` (keys are
+/// `{kind}{route}:{origin}{path}…`).
+fn key_origin_is(key: &str, origin: &str) -> bool {
+    key.split_once(':')
+        .and_then(|(_, rest)| rest.strip_prefix(origin))
+        .is_some_and(|path| path.starts_with('/'))
 }

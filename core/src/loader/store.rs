@@ -478,48 +478,11 @@ impl Job<'_> {
         guard.publish(Outcome::Personal(frag));
     }
 
-    /// Tells this isolate's breaker what the origin did. When the origin
-    /// is back, its keys' back-offs are cleared so stale copies refresh at
-    /// once.
+    /// Tells this isolate's breaker what the origin did.
     fn record_origin(&self, healthy: bool, now: u64) {
-        let shared = &self.loader.shared;
-        let log = &self.loader.ports.log;
-        if healthy {
-            if shared.breaker.record_success(self.origin, now) {
-                let origin = self.origin;
-                shared.backoff.forget_where(|k| key_origin_is(k, origin));
-                log.log(
-                    LogLevel::Warn,
-                    &format!("origin {origin}: answering again; circuit closed"),
-                );
-            }
-            return;
-        }
-        let before = shared.breaker.state(self.origin, now);
-        let after = shared.breaker.record_key_failure(
-            self.origin,
-            self.key,
-            now,
-            self.loader.ports.rng.next_f64(),
-        );
-        if before.as_str() != after.as_str() {
-            log.log(
-                LogLevel::Warn,
-                &format!(
-                    "origin {}: failing; circuit {after}: stale copies are served and one probe at a time tests it",
-                    self.origin
-                ),
-            );
-        }
+        self.loader
+            .record_origin(self.origin, self.key, healthy, now);
     }
-}
-
-/// Whether cache key `key` is for a URL on `origin` (keys are
-/// `{kind}{route}:{origin}{path}…`).
-fn key_origin_is(key: &str, origin: &str) -> bool {
-    key.split_once(':')
-        .and_then(|(_, rest)| rest.strip_prefix(origin))
-        .is_some_and(|path| path.starts_with('/'))
 }
 
 /// What a write-back must not overwrite: anything stored after the fetch
