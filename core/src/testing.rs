@@ -1033,3 +1033,18 @@ pub fn config_doc_example() -> String {
     }
     json
 }
+
+/// `application/x-www-form-urlencoded` encoding of `s` (every byte but
+/// letters and digits escaped), so that a query parameter decodes back to
+/// exactly `s`.
+pub fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

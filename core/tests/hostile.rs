@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use fragcache_core::config::Config;
 use fragcache_core::esi::{Compiler, Include, Plan, RequestVars, Segment, Template};
 use fragcache_core::testing::compile_in_chunks;
+use fragcache_core::testing::form_encode;
 use fragcache_core::url::Url;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -663,20 +664,6 @@ fn url_attack() -> BoxedStrategy<String> {
         1 => any::<String>(),
     ]
     .boxed()
-}
-
-/// `application/x-www-form-urlencoded` encoding of `s`, so that the query
-/// parameter decodes back to exactly `s`.
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Relative `src` templates, each with the path every resolved include must

@@ -3,6 +3,7 @@
 //! includes print as `[inc src|alt|c]`, try blocks as `[try …|except …]`.
 
 use super::*;
+use crate::testing::form_encode;
 use crate::url::UrlError;
 
 fn render_into(t: &Template, segs: &[Segment], out: &mut Vec<u8>) {
@@ -981,19 +982,6 @@ enum Src {
     Refused(&'static str, SrcRefusal),
     /// Renders to this text, which the URL parser refuses.
     Bad(&'static str, UrlError),
-}
-
-/// Form-encodes every byte but letters and digits.
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[test]

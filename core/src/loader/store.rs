@@ -184,19 +184,24 @@ impl LeaderJob {
             jitter: cache.jitter,
             shell: policy.shell,
         };
+        // The response as a fragment: keyed when it is stored, so that its
+        // compiled template is remembered; headers kept for a page shell.
+        let fragment = |key: Option<&str>| {
+            Rc::new(Fragment::from_response(
+                &resp,
+                now,
+                key,
+                false,
+                policy.shell,
+            ))
+        };
         match verdict(&resp, rules, now, fetch_ms, ports.rng.as_ref()) {
             Verdict::Failure => {
                 let what = format!("origin answered {}", resp.status.as_u16());
                 job.failed(guard, now, what, LoadError::Status(resp.status));
             }
             Verdict::Pass(why) => {
-                let frag = Rc::new(Fragment::from_response(
-                    &resp,
-                    now,
-                    None,
-                    false,
-                    policy.shell,
-                ));
+                let frag = fragment(None);
                 job.pass(
                     guard,
                     frag,
@@ -219,14 +224,7 @@ impl LeaderJob {
                 }
             }
             Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
-                let frag = Rc::new(Fragment::from_response(
-                    &resp,
-                    now,
-                    None,
-                    false,
-                    policy.shell,
-                ));
-                job.purged_meanwhile(guard, frag);
+                job.purged_meanwhile(guard, fragment(None));
             }
             Verdict::Store {
                 meta,
@@ -243,13 +241,7 @@ impl LeaderJob {
                         ),
                     );
                 }
-                let frag = Rc::new(Fragment::from_response(
-                    &resp,
-                    now,
-                    Some(&key),
-                    false,
-                    policy.shell,
-                ));
+                let frag = fragment(Some(&key));
                 shared.recent.remember(&key, &meta, &frag);
                 let known_absent = stored.is_none() && guard.handle().nothing_stored();
                 // Publish before writing: waiting requests need the bytes, not the
