@@ -778,17 +778,22 @@ fn stored_body(w: &Site, path: &str) -> Option<String> {
         .map(|e| String::from_utf8_lossy(&e.body).into_owned())
 }
 
+/// A stale entry at `path` whose refresh (of "before purge", 1 s at the
+/// origin) is half-way: the stale copy was served, the fetch is out.
+fn refresh_in_flight(w: &Site, path: &str) -> u64 {
+    w.seed_entry(path, "old", 20_000, 10_000, 300_000);
+    w.sim.origin.script(path, Script::ok("before purge", 1_000));
+    let t0 = w.sim.now();
+    let stale = w.load(path);
+    w.sim.run_until(t0 + 500);
+    assert_eq!(take(&stale).1.as_deref(), Ok("old"));
+    t0
+}
+
 #[test]
 fn a_purge_during_a_refresh_keeps_the_old_content_out() {
     let w = world(25);
-    w.seed_entry("/f/pr", "old", 20_000, 10_000, 300_000);
-    w.sim
-        .origin
-        .script("/f/pr", Script::ok("before purge", 1_000));
-    let t0 = w.sim.now();
-    let stale = w.load("/f/pr");
-    w.sim.run_until(t0 + 500);
-    assert_eq!(take(&stale).1.as_deref(), Ok("old"));
+    let _ = refresh_in_flight(&w, "/f/pr");
     assert_eq!(w.sim.origin.count("/f/pr"), 1, "refresh in flight");
     // The content changes at the origin and is purged mid-refresh.
     w.sim.origin.script("/f/pr", Script::ok("after purge", 100));
@@ -884,14 +889,7 @@ fn a_purge_racing_a_cold_miss() {
 #[test]
 fn a_refresh_in_another_isolate_does_not_write_over_the_tombstone() {
     let w = world(28);
-    w.seed_entry("/f/iso", "old", 20_000, 10_000, 300_000);
-    w.sim
-        .origin
-        .script("/f/iso", Script::ok("before purge", 1_000));
-    let t0 = w.sim.now();
-    let stale = w.load("/f/iso");
-    w.sim.run_until(t0 + 500);
-    assert_eq!(take(&stale).1.as_deref(), Ok("old"));
+    let t0 = refresh_in_flight(&w, "/f/iso");
     // The purge request lands on another isolate.
     let other = Shared::new();
     let report = purge(&w, &other, &["/f/iso"]);
