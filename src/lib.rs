@@ -127,7 +127,10 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
         client.method = http::Method::HEAD;
     }
     client.headers = ports::header_map(req.headers());
-    client.country = req.cf().and_then(|cf| cf.country());
+    // `request.cf` is only read when some route varies on the country.
+    if config.fragments.iter().any(|f| f.vary.country) {
+        client.country = req.cf().and_then(|cf| cf.country());
+    }
     let kv = match env.kv(KV_BINDING) {
         Ok(kv) => kv,
         Err(e) => {
