@@ -116,9 +116,11 @@ pub async fn handle(loader: Loader) -> Reply {
             }
         }
     };
+    let began = loader.ports().clock.now_ms();
     let lookup = loader.lookup_page(&origin_url, route).await;
     let (age, private_shell) = (lookup.age_s, lookup.private);
     let (shell_status, shell) = lookup.finish().await;
+    let shell_ms = loader.ports().clock.now_ms().saturating_sub(began);
     let shell = match shell {
         Ok(s) => s,
         Err(e) => {
@@ -133,7 +135,7 @@ pub async fn handle(loader: Loader) -> Reply {
         path: "shell".into(),
         status: shell_status,
         age_s: age,
-        ms: 0,
+        ms: shell_ms,
         depth: 0,
         origin: None,
     };
@@ -282,6 +284,7 @@ async fn render_shell(
         return passthrough(headers);
     }
     drop_for_rewritten_body(&mut headers);
+    let assembling = loader.ports().clock.now_ms();
     let mut page = Page::prepare(loader.clone(), template, origin_url.clone()).await;
     let mut first = Vec::new();
     loop {
@@ -338,7 +341,8 @@ async fn render_shell(
     let mut reports = vec![shell_report];
     reports.extend(page.reports());
     set_text(&mut headers, STATUS_HEADER, &status_header(&reports));
-    if let Ok(v) = HeaderValue::from_str(&server_timing(&reports)) {
+    let until_headers = loader.ports().clock.now_ms().saturating_sub(assembling);
+    if let Ok(v) = HeaderValue::from_str(&server_timing(&reports, until_headers)) {
         headers.append(HeaderName::from_static("server-timing"), v);
     }
     if page.is_complete() {
@@ -419,17 +423,25 @@ pub fn status_header(reports: &[FragmentReport]) -> String {
     out
 }
 
-/// `Server-Timing`: one metric per fragment, its status and load time.
-pub fn server_timing(reports: &[FragmentReport]) -> String {
+/// `Server-Timing`: only what is known when the headers go out, the time
+/// to load the shell and the time from the shell to the headers (lookups
+/// and first bytes). Fragments still loading then have no duration yet, so
+/// none is claimed; their statuses are in `x-fragcache`.
+pub fn server_timing(reports: &[FragmentReport], until_headers_ms: u64) -> String {
     let mut out = String::new();
-    for (i, r) in reports.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        let desc =
-            format!("{} {}", header_safe(&r.path), r.status.as_str()).replace(['"', '\\'], "");
-        let _ = write!(out, "frag{i};desc=\"{desc}\";dur={}", r.ms);
+    if let Some(shell) = reports.first() {
+        let _ = write!(
+            out,
+            "shell;desc=\"{}\";dur={}, ",
+            shell.status.as_str(),
+            shell.ms
+        );
     }
+    let _ = write!(
+        out,
+        "assemble;desc=\"{} fragments\";dur={until_headers_ms}",
+        reports.len().saturating_sub(1)
+    );
     out
 }
 

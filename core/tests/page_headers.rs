@@ -367,3 +367,23 @@ fn streamed_pages_are_sent_uncompressed_complete_ones_are_not_marked() {
     assert_eq!(warm.body, "<h1>x</h1>S");
     assert!(get(&warm.headers, "content-encoding").is_none());
 }
+
+#[test]
+fn server_timing_claims_only_what_is_known_when_headers_leave() {
+    let sim = Sim::new(11);
+    let shared = Shared::new();
+    sim.origin.script(
+        "/live/timing",
+        Script::ok(
+            r#"<p><esi:include src="/f/t1"/><esi:include src="/f/t2"/></p>"#,
+            7,
+        ),
+    );
+    sim.origin.script("/f/t1", Script::ok("1", 300));
+    sim.origin.script("/f/t2", Script::ok("2", 300));
+    let p = serve(&sim, &shared, "/live/timing", &[]);
+    let st = get(&p.headers, "server-timing").unwrap();
+    assert!(st.starts_with("shell;desc=\"bypass\";dur=7, "), "{st}");
+    assert!(st.contains("assemble;desc=\"2 fragments\";dur=0"), "{st}");
+    assert!(!st.contains("frag0"), "no per-fragment durations: {st}");
+}
