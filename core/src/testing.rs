@@ -1048,3 +1048,21 @@ pub fn form_encode(s: &str) -> String {
         })
         .collect()
 }
+
+/// Ascending cut points for feeding an input of `len` bytes in chunks: a
+/// chunk size class (1, 3, 16, 100 or 4096 bytes at most) drawn from
+/// `seed`, then chunk lengths up to it. The chunk-safety tests compile
+/// inputs cut this way and compare with compiling them whole.
+pub fn random_cuts(len: usize, seed: u64) -> Vec<usize> {
+    let rng = SeededRng::scrambled(seed);
+    let max_chunk = [1, 3, 16, 100, 4096][rng.below(5)];
+    let mut cuts = Vec::new();
+    let mut at = 0;
+    loop {
+        at += 1 + rng.below(max_chunk);
+        if at >= len {
+            return cuts;
+        }
+        cuts.push(at);
+    }
+}

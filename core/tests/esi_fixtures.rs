@@ -239,21 +239,7 @@ fn run_page_logged(fx: &Fixture) -> (Option<Vec<u8>>, Vec<String>) {
 }
 
 use fragcache_core::testing::compile_in_chunks as compile_chunked;
-use fragcache_core::testing::SeededRng;
-
-fn random_cuts(len: usize, seed: u64) -> Vec<usize> {
-    let rng = SeededRng::scrambled(seed);
-    let max_chunk = [1, 3, 16, 100, 4096][rng.below(5)];
-    let mut cuts = Vec::new();
-    let mut at = 0;
-    loop {
-        at += 1 + rng.below(max_chunk);
-        if at >= len {
-            return cuts;
-        }
-        cuts.push(at);
-    }
-}
+use fragcache_core::testing::random_cuts;
 
 fn show(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -299,35 +299,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
     all
 }
 
-/// xorshift64*: deterministic randomness without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
-    }
-}
-
-fn random_cuts(len: usize, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let max_chunk = [1, 3, 16, 100, 4096][rng.below(5)];
-    let mut cuts = Vec::new();
-    let mut at = 0;
-    loop {
-        at += 1 + rng.below(max_chunk);
-        if at >= len {
-            return cuts;
-        }
-        cuts.push(at);
-    }
-}
+use crate::testing::random_cuts;
 
 #[test]
 fn chunking_never_changes_events_random_cuts() {
