@@ -485,31 +485,26 @@ fn includes_past_six_connections_queue_in_document_order() {
     let start = w.sim.now();
     let p = page(&w, "/live", None);
     w.sim.run_until(start + 50);
-    let asked: Vec<String> = w
-        .sim
-        .origin
-        .requests()
-        .iter()
-        .map(|r| r.url.path().to_owned())
-        .filter(|p| p.starts_with("/f/"))
-        .collect();
+    // The fragment paths the origin was asked for, in order.
+    let asked = || -> Vec<String> {
+        w.sim
+            .origin
+            .requests()
+            .iter()
+            .map(|r| r.url.path().to_owned())
+            .filter(|p| p.starts_with("/f/"))
+            .collect()
+    };
     assert_eq!(
-        asked,
+        asked(),
         ["/f/q0", "/f/q1", "/f/q2", "/f/q3", "/f/q4", "/f/q5"],
         "six at once, the first six in the page"
     );
     w.sim.run();
-    let asked: Vec<String> = w
-        .sim
-        .origin
-        .requests()
-        .iter()
-        .map(|r| r.url.path().to_owned())
-        .filter(|p| p.starts_with("/f/"))
-        .collect();
     let want: Vec<String> = (0..10).map(|i| format!("/f/q{i}")).collect();
     assert_eq!(
-        asked, want,
+        asked(),
+        want,
         "the rest in document order as connections free up"
     );
     let (_, _, body, _, _) = take(&p);
