@@ -20,7 +20,6 @@ import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { Miniflare } from "miniflare";
 import { startOrigin } from "../tests/support/origin.mjs";
 import { REPO_ROOT, startWorker } from "../tests/support/worker.mjs";
 
@@ -211,23 +210,25 @@ async function startFragcache() {
 }
 
 async function startTrivial(body, contentType) {
-  const mf = new Miniflare({
-    modules: [
-      {
-        type: "ESModule",
-        path: "trivial.mjs",
-        contents: `export default { fetch(_req, env) { return new Response(env.BODY, { headers: { "content-type": env.TYPE } }); } };`,
-      },
-    ],
-    compatibilityDate: "2026-04-01",
-    bindings: { BODY: body, TYPE: contentType },
-    host: "127.0.0.1",
-    port: 0,
-    cf: false,
-    logRequests: false,
-  });
-  const url = (await mf.ready).origin;
-  return { url, stop: () => mf.dispose(), warnings: () => [], constant: true };
+  // Under exactly the harness our worker runs under (same Miniflare
+  // options, verbose logging and log capture included), so the ceiling is
+  // the same runtime's, not a lighter one's.
+  const dir = mkdtempSync(path.join(os.tmpdir(), "fragcache-trivial-"));
+  const script = path.join(dir, "trivial.mjs");
+  writeFileSync(
+    script,
+    `export default { fetch(_req, env) { return new Response(env.BODY, { headers: { "content-type": env.TYPE } }); } };`,
+  );
+  const w = await startWorker({ config: {}, scriptPath: script, bindings: { BODY: body, TYPE: contentType } });
+  return {
+    url: w.url,
+    stop: async () => {
+      await w.dispose();
+      rmSync(dir, { recursive: true, force: true });
+    },
+    warnings: () => [],
+    constant: true,
+  };
 }
 
 function varnishVcl() {
