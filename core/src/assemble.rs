@@ -601,11 +601,14 @@ impl PageState {
         if lookup.private {
             self.private.set(true);
         }
-        let breaker = self
-            .loader
-            .shared()
-            .breaker
-            .state(&url.origin().to_string(), began);
+        // The breaker table is empty while every origin is healthy: then
+        // there is no origin string to build and look up per include.
+        let breakers = &self.loader.shared().breaker;
+        let breaker = if breakers.is_empty() {
+            BreakerState::Closed
+        } else {
+            breakers.state(&url.origin().to_string(), began)
+        };
         if let Some(r) = self.reports.borrow_mut().get_mut(report) {
             r.status = lookup.status;
             r.age_s = lookup.age_s;

@@ -16,9 +16,7 @@ use crate::assemble::{Chunk, FragmentReport, IncludeError, Page};
 use crate::cache::policy::parse_directives;
 use crate::cache::CacheStatus;
 use crate::config::{Route, UnknownRoutes};
-use crate::headers::{
-    drop_for_rewritten_body, keep_from_origin, merge_vary, value as header_value,
-};
+use crate::headers::{drop_for_rewritten_body, merge_vary, value as header_value};
 use crate::loader::{Fragment, LoadError, Loader};
 use crate::ports::{LogLevel, OriginResponse};
 use crate::url::Url;
@@ -164,17 +162,12 @@ pub fn wants_esi(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// The headers of a response proxied as it is: the origin's, minus what is
-/// addressed to us (`Surrogate-Control`) or describes the origin's
-/// connection. The body is the origin's own, so framing (`Content-Length`,
-/// `Content-Encoding`) and validators stay.
+/// addressed to us (`Surrogate-Control`). The body is the origin's own, so
+/// framing, encoding and validators stay (the runtime handles the
+/// connection-level headers itself).
 pub fn passthrough_headers(origin: &HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(origin.len());
-    for (name, value) in origin {
-        if name == "surrogate-control" {
-            continue;
-        }
-        kept.append(name.clone(), value.clone());
-    }
+    let mut kept = origin.clone();
+    kept.remove("surrogate-control");
     kept
 }
 
@@ -202,18 +195,8 @@ pub fn shell_too_large(loader: &Loader) -> Reply {
 /// route (its shell uncached).
 pub async fn handle_surrogate_shell(loader: Loader, shell: OriginResponse) -> Reply {
     let now = loader.ports().clock.now_ms();
-    let set_cookies = shell.header_all("set-cookie").map(str::to_owned).collect();
-    let fragment = Fragment {
-        status: shell.status,
-        headers: keep_from_origin(&shell.headers),
-        content_type: shell.header("content-type").map(str::to_owned),
-        cache_control: shell.header_joined("cache-control"),
-        esi: true,
-        stored_at: now,
-        cache_key: None,
-        set_cookies,
-        body: Rc::from(shell.body),
-    };
+    // Like any uncached shell: its own Set-Cookie and headers kept.
+    let fragment = Fragment::from_response(&shell, now, None, true, true);
     let report = FragmentReport {
         path: "shell".into(),
         status: CacheStatus::Bypass,
@@ -226,7 +209,7 @@ pub async fn handle_surrogate_shell(loader: Loader, shell: OriginResponse) -> Re
 }
 
 /// The headers every page built from `shell` starts with: the origin's
-/// (already filtered by [`keep_from_origin`]), a `Content-Type`, the
+/// (already filtered by [`crate::headers::keep_from_origin`]), a `Content-Type`, the
 /// shell's `Set-Cookie`s, and the age of a cached shell.
 fn shell_headers(shell: &Fragment, report: &FragmentReport) -> HeaderMap {
     let mut headers = shell.headers.clone();

@@ -36,7 +36,10 @@ pub struct Fragment {
 }
 
 impl Fragment {
-    pub(super) fn from_response(
+    /// The fragment an origin response gives: `key` when it is stored,
+    /// `Set-Cookie` values kept when `keep_cookies`, and the response
+    /// headers a page may carry when `keep_headers` (a page shell).
+    pub(crate) fn from_response(
         resp: &OriginResponse,
         now: u64,
         key: Option<&str>,

@@ -229,8 +229,8 @@ impl LeaderJob {
             Verdict::Store {
                 meta,
                 value,
+                headers,
                 headers_dropped,
-                ..
             } => {
                 shared.backoff.record_success(&key);
                 if headers_dropped {
@@ -241,7 +241,10 @@ impl LeaderJob {
                         ),
                     );
                 }
-                let frag = fragment(Some(&key));
+                // The verdict already kept a shell's headers: not again.
+                let mut frag = Fragment::from_response(&resp, now, Some(&key), false, false);
+                frag.headers = headers;
+                let frag = Rc::new(frag);
                 shared.recent.remember(&key, &meta, &frag);
                 let known_absent = stored.is_none() && guard.handle().nothing_stored();
                 // Publish before writing: waiting requests need the bytes, not the
