@@ -13,6 +13,7 @@
 //! owned by one request.
 
 // `#[durable_object]` generates public JS glue methods without docs.
+mod admin;
 #[allow(missing_docs)]
 mod coordinator;
 mod ports;
@@ -26,10 +27,10 @@ use futures_util::stream::{self, StreamExt};
 use http::StatusCode;
 use worker::{event, Context, Env, Request, Response, Result};
 
+use fragcache_core::admin::is_admin_path;
 use fragcache_core::config::{Config, ConfigError};
 use fragcache_core::loader::{Loader, Shared};
 use fragcache_core::ports::OriginResponse;
-use fragcache_core::purge::{paths_from_query, PURGE_PATH};
 use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::{handle, handle_surrogate_shell, shell_too_large, wants_esi, Reply};
 use fragcache_core::url::Url;
@@ -41,7 +42,7 @@ pub(crate) const KV_BINDING: &str = "FRAGMENTS";
 
 thread_local! {
     static CONFIG: RefCell<Option<std::result::Result<Rc<Config>, ConfigError>>> = const { RefCell::new(None) };
-    static SHARED: Rc<Shared> = Shared::new();
+    pub(crate) static SHARED: Rc<Shared> = Shared::new();
     static HAS_COORDINATOR: RefCell<Option<bool>> = const { RefCell::new(None) };
 }
 
@@ -110,8 +111,10 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
             )))
         }
     };
-    if url.path() == PURGE_PATH {
-        return purge(&req, &env, ctx, config, url).await.map(Served::Reply);
+    if is_admin_path(url.path()) {
+        return admin::serve(req, &env, ctx, config, url)
+            .await
+            .map(Served::Reply);
     }
     let method = req.method();
     if method != worker::Method::Get && method != worker::Method::Head {
@@ -197,7 +200,7 @@ async fn pass_or_assemble(mut resp: Response, loader: Loader) -> Result<Served> 
 
 /// The ports with the coordinator, when the worker has its Durable Object
 /// binding (see `coordinator`); without it, each isolate on its own.
-fn with_coordinator(
+pub(crate) fn with_coordinator(
     mut ports: fragcache_core::ports::Ports,
     env: &Env,
 ) -> fragcache_core::ports::Ports {
@@ -212,84 +215,6 @@ fn with_coordinator(
         ports.coordinator = Some(Rc::new(coordinator::ObjectCoordinator(env.clone())));
     }
     ports
-}
-
-/// Name of the secret that enables the purge endpoint.
-const PURGE_TOKEN_BINDING: &str = "FRAGCACHE_PURGE_TOKEN";
-
-/// `POST /_fragcache/purge?path=…` with `Authorization: Bearer <token>`.
-async fn purge(
-    req: &Request,
-    env: &Env,
-    ctx: Context,
-    config: Rc<Config>,
-    url: Url,
-) -> Result<Reply> {
-    let Some(token) = env
-        .secret(PURGE_TOKEN_BINDING)
-        .ok()
-        .map(|s| s.to_string())
-        .or_else(|| env.var(PURGE_TOKEN_BINDING).ok().map(|v| v.to_string()))
-        .filter(|t| !t.is_empty())
-    else {
-        return Ok(Reply::error(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "fragcache: purging is disabled; set the {PURGE_TOKEN_BINDING} secret to enable it"
-            ),
-        ));
-    };
-    if req.method() != worker::Method::Post {
-        return Ok(Reply::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "fragcache: purge with POST",
-        ));
-    }
-    let given = req.headers().get("authorization")?.unwrap_or_default();
-    let expected = format!("Bearer {token}");
-    if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Ok(Reply::error(
-            StatusCode::UNAUTHORIZED,
-            "fragcache: wrong or missing purge token",
-        ));
-    }
-    let paths = match paths_from_query(url.query()) {
-        Ok(p) => p,
-        Err(e) => {
-            return Ok(Reply::error(
-                StatusCode::BAD_REQUEST,
-                &format!("fragcache: {e}"),
-            ))
-        }
-    };
-    let kv = match env.kv(KV_BINDING) {
-        Ok(kv) => kv,
-        Err(e) => {
-            return Ok(Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("fragcache: KV binding {KV_BINDING} is missing: {e}"),
-            ))
-        }
-    };
-    let shared = SHARED.with(Rc::clone);
-    let loader = Loader::new(
-        with_coordinator(ports::ports(kv, Rc::new(ctx)), env),
-        shared,
-        config,
-        Rc::new(ClientRequest::new(url)),
-    );
-    let report = fragcache_core::purge::purge(&loader, &paths).await;
-    let status = if report.errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    Ok(Reply::json(status, report.to_json()))
-}
-
-/// Compares secrets without revealing the position of the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Turns the core's reply into a Worker response: the one place where

@@ -18,7 +18,7 @@ before(async () => {
       pages: [{ path: "/p/*" }],
       fragments: [{ path: "/frag/*", soft_ttl: 300, hard_ttl: 3600 }],
     },
-    bindings: { FRAGCACHE_PURGE_TOKEN: TOKEN },
+    bindings: { FRAGCACHE_ADMIN_TOKEN: TOKEN },
   });
 });
 
@@ -34,7 +34,12 @@ const purge = (query, token = TOKEN) =>
   });
 
 test("purge needs POST and the right token", async () => {
-  assert.equal((await worker.fetch("/_fragcache/purge?path=/frag/x")).status, 405);
+  assert.equal((await worker.fetch("/_fragcache/purge?path=/frag/x")).status, 401);
+  const get = await worker.fetch("/_fragcache/purge?path=/frag/x", {
+    headers: { authorization: `Bearer ${TOKEN}` },
+  });
+  assert.equal(get.status, 405);
+  assert.equal(get.headers.get("allow"), "POST");
   assert.equal((await purge("path=/frag/x", "wrong")).status, 401);
   assert.equal((await purge("path=/frag/x", null)).status, 401);
   assert.equal((await purge("nothing=1")).status, 400);
@@ -64,7 +69,7 @@ test("without the secret the endpoint is disabled", async () => {
   try {
     const res = await plain.fetch("/_fragcache/purge?path=/x", { method: "POST" });
     assert.equal(res.status, 404);
-    assert.match(await res.text(), /FRAGCACHE_PURGE_TOKEN/);
+    assert.match(await res.text(), /FRAGCACHE_ADMIN_TOKEN/);
   } finally {
     await plain.dispose();
   }

@@ -29,6 +29,7 @@
 //!   timed KV access.
 //! - [`coord`]: coordination across isolates: the coordinator port and the
 //!   logic the Durable Object runs.
+//! - [`admin`]: the admin API under `/_fragcache/`: access and routing.
 //! - [`purge`]: purging by path or prefix.
 //! - [`headers`]: the page as an HTTP response: which origin headers pass,
 //!   how `Vary` is merged, how a cached shell's headers are stored.
@@ -41,6 +42,7 @@
 //! The reasons the code relies on (workerd's request contexts, cache
 //! semantics, privacy, limits, coordination) are in `docs/design.md`.
 
+pub mod admin;
 pub mod assemble;
 pub mod cache;
 pub mod config;
