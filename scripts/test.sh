@@ -32,5 +32,16 @@ cargo test --workspace
 step "wasm build"
 bash scripts/build.sh
 
+# The bundle is downloaded to every location on deploy and compiled on every
+# cold start: it has a budget, and a dependency that quietly pulls in big
+# tables (the `url` crate's IDNA data did, once) fails the build here.
+step "wasm size budget (gzip -9 <= 400000 bytes)"
+size=$(gzip -9 -c build/index_bg.wasm | wc -c)
+echo "build/index_bg.wasm: $size bytes gzipped"
+if [ "$size" -gt 400000 ]; then
+  echo "over budget: see which crates grew (cargo tree -e normal -p fragcache)" >&2
+  exit 1
+fi
+
 step "integration tests (Miniflare)"
 node --test --test-concurrency=1 tests/
