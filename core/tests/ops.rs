@@ -23,6 +23,9 @@ const CONFIG: &str = r#"{
   ]
 }"#;
 
+/// A push's query, request headers and expected status.
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+
 fn headers(list: &[(&str, &str)]) -> HeaderMap {
     client_request("/", list).headers
 }
@@ -100,7 +103,7 @@ fn a_pushed_body_is_served_without_an_origin_fetch() {
 #[test]
 fn refused_pushes_store_nothing() {
     let site = Site::new(2, CONFIG);
-    let cases: &[(&str, &[(&str, &str)], u16)] = &[
+    let cases: &[Case] = &[
         ("", &[], 400),
         ("path=f/x", &[], 400),
         ("path=//evil.test/x", &[], 400),
@@ -115,7 +118,7 @@ fn refused_pushes_store_nothing() {
         ("path=/f/x&soft_ttl=900&hard_ttl=600", &[], 400),
         ("path=/f/x&path=/f/y", &[], 400),
         ("path=/f/x", &[("content-encoding", "gzip")], 415),
-        // A signed-in user's variant is personal.
+        // A route varying on a cookie: the push's own cookie picks the variant.
         ("path=/f/cur", &[("cookie", "currency=EUR")], 200),
     ];
     for (query, hdrs, want) in cases {
