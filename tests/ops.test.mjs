@@ -25,7 +25,7 @@ before(async () => {
       pages: [{ path: "/p/*" }, { path: "/cron/*" }],
       fragments: [
         { path: "/frag/me", private: true },
-        { path: "/frag/*", soft_ttl: 300, hard_ttl: 3600, xfetch_beta: 0 },
+        { path: "/frag/*", soft_ttl: 300, hard_ttl: 3600, xfetch_beta: 0, jitter: 0 },
       ],
       warm: { paths: ["/cron/a", "/cron/b"], concurrency: 2 },
     },
