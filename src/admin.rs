@@ -6,15 +6,15 @@
 use std::rc::Rc;
 
 use http::StatusCode;
-use worker::{Context, Env, Request, Result};
+use worker::{Context, Env, Request, Response, Result};
 
 use fragcache_core::admin::{self, Operation};
 use fragcache_core::config::Config;
 use fragcache_core::loader::Loader;
 use fragcache_core::purge::paths_from_query;
-use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::Reply;
 use fragcache_core::url::Url;
+use fragcache_core::{warm, write_through};
 
 use crate::{ports, with_coordinator, KV_BINDING, SHARED};
 
@@ -43,6 +43,7 @@ pub(crate) async fn serve(
     url: Url,
 ) -> Result<Reply> {
     let authorization = req.headers().get("authorization")?;
+    let ctx = Rc::new(ctx);
     let method =
         http::Method::from_bytes(req.method().as_ref().as_bytes()).unwrap_or(http::Method::GET);
     let op = match admin::authorize(
@@ -54,6 +55,10 @@ pub(crate) async fn serve(
         Ok(op) => op,
         Err(reply) => return Ok(*reply),
     };
+    // The admin request stands in for a client request: a write-through
+    // picks its `vary` variant from it (credentials removed).
+    let headers = ports::header_map(req.headers());
+    let client = Rc::new(write_through::client_request(url.clone(), &headers));
     let loader = || -> std::result::Result<Loader, Box<Reply>> {
         let kv = env.kv(KV_BINDING).map_err(|e| {
             Box::new(admin::error(
@@ -62,10 +67,10 @@ pub(crate) async fn serve(
             ))
         })?;
         Ok(Loader::new(
-            with_coordinator(ports::ports(kv, Rc::new(ctx)), env),
+            with_coordinator(ports::ports(kv, Rc::clone(&ctx)), env),
             SHARED.with(Rc::clone),
-            config,
-            Rc::new(ClientRequest::new(url.clone())),
+            Rc::clone(&config),
+            Rc::clone(&client),
         ))
     };
     Ok(match op {
@@ -86,6 +91,59 @@ pub(crate) async fn serve(
                 StatusCode::INTERNAL_SERVER_ERROR
             };
             Reply::json(status, report.to_json())
+        }
+        Operation::Fragment => {
+            let loader = match loader() {
+                Ok(l) => l,
+                Err(reply) => return Ok(*reply),
+            };
+            let push = match write_through::prepare(&loader, &headers) {
+                Ok(p) => p,
+                Err(reply) => return Ok(*reply),
+            };
+            let max = push.max_body_bytes(&loader);
+            let declared = req
+                .headers()
+                .get("content-length")?
+                .and_then(|v| v.parse::<usize>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Ok(write_through::too_large(max));
+            }
+            // The request body as a response body, so that it is read by
+            // the one bounded reader (a stream, abandoned at the limit).
+            let mut resp = Response::from_body(
+                req.inner()
+                    .body()
+                    .map_or(worker::ResponseBody::Empty, worker::ResponseBody::Stream),
+            )?;
+            match ports::read_body(&mut resp, max).await? {
+                ports::LimitedBody::TooLarge => write_through::too_large(max),
+                ports::LimitedBody::Complete(body) => {
+                    write_through::store(&loader, &push, &headers, body).await
+                }
+            }
+        }
+        Operation::Warm => {
+            let (paths, concurrency) = match warm::request_from_query(&config, url.query()) {
+                Ok(r) => r,
+                Err(e) => return Ok(admin::error(StatusCode::BAD_REQUEST, &e)),
+            };
+            let loader = match loader() {
+                Ok(l) => l,
+                Err(reply) => return Ok(*reply),
+            };
+            // The loader's ports, unwrapped again per page by Loader::new.
+            let report = warm::warm(
+                with_coordinator(ports::ports(env.kv(KV_BINDING)?, Rc::clone(&ctx)), env),
+                Rc::clone(loader.shared()),
+                config,
+                &url,
+                &paths,
+                concurrency,
+            )
+            .await;
+            worker::console_log!("fragcache: {}", report.summary());
+            Reply::json(StatusCode::OK, report.to_json())
         }
     })
 }

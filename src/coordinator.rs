@@ -14,7 +14,7 @@ use std::rc::Rc;
 use fragcache_core::cache::breaker::{Breaker, Permit};
 use fragcache_core::coord::{
     origin_object_name, CoordError, Coordinator, Gate, KeyObject, LoadRequest, LocalGate, Outcome,
-    Reply, FORGET_PATH, LOAD_PATH, PERMIT_PATH, REPORT_PATH,
+    Reply, FORGET_PATH, LOAD_PATH, PERMIT_PATH, PUT_PATH, REPORT_PATH,
 };
 use fragcache_core::ports::{Background, LocalFuture};
 use fragcache_core::url::Url;
@@ -107,6 +107,16 @@ impl DurableObject for FragmentCoordinator {
                 self.key.forget();
                 Response::ok("")
             }
+            PUT_PATH => {
+                let body = req.bytes().await?;
+                match Reply::decode(&body) {
+                    Ok(entry) => {
+                        self.key.put(&entry);
+                        Response::ok("")
+                    }
+                    Err(e) => Response::error(e.to_string(), 400),
+                }
+            }
             _ => Response::error("unknown coordinator path", 404),
         }
     }
@@ -147,10 +157,19 @@ impl Background for ObjectWaitUntil {
 
 /// Sends one JSON request to the object named `name`.
 async fn call(ns: &ObjectNamespace, name: &str, path: &str, json: String) -> Result<Response> {
+    call_with(ns, name, path, wasm_bindgen::JsValue::from_str(&json)).await
+}
+
+/// Sends one request with `body` to the object named `name`.
+async fn call_with(
+    ns: &ObjectNamespace,
+    name: &str,
+    path: &str,
+    body: wasm_bindgen::JsValue,
+) -> Result<Response> {
     let stub = ns.get_by_name(name)?;
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(wasm_bindgen::JsValue::from_str(&json)));
+    init.with_method(Method::Post).with_body(Some(body));
     let req = Request::new_with_init(&format!("{OBJECT_ORIGIN}{path}"), &init)?;
     stub.fetch_with_request(req).await
 }
@@ -230,6 +249,21 @@ impl Coordinator for ObjectCoordinator {
             }
             let body = resp.bytes().await.map_err(|e| CoordError(e.to_string()))?;
             Reply::decode(&body)
+        })
+    }
+
+    fn put(&self, key: &str, entry: Reply) -> LocalFuture<std::result::Result<(), CoordError>> {
+        let ns = self.namespace();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let bytes = js_sys::Uint8Array::from(entry.encode().as_slice());
+            let resp = call_with(&ns?, &key, PUT_PATH, bytes.into())
+                .await
+                .map_err(|e| CoordError(e.to_string()))?;
+            match resp.status_code() {
+                200 => Ok(()),
+                s => Err(CoordError(format!("object answered {s}"))),
+            }
         })
     }
 

@@ -85,6 +85,47 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     respond(reply)
 }
 
+/// The cron trigger (`[triggers] crons` in `wrangler.toml`): warms the
+/// configured `warm.paths` through the normal path
+/// ([`fragcache_core::warm`]) and logs a one-line summary.
+#[event(scheduled)]
+async fn scheduled(event: worker::ScheduledEvent, env: Env, ctx: worker::ScheduleContext) {
+    let config = match config(&env) {
+        Ok(c) => c,
+        // Already logged by config().
+        Err(_) => return,
+    };
+    if config.warm.paths.is_empty() {
+        worker::console_log!(
+            "fragcache: cron {}: warm.paths is empty; nothing to warm",
+            event.cron()
+        );
+        return;
+    }
+    let kv = match env.kv(KV_BINDING) {
+        Ok(kv) => kv,
+        Err(e) => {
+            worker::console_error!("fragcache: KV binding {KV_BINDING} is missing: {e}");
+            return;
+        }
+    };
+    let ports = with_coordinator(
+        ports::ports_with(kv, Rc::new(ports::ScheduleWaitUntil(ctx))),
+        &env,
+    );
+    // The pages are requested as if on the origin's own host: a cron event has no URL.
+    let report = fragcache_core::warm::warm(
+        ports,
+        SHARED.with(Rc::clone),
+        Rc::clone(&config),
+        &config.origin_url,
+        &config.warm.paths,
+        config.warm.concurrency,
+    )
+    .await;
+    worker::console_log!("fragcache: cron {}: {}", event.cron(), report.summary());
+}
+
 /// What serving produced: a reply of the core's, or an origin response
 /// passed on as it is.
 enum Served {

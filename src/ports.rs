@@ -308,6 +308,15 @@ impl Background for WaitUntil {
     }
 }
 
+/// A scheduled event's `ctx.waitUntil`.
+pub struct ScheduleWaitUntil(pub worker::ScheduleContext);
+
+impl Background for ScheduleWaitUntil {
+    fn spawn(&self, fut: LocalFuture<()>) {
+        self.0.wait_until(fut);
+    }
+}
+
 /// The Worker console (shown by `wrangler dev` and `wrangler tail`).
 struct Console;
 

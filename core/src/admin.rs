@@ -33,17 +33,30 @@ pub enum Operation {
     /// `POST /_fragcache/purge`: purge by path, prefix or tag, hard or soft
     /// (see [`crate::purge`]).
     Purge,
+    /// `PUT /_fragcache/fragment?path=…`: store a fragment body as if
+    /// fetched (see [`crate::write_through`]).
+    Fragment,
+    /// `POST /_fragcache/warm?path=…`: load pages through the normal path
+    /// (see [`crate::warm`]).
+    Warm,
 }
 
 impl Operation {
     /// Every operation, in the order the index lists them.
-    pub const ALL: &'static [Operation] = &[Operation::Index, Operation::Purge];
+    pub const ALL: &'static [Operation] = &[
+        Operation::Index,
+        Operation::Purge,
+        Operation::Fragment,
+        Operation::Warm,
+    ];
 
     /// The path below [`ADMIN_PREFIX`] that names this operation.
     pub fn name(self) -> &'static str {
         match self {
             Operation::Index => "",
             Operation::Purge => "purge",
+            Operation::Fragment => "fragment",
+            Operation::Warm => "warm",
         }
     }
 
@@ -52,6 +65,8 @@ impl Operation {
         match self {
             Operation::Index => &[Method::GET, Method::HEAD],
             Operation::Purge => &[Method::POST],
+            Operation::Fragment => &[Method::PUT],
+            Operation::Warm => &[Method::POST],
         }
     }
 
@@ -61,6 +76,12 @@ impl Operation {
             Operation::Index => "this list",
             Operation::Purge => {
                 "purge stored entries: ?path=/a (exact), ?path=/a/* (prefix), ?tag=t; add soft=1 to mark them stale instead"
+            }
+            Operation::Fragment => {
+                "write-through: PUT a fragment body to ?path=/fragments/x (optional soft_ttl, hard_ttl); stored as if fetched"
+            }
+            Operation::Warm => {
+                "warm pages through the normal path: ?path=/a&path=/b (default: the configured warm.paths), optional concurrency"
             }
         }
     }

@@ -30,6 +30,7 @@
 //!   },
 //!   "breaker": { "threshold": 3, "probe_interval_ms": 1000, "probe_timeout_ms": 10000 },
 //!   "coordinator": { "enabled": true, "wait_ms": 1000 },
+//!   "warm": { "paths": ["/", "/?page=2"], "concurrency": 4 },
 //!   "pages": [
 //!     { "path": "/", "soft_ttl": 30, "hard_ttl": 3600, "require_surrogate_control": false },
 //!     { "path": "/account/*", "require_surrogate_control": true }
@@ -177,6 +178,37 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// The cross-isolate coordinator (`coordinator` object).
     pub coordinator: CoordinatorSettings,
+    /// Pages the scheduled (cron) handler warms (`warm` object).
+    pub warm: WarmSettings,
+}
+
+/// What the scheduled handler warms ([`crate::warm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmSettings {
+    /// `paths` (default none): page paths, each with an optional query,
+    /// each matching a page route.
+    pub paths: Vec<String>,
+    /// `concurrency` (default 4): pages loaded at once.
+    pub concurrency: u32,
+}
+
+impl WarmSettings {
+    /// Default [`WarmSettings::concurrency`].
+    pub const DEFAULT_CONCURRENCY: u32 = 4;
+    /// Most pages warmed in one go (the list, or one admin request): each
+    /// page costs subrequests, and an invocation has a bounded number.
+    pub const MAX_PATHS: usize = 100;
+    /// Most pages loaded at once.
+    pub const MAX_CONCURRENCY: u32 = 16;
+}
+
+impl Default for WarmSettings {
+    fn default() -> Self {
+        WarmSettings {
+            paths: Vec::new(),
+            concurrency: Self::DEFAULT_CONCURRENCY,
+        }
+    }
 }
 
 /// How isolates use the coordinator Durable Object, when the worker has the
@@ -546,6 +578,7 @@ impl Config {
         let fragments = root.key("fragments");
         let breaker = root.key("breaker");
         let coordinator = root.key("coordinator");
+        let warm = root.key("warm");
         root.finish(TOP_MOVED)?;
 
         let (origin, origin_url) = parse_origin(&origin)?;
@@ -609,8 +642,12 @@ impl Config {
             let o = Obj::new(item, &format!("fragments[{id}]"))?;
             fragment_routes.push(parse_fragment(id, o, &limits, &mut seen)?);
         }
+        let warm = match warm.object()? {
+            Some(o) => parse_warm(o)?,
+            None => WarmSettings::default(),
+        };
 
-        Ok(Config {
+        let config = Config {
             origin,
             origin_url,
             allow: AllowList::new(allowed),
@@ -620,7 +657,20 @@ impl Config {
             fragments: fragment_routes,
             breaker,
             coordinator,
-        })
+            warm,
+        };
+        for (i, p) in config.warm.paths.iter().enumerate() {
+            if !matches!(config.route(warm_path(p).unwrap_or(p)), Route::Page(_)) {
+                return Err(ConfigError {
+                    field: format!("warm.paths[{i}]"),
+                    value: show(&Value::String(p.clone())),
+                    problem:
+                        "matches no page route: only pages are warmed (their fragments with them)"
+                            .into(),
+                });
+            }
+        }
+        Ok(config)
     }
 
     /// Validates a configuration given as JSON text; syntax errors are
@@ -1158,6 +1208,68 @@ fn parse_coordinator(mut o: Obj<'_>) -> Result<CoordinatorSettings, ConfigError>
     })
 }
 
+const WARM_CONCURRENCY: Bounds = Bounds {
+    min: 1,
+    max: WarmSettings::MAX_CONCURRENCY as u64,
+    unit: " pages",
+    why_min: "nothing would be warmed",
+    why_max: "a page holds up to six connections; more pages at once only queue",
+};
+
+/// The `warm` object; whether each path is a page is checked once the
+/// routes are known ([`Config::from_json`]).
+fn parse_warm(mut o: Obj<'_>) -> Result<WarmSettings, ConfigError> {
+    let paths = o.key("paths");
+    let concurrency = o.key("concurrency");
+    o.finish(&[])?;
+    let items = paths.array()?;
+    if items.len() > WarmSettings::MAX_PATHS {
+        return Err(paths.err(format!(
+            "at most {} paths: each page costs subrequests, and one invocation has a bounded number",
+            WarmSettings::MAX_PATHS
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("{}[{i}]", paths.path);
+        let Value::String(s) = item else {
+            return Err(ConfigError::new(
+                field,
+                Some(item),
+                format!("expected a page path such as \"/\", got {}", kind(item)),
+            ));
+        };
+        warm_path(s).map_err(|problem| ConfigError::new(field, Some(item), problem))?;
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    Ok(WarmSettings {
+        paths: out,
+        concurrency: concurrency
+            .u32(&WARM_CONCURRENCY)?
+            .unwrap_or(WarmSettings::DEFAULT_CONCURRENCY),
+    })
+}
+
+/// Checks a page path to warm (`/a/b?x=1`) and returns its path part.
+pub fn warm_path(s: &str) -> Result<&str, &'static str> {
+    if !s.starts_with('/') || s.starts_with("//") {
+        return Err(
+            "must be a path on the origin starting with one /, such as \"/\" or \"/news?page=2\"",
+        );
+    }
+    if s.len() > 2048 {
+        return Err("must be at most 2048 bytes long");
+    }
+    if s.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+        return Err(
+            "must not contain spaces, control characters or a #fragment (percent-encode them)",
+        );
+    }
+    Ok(s.split_once('?').map_or(s, |(p, _)| p))
+}
+
 fn parse_limits(mut o: Obj<'_>) -> Result<Limits, ConfigError> {
     let max_depth = o.key("max_depth");
     let max_includes = o.key("max_includes");
@@ -1642,6 +1754,35 @@ mod tests {
         assert_error(&e, "coordinator.enabled", "\"yes\"", "true or false");
     }
 
+    #[test]
+    fn warm_settings_are_validated() {
+        let c = Config::from_json_str(
+            r#"{ "origin": "http://o.test", "pages": [ { "path": "/" }, { "path": "/news/*" } ],
+                 "warm": { "paths": ["/", "/news/a?page=2", "/"], "concurrency": 2 } }"#,
+        )
+        .unwrap();
+        assert_eq!(c.warm.paths, ["/", "/news/a?page=2"]);
+        assert_eq!(c.warm.concurrency, 2);
+        let d = Config::from_json_str(r#"{ "origin": "http://o.test" }"#).unwrap();
+        assert_eq!(d.warm, WarmSettings::default());
+        let base = r#"{ "origin": "http://o.test", "pages": [ { "path": "/" } ], "fragments": [ { "path": "/f/*", "private": true } ], "warm": "#;
+        let e = error(&format!(r#"{base}{{ "paths": ["/f/x"] }} }}"#));
+        assert_error(&e, "warm.paths[0]", "\"/f/x\"", "no page route");
+        let e = error(&format!(r#"{base}{{ "paths": ["news"] }} }}"#));
+        assert_error(&e, "warm.paths[0]", "\"news\"", "starting with one /");
+        let e = error(&format!(r#"{base}{{ "paths": ["/", 3] }} }}"#));
+        assert_error(&e, "warm.paths[1]", "3", "page path");
+        let e = error(&format!(r#"{base}{{ "concurrency": 0 }} }}"#));
+        assert_error(&e, "warm.concurrency", "0", "at least 1");
+        let e = error(&format!(r#"{base}{{ "concurency": 2 }} }}"#));
+        assert_error(&e, "warm.concurency", "2", "did you mean concurrency");
+        let many: Vec<String> = (0..=WarmSettings::MAX_PATHS)
+            .map(|i| format!("\"/?p={i}\""))
+            .collect();
+        let e = error(&format!(r#"{base}{{ "paths": [{}] }} }}"#, many.join(",")));
+        assert_eq!(e.field, "warm.paths");
+    }
+
     fn error(json: &str) -> ConfigError {
         match Config::from_json_str(json) {
             Ok(c) => panic!("expected an error for {json}, got {c:?}"),
@@ -2064,7 +2205,7 @@ mod tests {
             (
                 r#"{ "origin": "http://o.test", "zzzzz": 1 }"#.to_owned(),
                 "zzzzz",
-                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator",
+                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator, warm",
             ),
             (
                 r#"{ "origin": "http://o.test", "limits": { "zzzzz": 1 } }"#.to_owned(),
@@ -2676,8 +2817,8 @@ mod tests {
             &serde_json::from_str(&module_doc_example()).unwrap(),
             &mut keys,
         );
-        // Top level, limits, breaker, coordinator, page-only, fragment and vary keys.
-        assert_eq!(keys.len(), 8 + 7 + 3 + 2 + 1 + 16 + 4, "{keys:?}");
+        // Top level, limits, breaker, coordinator, warm, page-only, fragment and vary keys.
+        assert_eq!(keys.len(), 9 + 7 + 3 + 2 + 2 + 1 + 16 + 4, "{keys:?}");
         for key in &keys {
             for v in odd {
                 for json in [

@@ -58,6 +58,9 @@ pub const PERMIT_PATH: &str = "/breaker/permit";
 pub const REPORT_PATH: &str = "/breaker/report";
 /// Path that makes a key's object drop its copy (after a purge).
 pub const FORGET_PATH: &str = "/forget";
+/// Path that hands a key's object a written-through copy (the body is a
+/// [`Reply::encode`]d [`Answer::Entry`]).
+pub const PUT_PATH: &str = "/put";
 /// Name of the object that holds an origin's breaker.
 pub fn origin_object_name(origin: &str) -> String {
     format!("origin:{origin}")
@@ -208,6 +211,10 @@ pub trait Coordinator {
     fn load(&self, req: LoadRequest) -> LocalFuture<Result<Reply, CoordError>>;
     /// Tells the object for `key` to drop its copy (after a purge).
     fn forget(&self, key: &str) -> LocalFuture<Result<(), CoordError>>;
+    /// Hands the object for `key` a copy written through (already in KV):
+    /// it replaces the object's copy, and a fetch the object has in flight
+    /// neither overwrites it nor stores what it got.
+    fn put(&self, key: &str, entry: Reply) -> LocalFuture<Result<(), CoordError>>;
 }
 
 /// A breaker outcome, as reported to an origin's object.
@@ -280,6 +287,9 @@ pub struct KeyObject {
     copy: RefCell<Option<(EntryMeta, Rc<[u8]>)>>,
     looked_in_store: Cell<bool>,
     flight: RefCell<Option<SharedLoad>>,
+    /// Copies written through so far: a fetch that sees this change while
+    /// it is out was overtaken by newer content.
+    pushes: Cell<u64>,
 }
 
 impl KeyObject {
@@ -292,6 +302,16 @@ impl KeyObject {
     pub fn forget(&self) {
         *self.copy.borrow_mut() = None;
         self.looked_in_store.set(true);
+    }
+
+    /// Takes a copy written through (see [`Coordinator::put`]); an answer
+    /// other than [`Answer::Entry`] is ignored.
+    pub fn put(&self, entry: &Reply) {
+        if let Answer::Entry { meta, .. } = &entry.answer {
+            *self.copy.borrow_mut() = Some((meta.clone(), Rc::clone(&entry.bytes)));
+            self.looked_in_store.set(true);
+            self.pushes.set(self.pushes.get() + 1);
+        }
     }
 
     /// Serves one load request: a newer fresh copy if there is one, else
@@ -356,6 +376,7 @@ impl KeyObject {
             }
         };
         let origin = url.origin().to_string();
+        let pushes = self.pushes.get();
         match gate.permit(&origin).await {
             Permit::Deny { retry_after_ms } => {
                 return Reply::bare(Answer::OriginDown { retry_after_ms });
@@ -409,7 +430,7 @@ impl KeyObject {
                     // The origin no longer lets this be cached: the stored
                     // copy must stop being served (an expired tombstone).
                     let tomb = EntryMeta::new(now, now, now, resp.status.as_u16(), fetch_ms);
-                    put_entry(&ports, &req.key, Vec::new(), tomb.clone(), 0).await;
+                    let _ = put_entry(&ports, &req.key, Vec::new(), tomb.clone(), 0).await;
                     *self.copy.borrow_mut() = None;
                 }
                 let kept = if req.rules.shell {
@@ -436,6 +457,19 @@ impl KeyObject {
                 ..
             } => {
                 gate.report(&origin, &req.key, Outcome::Healthy).await;
+                if self.pushes.get() != pushes {
+                    // Written through while this fetch was out: that copy
+                    // is newer, and is the answer.
+                    if let Some((meta, value)) = self.copy.borrow().clone() {
+                        return Reply {
+                            answer: Answer::Entry {
+                                meta,
+                                fetched: true,
+                            },
+                            bytes: value,
+                        };
+                    }
+                }
                 if headers_dropped {
                     ports.log.log(
                         LogLevel::Warn,
@@ -446,7 +480,7 @@ impl KeyObject {
                 let hard_ms = meta.stale_until.saturating_sub(now);
                 let value: Rc<[u8]> = Rc::from(value);
                 *self.copy.borrow_mut() = Some((meta.clone(), Rc::clone(&value)));
-                put_entry(&ports, &req.key, value.to_vec(), meta.clone(), hard_ms).await;
+                let _ = put_entry(&ports, &req.key, value.to_vec(), meta.clone(), hard_ms).await;
                 Reply {
                     answer: Answer::Entry {
                         meta,

@@ -57,3 +57,5 @@ pub mod serve;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod url;
+pub mod warm;
+pub mod write_through;

@@ -668,6 +668,27 @@ impl crate::coord::Coordinator for SimCoordinatorPort {
         }
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn put(
+        &self,
+        key: &str,
+        entry: crate::coord::Reply,
+    ) -> LocalFuture<Result<(), crate::coord::CoordError>> {
+        if self.coordinator.unavailable.get() {
+            return Box::pin(std::future::ready(Err(crate::coord::CoordError(
+                "object unreachable (simulated)".into(),
+            ))));
+        }
+        let object = Rc::clone(
+            self.coordinator
+                .objects
+                .borrow_mut()
+                .entry(key.to_owned())
+                .or_default(),
+        );
+        object.put(&entry);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 struct SimBackground(Rc<Executor>);

@@ -206,6 +206,7 @@ async function launch({ options, kvPersist, script }) {
  *   url: string,
  *   fetch: (path: string, init?: RequestInit) => Promise<Response>,
  *   dispatch: (path: string, init?: RequestInit) => Promise<Response>,
+ *   scheduled: (cron?: string) => Promise<{ outcome: string, noRetry: boolean }>,
  *   kv: any,
  *   logs: string[],
  *   crossRequestWarnings: () => string[],
@@ -236,6 +237,8 @@ export async function startWorker({
     fetch: (p, init) => fetch(new URL(p, url), init),
     /** Miniflare's in-process dispatch; same worker, no client socket of our own. */
     dispatch: (p, init) => mf.dispatchFetch(new URL(p, url).href, init),
+    /** Fires the worker's scheduled (cron) handler, as a cron trigger would, and waits for it. */
+    scheduled: async (cron = "*/5 * * * *") => (await mf.getWorker()).scheduled({ cron }),
     kv,
     logs,
     crossRequestWarnings,

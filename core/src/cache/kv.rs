@@ -92,18 +92,29 @@ impl FragmentStore for TimedStore {
 /// an `expirationTtl` below 60 s; the soft and hard deadlines in the
 /// metadata are what freshness uses, so a longer KV life is harmless. A
 /// failed write is logged: the answer it would have stored still goes out.
-pub async fn put_entry(ports: &Ports, key: &str, body: Vec<u8>, meta: EntryMeta, hard_ms: u64) {
+/// Returns whether the write succeeded.
+pub async fn put_entry(
+    ports: &Ports,
+    key: &str,
+    body: Vec<u8>,
+    meta: EntryMeta,
+    hard_ms: u64,
+) -> bool {
     let ttl_s = hard_ms
         .div_ceil(1000)
         .max(u64::from(crate::config::MIN_HARD_TTL_S));
-    if let Err(e) = ports
+    match ports
         .store
         .put(key, StoredEntry { body, meta }, ttl_s)
         .await
     {
-        ports
-            .log
-            .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
+        Ok(()) => true,
+        Err(e) => {
+            ports
+                .log
+                .log(LogLevel::Warn, &format!("{key}: KV write failed: {e}"));
+            false
+        }
     }
 }
 

@@ -35,13 +35,15 @@
 //!   hit-for-pass marks, the write throttle);
 //! - `policy`: how a route is loaded (`Policy`) and [`VaryHint`];
 //! - `origin`: the origin request ([`SURROGATE_CAPABILITY`], [`HOP_BY_HOP`]);
-//! - `store`: the flight leader's fetch, storage decision and KV write-back.
+//! - `store`: the flight leader's fetch, storage decision and KV write-back;
+//! - `push`: write-through, a pushed body stored through that same path.
 
 pub mod connections;
 mod fragment;
 mod memory;
 mod origin;
 mod policy;
+mod push;
 mod store;
 
 use std::rc::Rc;
@@ -66,6 +68,7 @@ pub use memory::{
 };
 pub use origin::{HOP_BY_HOP, SURROGATE_CAPABILITY};
 pub use policy::VaryHint;
+pub use push::{PushError, PushTarget, Pushed};
 pub use store::{flight_lifetime_ms, FLIGHT_WRITE_BUDGET_MS};
 
 use memory::StoreRead;

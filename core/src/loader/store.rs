@@ -220,7 +220,7 @@ impl LeaderJob {
                         epoch,
                         known_absent: false,
                     };
-                    write_back(&loader, &key, Vec::new(), tombstone, 0, since).await;
+                    let _ = write_back(&loader, &key, Vec::new(), tombstone, 0, since).await;
                 }
             }
             Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
@@ -233,6 +233,13 @@ impl LeaderJob {
                 headers_dropped,
             } => {
                 shared.backoff.record_success(&key);
+                // A copy stored here after this fetch started (a
+                // write-through) is newer than what the fetch brought: it
+                // stays, and is what the waiting requests get.
+                if let Some(newer) = job.superseded(started) {
+                    guard.publish(Outcome::Shared(newer));
+                    return;
+                }
                 if headers_dropped {
                     ports.log.log(
                         LogLevel::Warn,
@@ -257,7 +264,7 @@ impl LeaderJob {
                     epoch,
                     known_absent,
                 };
-                write_back(&loader, &key, value, *meta, hard_ms, since).await;
+                let _ = write_back(&loader, &key, value, *meta, hard_ms, since).await;
                 drop(guard);
             }
         }
@@ -353,6 +360,10 @@ impl Job<'_> {
                     return self.purged_meanwhile(guard, frag);
                 }
                 shared.backoff.record_success(self.key);
+                if let Some(newer) = self.superseded(meta.stored_at) {
+                    guard.publish(Outcome::Shared(newer));
+                    return;
+                }
                 shared.recent.remember(self.key, &meta, &frag);
                 if !fetched {
                     ports.log.log(
@@ -398,6 +409,15 @@ impl Job<'_> {
                 self.origin_down(guard, now, retry_after_ms);
             }
         }
+    }
+
+    /// The copy this isolate holds when it was stored after `since` (ms):
+    /// a write-through made while this load was out, which counts as newer
+    /// than anything the load brings back (as a newer copy in KV does for
+    /// [`write_back`]).
+    fn superseded(&self, since: u64) -> Option<Rc<Fragment>> {
+        let (meta, frag) = self.loader.shared.recent.get(self.key)?;
+        (meta.stored_at > since).then_some(frag)
     }
 
     /// A failed load: any stored copy stays and is served, and the key backs
@@ -483,10 +503,24 @@ impl Job<'_> {
 /// What a write-back must not overwrite: anything stored after the fetch
 /// `started`, or purged since `epoch`. `known_absent`: the lookup found
 /// nothing in KV just before this fetch, so it need not look again.
-struct Since {
-    started: u64,
-    epoch: u64,
-    known_absent: bool,
+pub(super) struct Since {
+    pub(super) started: u64,
+    pub(super) epoch: u64,
+    pub(super) known_absent: bool,
+}
+
+/// What [`write_back`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// The entry is in KV.
+    Stored,
+    /// This isolate wrote the key less than a second ago (KV takes one
+    /// write per second per key): nothing written.
+    Throttled,
+    /// KV holds a newer copy, or the key was purged: nothing written.
+    Superseded,
+    /// The KV write failed (logged).
+    Failed,
 }
 
 /// Writes an entry, at most once per second per key from this isolate, and
@@ -500,31 +534,46 @@ async fn write_back(
     meta: EntryMeta,
     hard_ms: u64,
     since: Since,
-) {
+) -> Written {
+    if !loader.shared.claim_write(key, loader.ports.clock.now_ms()) {
+        return Written::Throttled;
+    }
+    write_claimed(loader, key, body, meta, hard_ms, since).await
+}
+
+/// [`write_back`] once the write throttle has let this write through.
+pub(super) async fn write_claimed(
+    loader: &Loader,
+    key: &str,
+    body: Vec<u8>,
+    meta: EntryMeta,
+    hard_ms: u64,
+    since: Since,
+) -> Written {
     let Since {
         started,
         epoch,
         known_absent,
     } = since;
     let ports = &loader.ports;
-    let now = ports.clock.now_ms();
-    if !loader.shared.claim_write(key, now) {
-        return;
-    }
     // A cold load whose lookup just found nothing in KV skips the check, so
     // a cold page costs one KV read per key, not two.
     if !known_absent {
         if let Ok(Some(current)) = ports.store.get(key).await {
             if current.meta.version == META_VERSION && current.meta.stored_at > started {
-                return;
+                return Written::Superseded;
             }
         }
     }
     // The read above let a purge run; nothing is awaited from here to the put.
     if loader.shared.purges.purged_since(epoch, key) {
-        return;
+        return Written::Superseded;
     }
-    put_entry(ports, key, body, meta, hard_ms).await;
+    if put_entry(ports, key, body, meta, hard_ms).await {
+        Written::Stored
+    } else {
+        Written::Failed
+    }
 }
 
 /// Response headers of a 304 that describe the message rather than the
