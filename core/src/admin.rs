@@ -39,6 +39,9 @@ pub enum Operation {
     /// `POST /_fragcache/warm?path=…`: load pages through the normal path
     /// (see [`crate::warm`]).
     Warm,
+    /// `GET /_fragcache/inspect?path=/page`: one page request, fragment by
+    /// fragment (see [`crate::inspect`]).
+    Inspect,
 }
 
 impl Operation {
@@ -48,6 +51,7 @@ impl Operation {
         Operation::Purge,
         Operation::Fragment,
         Operation::Warm,
+        Operation::Inspect,
     ];
 
     /// The path below [`ADMIN_PREFIX`] that names this operation.
@@ -57,13 +61,14 @@ impl Operation {
             Operation::Purge => "purge",
             Operation::Fragment => "fragment",
             Operation::Warm => "warm",
+            Operation::Inspect => "inspect",
         }
     }
 
     /// The methods this operation takes (`HEAD` goes with `GET`).
     pub fn methods(self) -> &'static [Method] {
         match self {
-            Operation::Index => &[Method::GET, Method::HEAD],
+            Operation::Index | Operation::Inspect => &[Method::GET, Method::HEAD],
             Operation::Purge => &[Method::POST],
             Operation::Fragment => &[Method::PUT],
             Operation::Warm => &[Method::POST],
@@ -82,6 +87,9 @@ impl Operation {
             }
             Operation::Warm => {
                 "warm pages through the normal path: ?path=/a&path=/b (default: the configured warm.paths), optional concurrency"
+            }
+            Operation::Inspect => {
+                "serve ?path=/page (other parameters are its query) with your cookies and headers, and show each fragment: status, age against its TTLs, timing, key; HTML, or JSON with Accept: application/json"
             }
         }
     }
@@ -107,6 +115,22 @@ pub fn bearer_matches(token: &str, authorization: Option<&str>) -> bool {
         return false;
     };
     !token.is_empty() && constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// Request header that, carrying the admin token, makes one ordinary page
+/// request bypass the cache (see [`bypass_requested`]). Never sent to the
+/// origin.
+pub const BYPASS_HEADER: &str = "x-fragcache-bypass";
+
+/// Whether a request's [`BYPASS_HEADER`] value (`header`) is the admin
+/// token: then that one request reads and writes no cache. A wrong or
+/// missing value, or no token configured, means an ordinary request. The
+/// comparison takes the same time wherever the first wrong byte is.
+pub fn bypass_requested(token: Option<&str>, header: Option<&str>) -> bool {
+    match (token, header) {
+        (Some(t), Some(h)) => !t.is_empty() && constant_time_eq(h.trim().as_bytes(), t.as_bytes()),
+        _ => false,
+    }
 }
 
 /// Decides whether a request to admin `path` may go on: the operation it
@@ -281,6 +305,18 @@ mod tests {
         );
         let Err(reply) = r else { panic!("allowed") };
         assert_eq!(reply.headers().unwrap()[ALLOW], "POST");
+    }
+
+    #[test]
+    fn bypass_needs_the_exact_token() {
+        assert!(bypass_requested(Some("t0k"), Some("t0k")));
+        assert!(bypass_requested(Some("t0k"), Some(" t0k ")));
+        assert!(!bypass_requested(Some("t0k"), Some("t0")));
+        assert!(!bypass_requested(Some("t0k"), Some("t0kk")));
+        assert!(!bypass_requested(Some("t0k"), Some("")));
+        assert!(!bypass_requested(Some("t0k"), None));
+        assert!(!bypass_requested(None, Some("t0k")));
+        assert!(!bypass_requested(Some(""), Some("")));
     }
 
     #[test]

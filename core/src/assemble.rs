@@ -142,7 +142,8 @@ impl IncludeError {
     }
 }
 
-/// What happened to one include, for headers and logs.
+/// What happened to one include (or the page shell), for headers, logs,
+/// the per-page record and the inspector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FragmentReport {
     /// Path (and query) of the include on its origin.
@@ -151,13 +152,43 @@ pub struct FragmentReport {
     pub status: CacheStatus,
     /// Age of a cached copy, in seconds.
     pub age_s: Option<u64>,
+    /// When its lookup began, in milliseconds after the request began
+    /// ([`Loader::began_ms`]): its place on the page's time axis.
+    pub start_ms: u64,
     /// Milliseconds from lookup to body.
     pub ms: u64,
+    /// Whether this request itself asked the origin for it (a miss it led,
+    /// or a bypass), rather than reading a cache or waiting for another
+    /// request's fetch.
+    pub fetched: bool,
     /// Nesting depth (0 for the shell's own includes).
     pub depth: u32,
     /// The state of the include's origin's circuit breaker, when it is not
     /// closed (`open`, `half-open`).
     pub origin: Option<&'static str>,
+    /// The fragment served, once known: its cache key and version. Shared,
+    /// not copied.
+    pub fragment: Option<Rc<Fragment>>,
+    /// Tags of the served entry (empty until entries carry tags).
+    pub tags: Vec<String>,
+}
+
+impl FragmentReport {
+    /// A report whose lookup starts now, `start_ms` into the request.
+    pub fn new(path: String, status: CacheStatus, depth: u32, start_ms: u64) -> Self {
+        FragmentReport {
+            path,
+            status,
+            age_s: None,
+            start_ms,
+            ms: 0,
+            fetched: false,
+            depth,
+            origin: None,
+            fragment: None,
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// One piece of page output.
@@ -175,7 +206,6 @@ struct PageState {
     vars: RequestVars,
     includes: Cell<u32>,
     deadline: u64,
-    reports: RefCell<Vec<FragmentReport>>,
     private: Cell<bool>,
     uncertain: Cell<bool>,
     /// Request inputs read by every template evaluated for this page.
@@ -240,7 +270,6 @@ impl Page {
             vars,
             includes: Cell::new(0),
             deadline: now + u64::from(config.limits.page_timeout_ms),
-            reports: RefCell::new(Vec::new()),
             private: Cell::new(false),
             uncertain: Cell::new(false),
             inputs: Cell::new(RequestInputs::default()),
@@ -367,9 +396,10 @@ impl Page {
         self.state.vary.borrow().clone()
     }
 
-    /// Reports for the includes seen so far.
+    /// Reports for the request so far: the shell's first, then every
+    /// include seen, in document order ([`Loader::reports`]).
     pub fn reports(&self) -> Vec<FragmentReport> {
-        self.state.reports.borrow().clone()
+        self.state.loader.reports()
     }
 
     /// Phase two: the next piece of output in document order, or `None` at
@@ -585,18 +615,13 @@ impl PageState {
         }
         let began = self.loader.ports().clock.now_ms();
         // Take the report slot before waiting, so reports stay in document order.
-        let report = {
-            let mut reports = self.reports.borrow_mut();
-            reports.push(FragmentReport {
-                path: url.path_and_query(),
-                status: CacheStatus::Lookup,
-                age_s: None,
-                ms: 0,
-                depth,
-                origin: None,
-            });
-            reports.len() - 1
-        };
+        let start_ms = began.saturating_sub(self.loader.began_ms());
+        let report = self.loader.add_report(FragmentReport::new(
+            url.path_and_query(),
+            CacheStatus::Lookup,
+            depth,
+            start_ms,
+        ));
         let lookup = self.loader.lookup_fragment(&url).await;
         if lookup.private {
             self.private.set(true);
@@ -609,11 +634,12 @@ impl PageState {
         } else {
             breakers.state(&url.origin().to_string(), began)
         };
-        if let Some(r) = self.reports.borrow_mut().get_mut(report) {
+        self.loader.update_report(report, |r| {
             r.status = lookup.status;
             r.age_s = lookup.age_s;
+            r.fetched = matches!(lookup.status, CacheStatus::Miss | CacheStatus::Bypass);
             r.origin = (breaker != BreakerState::Closed).then(|| breaker.as_str());
-        }
+        });
         Ok(Started {
             url,
             report,
@@ -637,10 +663,11 @@ impl PageState {
         } = started;
         let (status, result) = self.until_deadline(lookup.finish()).await?;
         let now = self.loader.ports().clock.now_ms();
-        if let Some(r) = self.reports.borrow_mut().get_mut(report) {
+        self.loader.update_report(report, |r| {
             r.status = status;
             r.ms = now.saturating_sub(began);
-        }
+            r.fragment = result.as_ref().ok().cloned();
+        });
         let frag = result.map_err(|error| IncludeError::Load {
             url: url.to_string(),
             error,

@@ -49,9 +49,11 @@ pub mod config;
 pub mod coord;
 pub mod esi;
 pub mod headers;
+pub mod inspect;
 pub mod loader;
 pub mod ports;
 pub mod purge;
+pub mod record;
 pub mod request;
 pub mod serve;
 #[cfg(any(test, feature = "testing"))]

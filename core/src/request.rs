@@ -22,6 +22,10 @@ pub struct ClientRequest {
     pub headers: HeaderMap,
     /// Two-letter country code from `request.cf`, when known.
     pub country: Option<String>,
+    /// The authorised debug bypass ([`crate::admin::BYPASS_HEADER`]): every
+    /// fragment and the shell come from the origin, no cache is read or
+    /// written, and the page is private.
+    pub debug_bypass: bool,
 }
 
 impl ClientRequest {
@@ -32,6 +36,7 @@ impl ClientRequest {
             url,
             headers: HeaderMap::new(),
             country: None,
+            debug_bypass: false,
         }
     }
 

@@ -115,10 +115,24 @@ pub async fn handle(loader: Loader) -> Reply {
         }
     };
     let began = loader.ports().clock.now_ms();
+    let report = loader.add_report(FragmentReport::new(
+        "shell".into(),
+        CacheStatus::Lookup,
+        0,
+        began.saturating_sub(loader.began_ms()),
+    ));
     let lookup = loader.lookup_page(&origin_url, route).await;
     let (age, private_shell) = (lookup.age_s, lookup.private);
+    let fetched = matches!(lookup.status, CacheStatus::Miss | CacheStatus::Bypass);
     let (shell_status, shell) = lookup.finish().await;
     let shell_ms = loader.ports().clock.now_ms().saturating_sub(began);
+    loader.update_report(report, |r| {
+        r.status = shell_status;
+        r.age_s = age;
+        r.ms = shell_ms;
+        r.fetched = fetched;
+        r.fragment = shell.as_ref().ok().cloned();
+    });
     let shell = match shell {
         Ok(s) => s,
         Err(e) => {
@@ -129,18 +143,10 @@ pub async fn handle(loader: Loader) -> Reply {
             return load_error_reply(&e, "page shell");
         }
     };
-    let report = FragmentReport {
-        path: "shell".into(),
-        status: shell_status,
-        age_s: age,
-        ms: shell_ms,
-        depth: 0,
-        origin: None,
-    };
     render_shell(
         loader,
         shell,
-        report,
+        age,
         private_shell,
         route.require_surrogate_control,
     )
@@ -196,22 +202,21 @@ pub fn shell_too_large(loader: &Loader) -> Reply {
 pub async fn handle_surrogate_shell(loader: Loader, shell: OriginResponse) -> Reply {
     let now = loader.ports().clock.now_ms();
     // Like any uncached shell: its own Set-Cookie and headers kept.
-    let fragment = Fragment::from_response(&shell, now, None, true, true);
-    let report = FragmentReport {
-        path: "shell".into(),
-        status: CacheStatus::Bypass,
-        age_s: None,
-        ms: 0,
-        depth: 0,
-        origin: None,
-    };
-    render_shell(loader, Rc::new(fragment), report, false, true).await
+    let fragment = Rc::new(Fragment::from_response(&shell, now, None, true, true));
+    // The shell came with the pass-through request, which began with the
+    // request itself.
+    let mut report = FragmentReport::new("shell".into(), CacheStatus::Bypass, 0, 0);
+    report.ms = now.saturating_sub(loader.began_ms());
+    report.fetched = true;
+    report.fragment = Some(Rc::clone(&fragment));
+    loader.add_report(report);
+    render_shell(loader, fragment, None, false, true).await
 }
 
 /// The headers every page built from `shell` starts with: the origin's
 /// (already filtered by [`crate::headers::keep_from_origin`]), a `Content-Type`, the
 /// shell's `Set-Cookie`s, and the age of a cached shell.
-fn shell_headers(shell: &Fragment, report: &FragmentReport) -> HeaderMap {
+fn shell_headers(shell: &Fragment, age_s: Option<u64>) -> HeaderMap {
     let mut headers = shell.headers.clone();
     if !headers.contains_key(CONTENT_TYPE) {
         let ct = shell
@@ -226,7 +231,7 @@ fn shell_headers(shell: &Fragment, report: &FragmentReport) -> HeaderMap {
             headers.append(SET_COOKIE, v);
         }
     }
-    if let Some(age) = report.age_s {
+    if let Some(age) = age_s {
         headers.insert(AGE, HeaderValue::from(age));
     }
     headers
@@ -238,17 +243,24 @@ fn shell_headers(shell: &Fragment, report: &FragmentReport) -> HeaderMap {
 async fn render_shell(
     loader: Loader,
     shell: Rc<Fragment>,
-    shell_report: FragmentReport,
+    shell_age_s: Option<u64>,
     private_shell: bool,
     require_surrogate_control: bool,
 ) -> Reply {
     let origin_url = loader.request().url.with_origin(&loader.config().origin);
-    let mut headers = shell_headers(&shell, &shell_report);
+    let mut headers = shell_headers(&shell, shell_age_s);
+    let debug_bypass = loader.request().debug_bypass;
+    if debug_bypass {
+        // Whatever the shell says: this answer was made for one debugging
+        // request and must not be stored anywhere.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
+        headers.remove(AGE);
+    }
     let passthrough = |mut headers: HeaderMap| {
         set_text(
             &mut headers,
             STATUS_HEADER,
-            &status_header(std::slice::from_ref(&shell_report)),
+            &status_header(&loader.reports()),
         );
         Reply::Full {
             status: shell.status,
@@ -301,7 +313,8 @@ async fn render_shell(
     let inputs = page.request_inputs();
     // A page that read a cookie was made for one user. `Vary` cannot name
     // the client's country. Neither page may be shared.
-    let private = page.is_private()
+    let private = debug_bypass
+        || page.is_private()
         || page.may_be_private()
         || private_shell
         || !shell.set_cookies.is_empty()
@@ -321,8 +334,7 @@ async fn render_shell(
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
         headers.remove(AGE);
     }
-    let mut reports = vec![shell_report];
-    reports.extend(page.reports());
+    let reports = page.reports();
     set_text(&mut headers, STATUS_HEADER, &status_header(&reports));
     let until_headers = loader.ports().clock.now_ms().saturating_sub(assembling);
     if let Ok(v) = HeaderValue::from_str(&server_timing(&reports, until_headers)) {

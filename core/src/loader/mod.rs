@@ -46,9 +46,12 @@ mod policy;
 mod push;
 mod store;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use http::StatusCode;
+
+use crate::assemble::FragmentReport;
 
 use crate::cache::breaker::BreakerState;
 use crate::cache::entry::{xfetch_due, META_VERSION};
@@ -221,6 +224,13 @@ pub struct Loader {
     shared: Rc<Shared>,
     config: Rc<Config>,
     req: Rc<ClientRequest>,
+    /// When the request began (ms): zero on the page's time axis.
+    began: u64,
+    /// What happened to the shell and every include of this request, in
+    /// order; shared by every clone, so it outlives the page it describes
+    /// (the per-page record and the inspector read it once the page is
+    /// drained).
+    reports: Rc<RefCell<Vec<FragmentReport>>>,
 }
 
 impl Loader {
@@ -238,12 +248,45 @@ impl Loader {
             ports.coordinator = None;
         }
         shared.breaker.set_config(config.breaker);
+        let began = ports.clock.now_ms();
         Loader {
             ports,
             shared,
             config,
             req,
+            began,
+            reports: Rc::default(),
         }
+    }
+
+    /// When this request began (ms on the clock).
+    pub fn began_ms(&self) -> u64 {
+        self.began
+    }
+
+    /// Reports of the shell and includes seen so far, in order.
+    pub fn reports(&self) -> Vec<FragmentReport> {
+        self.reports.borrow().clone()
+    }
+
+    /// Records a report; returns its index for [`Loader::update_report`].
+    pub fn add_report(&self, report: FragmentReport) -> usize {
+        let mut reports = self.reports.borrow_mut();
+        reports.push(report);
+        reports.len() - 1
+    }
+
+    /// Changes report `index` (no-op if there is none).
+    pub fn update_report(&self, index: usize, change: impl FnOnce(&mut FragmentReport)) {
+        if let Some(r) = self.reports.borrow_mut().get_mut(index) {
+            change(r);
+        }
+    }
+
+    /// The metadata of the copy of `key` this isolate holds in memory, if
+    /// any (the inspector's soft and hard TTLs). Not a lookup: no KV read.
+    pub fn remembered_meta(&self, key: &str) -> Option<Rc<EntryMeta>> {
+        self.shared.recent.get(key).map(|(meta, _)| meta)
     }
 
     /// The ports this loader uses.
@@ -296,6 +339,12 @@ impl Loader {
         let Some(cache) = policy.cache.clone() else {
             return self.direct(url, policy);
         };
+        // The authorised debug bypass: fetched like the cacheable load it
+        // is (no credentials), for this request alone, nothing read or
+        // stored, and the page private.
+        if self.req.debug_bypass {
+            return self.personal_pass(url, policy);
+        }
         let key = cache_key(policy.kind, policy.route_id, url, &cache.vary, &self.req);
         let now = self.ports.clock.now_ms();
         if self.shared.is_personal(&key, now) {
