@@ -10,8 +10,10 @@ use worker::{Context, Env, Request, Response, Result};
 
 use fragcache_core::admin::{self, Operation};
 use fragcache_core::config::Config;
+use fragcache_core::inspect::{inspect, page_request};
 use fragcache_core::loader::Loader;
 use fragcache_core::purge::paths_from_query;
+use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::Reply;
 use fragcache_core::url::Url;
 use fragcache_core::{warm, write_through};
@@ -24,7 +26,7 @@ const TOKEN_BINDING: &str = "FRAGCACHE_ADMIN_TOKEN";
 const OLD_TOKEN_BINDING: &str = "FRAGCACHE_PURGE_TOKEN";
 
 /// The configured token, from a secret or (for local runs) a plain var.
-fn token(env: &Env) -> Option<String> {
+pub(crate) fn token(env: &Env) -> Option<String> {
     [TOKEN_BINDING, OLD_TOKEN_BINDING].iter().find_map(|name| {
         env.secret(name)
             .ok()
@@ -59,7 +61,7 @@ pub(crate) async fn serve(
     // picks its `vary` variant from it (credentials removed).
     let headers = ports::header_map(req.headers());
     let client = Rc::new(write_through::client_request(url.clone(), &headers));
-    let loader = || -> std::result::Result<Loader, Box<Reply>> {
+    let loader = |client: Rc<ClientRequest>| -> std::result::Result<Loader, Box<Reply>> {
         let kv = env.kv(KV_BINDING).map_err(|e| {
             Box::new(admin::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,7 +72,7 @@ pub(crate) async fn serve(
             with_coordinator(ports::ports(kv, Rc::clone(&ctx)), env),
             SHARED.with(Rc::clone),
             Rc::clone(&config),
-            Rc::clone(&client),
+            client,
         ))
     };
     Ok(match op {
@@ -80,7 +82,7 @@ pub(crate) async fn serve(
                 Ok(p) => p,
                 Err(e) => return Ok(admin::error(StatusCode::BAD_REQUEST, &e.to_string())),
             };
-            let loader = match loader() {
+            let loader = match loader(Rc::clone(&client)) {
                 Ok(l) => l,
                 Err(reply) => return Ok(*reply),
             };
@@ -93,7 +95,7 @@ pub(crate) async fn serve(
             Reply::json(status, report.to_json())
         }
         Operation::Fragment => {
-            let loader = match loader() {
+            let loader = match loader(Rc::clone(&client)) {
                 Ok(l) => l,
                 Err(reply) => return Ok(*reply),
             };
@@ -128,7 +130,7 @@ pub(crate) async fn serve(
                 Ok(r) => r,
                 Err(e) => return Ok(admin::error(StatusCode::BAD_REQUEST, &e)),
             };
-            let loader = match loader() {
+            let loader = match loader(Rc::clone(&client)) {
                 Ok(l) => l,
                 Err(reply) => return Ok(*reply),
             };
@@ -144,6 +146,20 @@ pub(crate) async fn serve(
             .await;
             worker::console_log!("fragcache: {}", report.summary());
             Reply::json(StatusCode::OK, report.to_json())
+        }
+        Operation::Inspect => {
+            let mut client = match page_request(&url, &headers) {
+                Ok(c) => c,
+                Err(e) => return Ok(admin::error(StatusCode::BAD_REQUEST, &e)),
+            };
+            if config.fragments.iter().any(|f| f.vary.country) {
+                client.country = req.cf().and_then(|cf| cf.country());
+            }
+            let accept = req.headers().get("accept")?;
+            match loader(Rc::new(client)) {
+                Ok(loader) => inspect(loader, accept.as_deref()).await,
+                Err(reply) => *reply,
+            }
         }
     })
 }

@@ -25,12 +25,16 @@ use std::rc::Rc;
 
 use futures_util::stream::{self, StreamExt};
 use http::StatusCode;
-use worker::{event, Context, Env, Request, Response, Result};
+use worker::{
+    event, AnalyticsEngineDataPointBuilder, AnalyticsEngineDataset, Context, Env, Request,
+    Response, Result,
+};
 
-use fragcache_core::admin::is_admin_path;
+use fragcache_core::admin::{bypass_requested, is_admin_path, BYPASS_HEADER};
 use fragcache_core::config::{Config, ConfigError};
 use fragcache_core::loader::{Loader, Shared};
 use fragcache_core::ports::OriginResponse;
+use fragcache_core::record::PageRecord;
 use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::{handle, handle_surrogate_shell, shell_too_large, wants_esi, Reply};
 use fragcache_core::url::Url;
@@ -73,6 +77,7 @@ pub(crate) fn config(env: &Env) -> std::result::Result<Rc<Config>, ConfigError> 
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let reply = match serve(req, env, ctx).await {
         Ok(Served::Reply(r)) => r,
+        Ok(Served::Page(r, end)) => return respond(r, Some(end)),
         Ok(Served::Response(r)) => return Ok(r),
         Err(e) => {
             worker::console_error!("fragcache: {e}");
@@ -82,7 +87,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             )
         }
     };
-    respond(reply)
+    respond(reply, None)
 }
 
 /// The cron trigger (`[triggers] crons` in `wrangler.toml`): warms the
@@ -126,11 +131,55 @@ async fn scheduled(event: worker::ScheduledEvent, env: Env, ctx: worker::Schedul
     worker::console_log!("fragcache: cron {}: {}", event.cron(), report.summary());
 }
 
-/// What serving produced: a reply of the core's, or an origin response
-/// passed on as it is.
+/// What serving produced: a reply of the core's, a page (with what its
+/// record needs once it is sent), or an origin response passed on as it is.
 enum Served {
     Reply(Reply),
+    Page(Reply, PageEnd),
     Response(Response),
+}
+
+/// Name of the optional Analytics Engine binding for per-page records.
+const ANALYTICS_BINDING: &str = "FRAGCACHE_ANALYTICS";
+
+/// What is needed to write a page's record when its last byte is out.
+struct PageEnd {
+    loader: Loader,
+    analytics: Option<AnalyticsEngineDataset>,
+}
+
+impl PageEnd {
+    fn new(env: &Env, loader: Loader) -> Self {
+        PageEnd {
+            loader,
+            analytics: env.analytics_engine(ANALYTICS_BINDING).ok(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        let clock = &self.loader.ports().clock;
+        clock.now_ms().saturating_sub(self.loader.began_ms())
+    }
+
+    /// Writes the page's record: one Analytics Engine data point with the
+    /// binding, else one JSON log line (the README documents both layouts).
+    fn finish(self, ttfb_ms: u64) {
+        let path = self.loader.request().url.path_and_query();
+        let record = PageRecord::new(&path, &self.loader.reports(), ttfb_ms, self.now_ms());
+        match &self.analytics {
+            Some(dataset) => {
+                let written = AnalyticsEngineDataPointBuilder::new()
+                    .indexes([record.index()])
+                    .blobs([record.path.as_str()])
+                    .doubles(record.doubles())
+                    .write_to(dataset);
+                if let Err(e) = written {
+                    worker::console_warn!("fragcache: page record not written: {e}");
+                }
+            }
+            None => worker::console_log!("{}", record.to_json_line()),
+        }
+    }
 }
 
 async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
@@ -174,6 +223,11 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
         client.method = http::Method::HEAD;
     }
     client.headers = ports::header_map(req.headers());
+    // The debug header goes no further, whatever it holds; with the admin
+    // token it makes this one request skip the cache.
+    if let Some(given) = client.headers.remove(BYPASS_HEADER) {
+        client.debug_bypass = bypass_requested(admin::token(&env).as_deref(), given.to_str().ok());
+    }
     // `request.cf` is only read when some route varies on the country.
     if config.fragments.iter().any(|f| f.vary.country) {
         client.country = req.cf().and_then(|cf| cf.country());
@@ -198,12 +252,13 @@ async fn serve(req: Request, env: Env, ctx: Context) -> Result<Served> {
         config,
         Rc::new(client),
     );
+    let end = PageEnd::new(&env, loader.clone());
     match handle(loader.clone()).await {
         Reply::Pass(target) => match ports::forward(req, &target).await {
-            Ok(resp) => pass_or_assemble(resp, loader).await,
+            Ok(resp) => pass_or_assemble(resp, loader, end).await,
             Err(e) => Ok(Served::Reply(unreachable(&target, &e))),
         },
-        other => Ok(Served::Reply(other)),
+        other => Ok(Served::Page(other, end)),
     }
 }
 
@@ -221,7 +276,7 @@ fn unreachable(target: &Url, e: &worker::Error) -> Reply {
 /// content="ESI/1.0"`), in which case it is read as a page shell and
 /// assembled. Such a shell over `limits.max_shell_bytes` fails the page
 /// with a 502: its markup must never reach the client unprocessed.
-async fn pass_or_assemble(mut resp: Response, loader: Loader) -> Result<Served> {
+async fn pass_or_assemble(mut resp: Response, loader: Loader, end: PageEnd) -> Result<Served> {
     let headers = ports::header_map(resp.headers());
     let Ok(status) = StatusCode::from_u16(resp.status_code()) else {
         return Ok(Served::Response(resp));
@@ -239,7 +294,10 @@ async fn pass_or_assemble(mut resp: Response, loader: Loader) -> Result<Served> 
         headers,
         body,
     };
-    Ok(Served::Reply(handle_surrogate_shell(loader, shell).await))
+    Ok(Served::Page(
+        handle_surrogate_shell(loader, shell).await,
+        end,
+    ))
 }
 
 /// The ports with the coordinator, when the worker has its Durable Object
@@ -262,31 +320,49 @@ pub(crate) fn with_coordinator(
 }
 
 /// Turns the core's reply into a Worker response: the one place where
-/// replies, errors included, become responses.
-fn respond(reply: Reply) -> Result<Response> {
+/// replies, errors included, become responses. A page's record (`end`) is
+/// written once its body is complete: at once for a full reply, at the end
+/// of the stream for a streamed one (a client that goes away mid-stream
+/// leaves no record).
+fn respond(reply: Reply, end: Option<PageEnd>) -> Result<Response> {
+    let ttfb_ms = end.as_ref().map_or(0, PageEnd::now_ms);
     match reply {
-        Reply::Pass(target) => respond(Reply::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("fragcache: unexpected pass-through to {target}"),
-        )),
+        Reply::Pass(target) => respond(
+            Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("fragcache: unexpected pass-through to {target}"),
+            ),
+            end,
+        ),
         Reply::Full {
             status,
             headers,
             body,
-        } => Ok(Response::from_bytes(body)?
-            .with_status(status.as_u16())
-            .with_headers(ports::worker_headers(&headers))),
+        } => {
+            if let Some(end) = end {
+                end.finish(ttfb_ms);
+            }
+            Ok(Response::from_bytes(body)?
+                .with_status(status.as_u16())
+                .with_headers(ports::worker_headers(&headers)))
+        }
         Reply::Stream {
             status,
             headers,
             first,
             page,
         } => {
-            let rest = stream::unfold(page, |mut page| async move {
+            let rest = stream::unfold((page, end), move |(mut page, mut end)| async move {
                 loop {
-                    match page.next_chunk().await? {
+                    let Some(chunk) = page.next_chunk().await else {
+                        if let Some(end) = end.take() {
+                            end.finish(ttfb_ms);
+                        }
+                        return None;
+                    };
+                    match chunk {
                         fragcache_core::assemble::Chunk::Bytes(b) => {
-                            return Some((Ok::<Vec<u8>, worker::Error>(b), page))
+                            return Some((Ok::<Vec<u8>, worker::Error>(b), (page, end)))
                         }
                         fragcache_core::assemble::Chunk::Failed(e) => {
                             // Bytes are already on the wire: leave the slot empty.

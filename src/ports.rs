@@ -17,6 +17,7 @@ use worker::{
     Response, ResponseBody,
 };
 
+use fragcache_core::admin::BYPASS_HEADER;
 use fragcache_core::cache::EntryMeta;
 use fragcache_core::loader::HOP_BY_HOP;
 use fragcache_core::ports::{
@@ -381,7 +382,9 @@ pub fn pass_on(resp: Response) -> Response {
 pub async fn forward(req: Request, target: &Url) -> worker::Result<Response> {
     let headers = Headers::new();
     for (n, v) in req.headers().entries() {
-        if !HOP_BY_HOP.contains(&n.to_ascii_lowercase().as_str()) {
+        let name = n.to_ascii_lowercase();
+        // The debug bypass header is ours, and carries the admin token.
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != BYPASS_HEADER {
             headers.append(&n, &v)?;
         }
     }
