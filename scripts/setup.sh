@@ -53,4 +53,17 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   say "installing npm packages"
   npm ci --no-audit --no-fund
 fi
+# Headless Chromium for the inspector's browser test (tests/inspector.test.mjs).
+# Optional: installed only as root with apt-get; never fatal. Without it that
+# one test is skipped and says why.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (headless browser for the inspector test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+      say "could not install chromium; the inspector's browser test will be skipped" >&2
+    fi
+  else
+    say "chromium is missing: the inspector's browser test will be skipped (install it with: sudo apt-get install chromium)"
+  fi
+fi
 say "toolchain ready"
