@@ -19,7 +19,8 @@ const MARKER = '{"fragcache":"page"';
 export function parseRecords(text) {
   const records = [];
   const take = (s) => {
-    const at = s.indexOf(MARKER);
+    // The worker writes the marker first; a log shipper may reorder keys.
+    const at = s.includes(MARKER) ? s.indexOf(MARKER) : s.includes('"fragcache":"page"') ? s.indexOf("{") : -1;
     if (at < 0) return;
     try {
       const r = JSON.parse(s.slice(at).trim());

@@ -19,11 +19,11 @@ use std::fmt::Write as _;
 
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use http::StatusCode;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::admin::{self, BYPASS_HEADER};
 use crate::assemble::{Chunk, FragmentReport};
-use crate::cache::CacheStatus;
+use crate::cache::{CacheStatus, EntryMeta};
 use crate::esi::form_decode;
 use crate::loader::Loader;
 use crate::request::ClientRequest;
@@ -95,17 +95,20 @@ pub async fn inspect(loader: Loader, accept: Option<&str>) -> Reply {
         .clock
         .now_ms()
         .saturating_sub(loader.began_ms());
-    let rows: Vec<Value> = loader.reports().iter().map(|r| row(&loader, r)).collect();
-    let data = json!({
-        "page": page,
-        "status": status.as_u16(),
-        "total_ms": total_ms,
-        "failures": failures,
-        "rows": rows,
-    });
+    let reports = loader.reports();
+    let data = Inspection {
+        page: &page,
+        status: status.as_u16(),
+        total_ms,
+        failures,
+        rows: reports.iter().map(|r| Row::new(&loader, r)).collect(),
+    };
     let wants_json = accept.is_some_and(|a| a.contains("application/json"));
     let (body, content_type) = if wants_json {
-        (data.to_string(), "application/json")
+        (
+            serde_json::to_string(&data).unwrap_or_default(),
+            "application/json",
+        )
     } else {
         (html(&data), "text/html; charset=utf-8")
     };
@@ -119,35 +122,65 @@ pub async fn inspect(loader: Loader, accept: Option<&str>) -> Reply {
     }
 }
 
-/// One row of the inspector: a report with what the cache knows of it.
-fn row(loader: &Loader, r: &FragmentReport) -> Value {
-    let key = r.fragment.as_ref().and_then(|f| f.cache_key.as_deref());
-    let meta = key.and_then(|k| loader.remembered_meta(k));
-    let ttl = |until: u64| {
-        meta.as_ref()
-            .map(|m| until.saturating_sub(m.stored_at) / 1000)
-    };
-    let source = match r.status {
-        CacheStatus::Hit | CacheStatus::Refresh | CacheStatus::Stale => "cache",
-        CacheStatus::Coalesced => "waited for another request's fetch",
-        _ if r.fetched => "origin fetch",
-        _ => "none",
-    };
-    json!({
-        "path": r.path,
-        "status": r.status.as_str(),
-        "key": key,
-        "variant": key.and_then(|k| k.split_once('#')).map(|(_, v)| v),
-        "age_s": r.age_s.or(r.fragment.as_ref().and(key).map(|_| 0)),
-        "soft_ttl_s": meta.as_ref().and_then(|m| ttl(m.fresh_until)),
-        "hard_ttl_s": meta.as_ref().and_then(|m| ttl(m.stale_until)),
-        "start_ms": r.start_ms,
-        "ms": r.ms,
-        "source": source,
-        "depth": r.depth,
-        "origin": r.origin,
-        "tags": r.tags,
-    })
+/// What the inspector shows (and answers as JSON).
+#[derive(Serialize)]
+struct Inspection<'a> {
+    page: &'a str,
+    status: u16,
+    total_ms: u64,
+    /// Includes that failed after the page had started.
+    failures: Vec<String>,
+    rows: Vec<Row<'a>>,
+}
+
+/// One row: a report with what the cache knows of it.
+#[derive(Serialize)]
+struct Row<'a> {
+    path: &'a str,
+    status: &'static str,
+    key: Option<&'a str>,
+    variant: Option<&'a str>,
+    age_s: Option<u64>,
+    soft_ttl_s: Option<u64>,
+    hard_ttl_s: Option<u64>,
+    start_ms: u64,
+    ms: u64,
+    source: &'static str,
+    depth: u32,
+    origin: Option<&'static str>,
+    tags: &'a [String],
+}
+
+impl<'a> Row<'a> {
+    fn new(loader: &Loader, r: &'a FragmentReport) -> Self {
+        let key = r.fragment.as_ref().and_then(|f| f.cache_key.as_deref());
+        let meta = key.and_then(|k| loader.remembered_meta(k));
+        let ttl = |until: fn(&EntryMeta) -> u64| {
+            meta.as_ref()
+                .map(|m| until(m).saturating_sub(m.stored_at) / 1000)
+        };
+        Row {
+            path: &r.path,
+            status: r.status.as_str(),
+            key,
+            variant: key.and_then(|k| k.split_once('#')).map(|(_, v)| v),
+            // A copy fetched by this very request is zero seconds old.
+            age_s: r.age_s.or(key.map(|_| 0)),
+            soft_ttl_s: ttl(|m| m.fresh_until),
+            hard_ttl_s: ttl(|m| m.stale_until),
+            start_ms: r.start_ms,
+            ms: r.ms,
+            source: match r.status {
+                CacheStatus::Hit | CacheStatus::Refresh | CacheStatus::Stale => "cache",
+                CacheStatus::Coalesced => "waited for another request's fetch",
+                _ if r.fetched => "origin fetch",
+                _ => "none",
+            },
+            depth: r.depth,
+            origin: r.origin,
+            tags: &r.tags,
+        }
+    }
 }
 
 const HEAD: &str = r#"<!doctype html><html><head><meta charset="utf-8"><title>fragcache inspector</title><style>
@@ -162,54 +195,52 @@ code{font-size:12px;word-break:break-all}small{color:#666}
 </style></head><body><h1>fragcache inspector</h1>
 "#;
 
-/// The inspector page for `data` (the JSON answer), every value escaped.
-fn html(data: &Value) -> String {
+/// The inspector page for `data`, every value escaped.
+fn html(data: &Inspection) -> String {
     let mut out = String::from(HEAD);
-    let total = data["total_ms"].as_u64().unwrap_or(0).max(1);
+    let total = data.total_ms.max(1);
     out.push_str("<p>GET <code>");
-    esc(&mut out, data["page"].as_str().unwrap_or(""));
+    esc(&mut out, data.page);
     let _ = write!(
         out,
-        "</code> answered <strong>{}</strong> in {total} ms</p>",
-        data["status"]
+        "</code> answered <strong>{}</strong> in {total} ms</p><p class=\"legend\">",
+        data.status
     );
-    out.push_str("<p class=\"legend\">");
     for s in ["hit", "stale", "miss", "coalesced", "bypass", "error"] {
         let _ = write!(out, "<span class=\"s {s}\">{s}</span>");
     }
     out.push_str("</p>");
-    for f in data["failures"].as_array().into_iter().flatten() {
+    for f in &data.failures {
         out.push_str("<p class=\"failure\">failed after the page started: ");
-        esc(&mut out, f.as_str().unwrap_or(""));
+        esc(&mut out, f);
         out.push_str("</p>");
     }
     out.push_str("<table><tr><th>fragment</th><th>status</th><th>time (page axis)</th><th>age / soft / hard TTL</th><th>key · variant</th><th>tags</th><th>depth</th></tr>");
-    for r in data["rows"].as_array().into_iter().flatten() {
-        let status = r["status"].as_str().unwrap_or("");
-        let (start, ms) = (
-            r["start_ms"].as_u64().unwrap_or(0),
-            r["ms"].as_u64().unwrap_or(0),
+    for r in &data.rows {
+        // Status names are our own static words: no escaping needed.
+        let status = r.status;
+        let _ = write!(
+            out,
+            "<tr class=\"row\" data-status=\"{status}\"><td><code class=\"path\">"
         );
-        out.push_str("<tr class=\"row\" data-status=\"");
-        esc(&mut out, status);
-        out.push_str("\"><td><code class=\"path\">");
-        esc(&mut out, r["path"].as_str().unwrap_or(""));
+        esc(&mut out, r.path);
         let _ = write!(
             out,
             "</code></td><td><span class=\"s {status}\">{status}</span>"
         );
-        if let Some(o) = r["origin"].as_str() {
+        if let Some(o) = r.origin {
             let _ = write!(out, " <small>circuit {o}</small>");
         }
         let _ = write!(
             out,
-            "</td><td><div class=\"axis\"><i class=\"{status}\" style=\"left:{};width:{}\"></i></div><small>+{start} ms, {ms} ms, {}</small></td><td>",
-            pct(start, total),
-            pct(ms.max(total / 200), total),
-            r["source"].as_str().unwrap_or(""),
+            "</td><td><div class=\"axis\"><i class=\"{status}\" style=\"left:{};width:{}\"></i></div><small>+{} ms, {} ms, {}</small></td><td>",
+            pct(r.start_ms, total),
+            pct(r.ms.max(total / 200), total),
+            r.start_ms,
+            r.ms,
+            r.source,
         );
-        let age = r["age_s"].as_u64();
-        match (age, r["soft_ttl_s"].as_u64(), r["hard_ttl_s"].as_u64()) {
+        match (r.age_s, r.soft_ttl_s, r.hard_ttl_s) {
             (Some(age), Some(soft), Some(hard)) if hard > 0 => {
                 let _ = write!(
                     out,
@@ -225,20 +256,20 @@ fn html(data: &Value) -> String {
             _ => out.push_str("<small>not cached</small>"),
         }
         out.push_str("</td><td><code>");
-        esc(&mut out, r["key"].as_str().unwrap_or(""));
+        esc(&mut out, r.key.unwrap_or(""));
         out.push_str("</code>");
-        if let Some(v) = r["variant"].as_str() {
+        if let Some(v) = r.variant {
             out.push_str("<br><small>variant ");
             esc(&mut out, v);
             out.push_str("</small>");
         }
         out.push_str("</td><td>");
-        for t in r["tags"].as_array().into_iter().flatten() {
+        for t in r.tags {
             out.push_str("<code class=\"tag\">");
-            esc(&mut out, t.as_str().unwrap_or(""));
+            esc(&mut out, t);
             out.push_str("</code> ");
         }
-        let _ = write!(out, "</td><td>{}</td></tr>", r["depth"]);
+        let _ = write!(out, "</td><td>{}</td></tr>", r.depth);
     }
     out.push_str("</table></body></html>\n");
     out

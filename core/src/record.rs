@@ -69,22 +69,22 @@ impl PageRecord {
         r
     }
 
-    /// The record as one log line: `{"fragcache":"page","path":…}`.
+    /// The record as one log line, the marker first so that it is found
+    /// by a plain text search: `{"fragcache":"page","path":…}`.
     pub fn to_json_line(&self) -> String {
-        serde_json::json!({
-            "fragcache": LOG_MARKER,
-            "path": self.path,
-            "hit": self.hit,
-            "stale": self.stale,
-            "miss": self.miss,
-            "coalesced": self.coalesced,
-            "bypass": self.bypass,
-            "error": self.error,
-            "origin_fetches": self.origin_fetches,
-            "ttfb_ms": self.ttfb_ms,
-            "total_ms": self.total_ms,
-        })
-        .to_string()
+        let path = serde_json::to_string(&self.path).unwrap_or_else(|_| "\"\"".into());
+        format!(
+            "{{\"fragcache\":\"{LOG_MARKER}\",\"path\":{path},\"hit\":{},\"stale\":{},\"miss\":{},\"coalesced\":{},\"bypass\":{},\"error\":{},\"origin_fetches\":{},\"ttfb_ms\":{},\"total_ms\":{}}}",
+            self.hit,
+            self.stale,
+            self.miss,
+            self.coalesced,
+            self.bypass,
+            self.error,
+            self.origin_fetches,
+            self.ttfb_ms,
+            self.total_ms
+        )
     }
 
     /// Analytics Engine `doubles`, in this order: hit, stale, miss,
@@ -139,6 +139,9 @@ mod tests {
         let r = PageRecord::new("/p?a=1", &reports, 3, 40);
         assert_eq!((r.hit, r.stale, r.miss, r.coalesced), (2, 1, 1, 1));
         assert_eq!((r.bypass, r.error, r.origin_fetches), (1, 2, 3));
+        assert!(r
+            .to_json_line()
+            .starts_with(r#"{"fragcache":"page","path":"/p?a=1","#));
         let line: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
         assert_eq!(line["fragcache"], "page");
         assert_eq!(line["path"], "/p?a=1");
@@ -149,7 +152,9 @@ mod tests {
 
     #[test]
     fn the_index_fits_analytics_engine() {
-        let r = PageRecord::new(&format!("/{}", "é".repeat(100)), &[], 0, 0);
+        let r = PageRecord::new(&format!("/{}\"\\", "é".repeat(100)), &[], 0, 0);
+        let line: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(line["path"], r.path.as_str());
         assert!(r.index().len() <= MAX_INDEX_BYTES);
         assert!(r.path.starts_with(r.index()));
     }
