@@ -92,7 +92,10 @@ test("one record per page, and npm run stats adds them up to what the origin cou
   const records = () => worker.logs.filter((l) => l.includes(RECORD) && l.includes('"path":"/s"'));
   assert.equal(records().length, 0);
 
-  assert.equal(await (await worker.fetch("/s")).text(), "s1|s2"); // streamed: two misses
+  const cold = await worker.fetch("/s"); // streamed: two misses
+  // Server-Timing claims only what was known when the headers left.
+  assert.match(cold.headers.get("server-timing"), /^shell;desc="bypass";dur=\d+, assemble;desc="2 fragments";dur=\d+$/);
+  assert.equal(await cold.text(), "s1|s2");
   await waitFor(() => records().length === 1, { message: "the first page's record" });
   await waitFor(async () => (await worker.kv.list()).keys.length === 4, { message: "s1 and s2 stored" });
   for (let i = 0; i < 3; i++) assert.equal(await (await worker.fetch("/s")).text(), "s1|s2");
@@ -105,6 +108,9 @@ test("one record per page, and npm run stats adds them up to what the origin cou
     "shell fetched, two cold fragments",
   );
   assert.ok(first.ttfb_ms <= first.total_ms);
+  // Per-piece durations are in the record, where they are known.
+  assert.deepEqual(first.pieces.map(([p, status]) => `${p}=${status}`), ["shell=bypass", "/bf/s1=miss", "/bf/s2=miss"]);
+  assert.ok(first.pieces[1][3] >= 20, `s1 took its origin's 20 ms: ${JSON.stringify(first.pieces)}`);
 
   const origins = ["/s", "/bf/s1", "/bf/s2"].reduce((n, p) => n + origin.count(p), 0);
   const dir = mkdtempSync(path.join(os.tmpdir(), "fragcache-stats-"));

@@ -41,6 +41,10 @@ pub struct PageRecord {
     pub ttfb_ms: u64,
     /// Milliseconds from the request to the last byte.
     pub total_ms: u64,
+    /// Each piece in order: path, final status, start on the page's time
+    /// axis and duration (ms). In the log line only: the durations of
+    /// fragments still loading when the headers left are known only here.
+    pub pieces: Vec<(String, &'static str, u64, u64)>,
 }
 
 impl PageRecord {
@@ -65,6 +69,12 @@ impl PageRecord {
             };
             *n += 1;
             r.origin_fetches += u32::from(report.fetched);
+            r.pieces.push((
+                report.path.clone(),
+                report.status.as_str(),
+                report.start_ms,
+                report.ms,
+            ));
         }
         r
     }
@@ -73,8 +83,9 @@ impl PageRecord {
     /// by a plain text search: `{"fragcache":"page","path":…}`.
     pub fn to_json_line(&self) -> String {
         let path = serde_json::to_string(&self.path).unwrap_or_else(|_| "\"\"".into());
+        let pieces = serde_json::to_string(&self.pieces).unwrap_or_else(|_| "[]".into());
         format!(
-            "{{\"fragcache\":\"{LOG_MARKER}\",\"path\":{path},\"hit\":{},\"stale\":{},\"miss\":{},\"coalesced\":{},\"bypass\":{},\"error\":{},\"origin_fetches\":{},\"ttfb_ms\":{},\"total_ms\":{}}}",
+            "{{\"fragcache\":\"{LOG_MARKER}\",\"path\":{path},\"hit\":{},\"stale\":{},\"miss\":{},\"coalesced\":{},\"bypass\":{},\"error\":{},\"origin_fetches\":{},\"ttfb_ms\":{},\"total_ms\":{},\"pieces\":{pieces}}}",
             self.hit,
             self.stale,
             self.miss,
@@ -148,6 +159,8 @@ mod tests {
         assert_eq!(line["origin_fetches"], 3);
         assert_eq!(line["ttfb_ms"], 3);
         assert_eq!(r.doubles()[6], 3.0);
+        assert_eq!(line["pieces"][0], serde_json::json!(["/f", "miss", 0, 0]));
+        assert_eq!(line["pieces"].as_array().unwrap().len(), reports.len());
     }
 
     #[test]
