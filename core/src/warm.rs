@@ -250,9 +250,8 @@ async fn warm_page(loader: Option<Loader>, path: String) -> PageResult {
     let mut statuses = parse_status_header(&header);
     if let Some(reports) = fragments.take() {
         // A streamed page's header was written before its includes ended:
-        // keep its shell entry, and take the includes' final statuses.
-        statuses.truncate(1);
-        statuses.extend(reports);
+        // take the final statuses from the reports (the shell's first).
+        statuses = reports;
     }
     if !served(status) {
         error.get_or_insert_with(|| format!("page answered {}", status.as_u16()));
