@@ -94,18 +94,30 @@ test("the inspector shows hit, stale, miss and the private fragment, as JSON", a
 
 test("the admin operations refuse a wrong, missing or malformed token and change nothing", async () => {
   const shells = origin.count("/shop");
-  const keys = (await worker.kv.list()).keys.length;
+  const snapshot = async () => {
+    const out = {};
+    for (const { name } of (await worker.kv.list()).keys) out[name] = await worker.kv.get(name);
+    return out;
+  };
+  const before = await snapshot();
   for (const authorization of [undefined, "Bearer wrong", `Basic ${TOKEN}`, TOKEN, "Bearer", `Bearer ${TOKEN}x`]) {
     const headers = authorization ? { authorization } : {};
-    for (const [p, method] of [[INSPECT, "GET"], ["/_fragcache/", "GET"], ["/_fragcache/purge?path=/frag/hit", "POST"]]) {
-      const res = await worker.fetch(p, { method, headers });
+    for (const [p, method] of [
+      [INSPECT, "GET"],
+      ["/_fragcache/", "GET"],
+      ["/_fragcache/purge?path=/frag/hit", "POST"],
+      ["/_fragcache/warm?path=/shop", "POST"],
+      ["/_fragcache/fragment?path=/frag/hit", "PUT"],
+    ]) {
+      const body = method === "PUT" ? "<p>pushed</p>" : undefined;
+      const res = await worker.fetch(p, { method, headers, body });
       assert.equal(res.status, 401, `${method} ${p} with ${authorization}`);
       assert.match(res.headers.get("content-type"), /json/);
       assert.match((await res.json()).error, /token/);
     }
   }
   assert.equal(origin.count("/shop"), shells, "no page was served");
-  assert.equal((await worker.kv.list()).keys.length, keys, "nothing purged");
+  assert.deepEqual(await snapshot(), before, "nothing purged, pushed or warmed");
   const index = await worker.fetch("/_fragcache/", { headers: { authorization: `Bearer ${TOKEN}` } });
   assert.ok((await index.json()).operations.some((o) => o.path === "/_fragcache/inspect"));
   const bad = await worker.fetch("/_fragcache/inspect?path=shop", { headers: asAlice });
