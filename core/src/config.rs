@@ -30,6 +30,7 @@
 //!   },
 //!   "breaker": { "threshold": 3, "probe_interval_ms": 1000, "probe_timeout_ms": 10000 },
 //!   "coordinator": { "enabled": true, "wait_ms": 1000 },
+//!   "purge": { "check_interval_ms": 10000 },
 //!   "pages": [
 //!     { "path": "/", "soft_ttl": 30, "hard_ttl": 3600, "require_surrogate_control": false },
 //!     { "path": "/account/*", "require_surrogate_control": true }
@@ -177,6 +178,32 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// The cross-isolate coordinator (`coordinator` object).
     pub coordinator: CoordinatorSettings,
+    /// How purges reach every isolate (`purge` object).
+    pub purge: PurgeSettings,
+}
+
+/// How isolates learn of purges made elsewhere (see [`crate::purge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeSettings {
+    /// `check_interval_ms` (default 10 s): each isolate reads the shared
+    /// purge log at most this often, in the background. A purge reaches
+    /// every serving isolate within this (plus KV's 60 s propagation
+    /// without the coordinator); each read is one Durable Object request,
+    /// or one KV read, per isolate.
+    pub check_interval_ms: u32,
+}
+
+impl PurgeSettings {
+    /// Default [`PurgeSettings::check_interval_ms`].
+    pub const DEFAULT_CHECK_INTERVAL_MS: u32 = 10_000;
+}
+
+impl Default for PurgeSettings {
+    fn default() -> Self {
+        PurgeSettings {
+            check_interval_ms: Self::DEFAULT_CHECK_INTERVAL_MS,
+        }
+    }
 }
 
 /// How isolates use the coordinator Durable Object, when the worker has the
@@ -546,6 +573,7 @@ impl Config {
         let fragments = root.key("fragments");
         let breaker = root.key("breaker");
         let coordinator = root.key("coordinator");
+        let purge = root.key("purge");
         root.finish(TOP_MOVED)?;
 
         let (origin, origin_url) = parse_origin(&origin)?;
@@ -597,6 +625,10 @@ impl Config {
             Some(o) => parse_coordinator(o)?,
             None => CoordinatorSettings::default(),
         };
+        let purge = match purge.object()? {
+            Some(o) => parse_purge(o)?,
+            None => PurgeSettings::default(),
+        };
 
         let mut seen = Vec::new();
         let mut page_routes = Vec::new();
@@ -620,6 +652,7 @@ impl Config {
             fragments: fragment_routes,
             breaker,
             coordinator,
+            purge,
         })
     }
 
@@ -1155,6 +1188,24 @@ fn parse_coordinator(mut o: Obj<'_>) -> Result<CoordinatorSettings, ConfigError>
     Ok(CoordinatorSettings {
         enabled: enabled.bool()?.unwrap_or(d.enabled),
         wait_ms: wait_ms.u32(&COORDINATOR_WAIT)?.unwrap_or(d.wait_ms),
+    })
+}
+
+const CHECK_INTERVAL: Bounds = Bounds {
+    min: 1_000,
+    max: 300_000,
+    unit: " ms",
+    why_min: "one purge log read per second per isolate is plenty",
+    why_max: "purges would take over five minutes to reach every isolate",
+};
+
+fn parse_purge(mut o: Obj<'_>) -> Result<PurgeSettings, ConfigError> {
+    let check_interval_ms = o.key("check_interval_ms");
+    o.finish(&[])?;
+    Ok(PurgeSettings {
+        check_interval_ms: check_interval_ms
+            .u32(&CHECK_INTERVAL)?
+            .unwrap_or(PurgeSettings::DEFAULT_CHECK_INTERVAL_MS),
     })
 }
 
@@ -2064,7 +2115,7 @@ mod tests {
             (
                 r#"{ "origin": "http://o.test", "zzzzz": 1 }"#.to_owned(),
                 "zzzzz",
-                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator",
+                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator, purge",
             ),
             (
                 r#"{ "origin": "http://o.test", "limits": { "zzzzz": 1 } }"#.to_owned(),
@@ -2676,8 +2727,8 @@ mod tests {
             &serde_json::from_str(&module_doc_example()).unwrap(),
             &mut keys,
         );
-        // Top level, limits, breaker, coordinator, page-only, fragment and vary keys.
-        assert_eq!(keys.len(), 8 + 7 + 3 + 2 + 1 + 16 + 4, "{keys:?}");
+        // Top level, limits, breaker, coordinator, purge, page-only, fragment and vary keys.
+        assert_eq!(keys.len(), 9 + 7 + 3 + 2 + 1 + 1 + 16 + 4, "{keys:?}");
         for key in &keys {
             for v in odd {
                 for json in [

@@ -162,12 +162,15 @@ pub fn wants_esi(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// The headers of a response proxied as it is: the origin's, minus what is
-/// addressed to us (`Surrogate-Control`). The body is the origin's own, so
+/// addressed to us (`Surrogate-Control`, and the tags: `Surrogate-Key`,
+/// `Cache-Tag`). The body is the origin's own, so
 /// framing, encoding and validators stay (the runtime handles the
 /// connection-level headers itself).
 pub fn passthrough_headers(origin: &HeaderMap) -> HeaderMap {
     let mut kept = origin.clone();
-    kept.remove("surrogate-control");
+    for name in ["surrogate-control", "surrogate-key", "cache-tag"] {
+        kept.remove(name);
+    }
     kept
 }
 
