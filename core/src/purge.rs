@@ -228,11 +228,12 @@ impl PurgeLog {
     }
 
     /// How the purges remembered cover a copy of `key` (with `tags`) stored
-    /// at `stored_at`: a hard purge after it wins over soft ones.
+    /// at `stored_at`: a hard purge after it (or in the same millisecond,
+    /// which cannot be ordered) wins over soft ones.
     pub fn covering(&self, key: &str, tags: &[String], stored_at: u64) -> Option<Covered> {
         let mut found = None;
         for m in self.marks.borrow().iter() {
-            if stored_at < m.at && m.target.covers(key, tags) {
+            if stored_at <= m.at && m.target.covers(key, tags) {
                 if !m.soft {
                     return Some(Covered::Hard);
                 }
@@ -806,7 +807,7 @@ mod tests {
         let tags = vec!["t".to_owned()];
         log.record(&Target::Tag("t".into()), true, 100, 100);
         assert_eq!(log.covering("k", &tags, 99), Some(Covered::Soft(100)));
-        assert_eq!(log.covering("k", &tags, 100), None);
+        assert_eq!(log.covering("k", &tags, 101), None);
         assert_eq!(log.covering("k", &[], 99), None);
         let p = Target::Path {
             prefix: "f0:http://o.test/a".into(),

@@ -154,12 +154,12 @@ impl Recent {
     }
 
     /// Applies a purge of `target` made at `at` (ms) to the copies stored
-    /// before it: a hard purge forgets them, a soft one makes them stale
+    /// before it (or in the same millisecond: the purge may come after them): a hard purge forgets them, a soft one makes them stale
     /// (`fresh_until` at most `at`), keeping body and hard TTL. Returns the
     /// keys it touched.
     pub fn purge(&self, target: &Target, soft: bool, at: u64) -> Vec<String> {
         let hit = |key: &str, (meta, frag): &Cached| {
-            meta.stored_at < at && target.covers(key, &frag.tags)
+            meta.stored_at <= at && target.covers(key, &frag.tags)
         };
         let mut touched = Vec::new();
         let mut lru = self.lru.borrow_mut();
