@@ -118,19 +118,24 @@ impl DurableObject for FragmentCoordinator {
                 Response::ok("")
             }
             PURGE_APPEND_PATH => {
-                let record: PurgeRecord = req.json().await?;
+                let Some(record) = PurgeRecord::decode(&req.text().await?) else {
+                    return Response::error("malformed purge record", 400);
+                };
                 let mut log = self.purge_log().await?;
                 log.append(record, worker::Date::now().as_millis());
                 // Stored before answering: an acknowledged purge survives
                 // the object's restart.
-                self.state.storage().put(LOG_STORAGE_KEY, &log).await?;
+                self.state
+                    .storage()
+                    .put(LOG_STORAGE_KEY, log.encode())
+                    .await?;
                 *self.log.borrow_mut() = Some(log);
                 Response::ok("")
             }
             PURGE_LOG_PATH => {
                 let mut log = self.purge_log().await?;
                 log.prune(worker::Date::now().as_millis());
-                Response::from_json(&log)
+                Response::ok(log.encode())
             }
             _ => Response::error("unknown coordinator path", 404),
         }
@@ -145,8 +150,13 @@ impl FragmentCoordinator {
         if let Some(log) = self.log.borrow().clone() {
             return Ok(log);
         }
-        let stored: Option<SharedLog> = self.state.storage().get(LOG_STORAGE_KEY).await?;
-        let log = stored.unwrap_or_default();
+        let stored: Option<String> = self.state.storage().get(LOG_STORAGE_KEY).await?;
+        // Unreadable storage counts as a log that knows nothing before now.
+        let log = match stored {
+            None => SharedLog::default(),
+            Some(text) => SharedLog::decode(&text)
+                .unwrap_or_else(|| SharedLog::starting(worker::Date::now().as_millis())),
+        };
         *self.log.borrow_mut() = Some(log.clone());
         Ok(log)
     }
@@ -277,8 +287,7 @@ impl Coordinator for ObjectCoordinator {
     ) -> LocalFuture<std::result::Result<(), CoordError>> {
         let ns = self.namespace();
         Box::pin(async move {
-            let json = serde_json::to_string(&record).map_err(|e| CoordError(e.to_string()))?;
-            let resp = call(&ns?, PURGE_LOG_OBJECT, PURGE_APPEND_PATH, json)
+            let resp = call(&ns?, PURGE_LOG_OBJECT, PURGE_APPEND_PATH, record.encode())
                 .await
                 .map_err(|e| CoordError(e.to_string()))?;
             match resp.status_code() {
@@ -300,7 +309,8 @@ impl Coordinator for ObjectCoordinator {
                     resp.status_code()
                 )));
             }
-            resp.json().await.map_err(|e| CoordError(e.to_string()))
+            let text = resp.text().await.map_err(|e| CoordError(e.to_string()))?;
+            SharedLog::decode(&text).ok_or_else(|| CoordError("malformed purge log".into()))
         })
     }
 

@@ -219,9 +219,9 @@ pub trait Coordinator {
 /// ([`crate::purge::SharedLog`]): one object, so every isolate sees every
 /// purge in the order it was appended.
 pub const PURGE_LOG_OBJECT: &str = "purge-log";
-/// Path that appends a [`PurgeRecord`] (JSON) to the purge log object.
+/// Path that appends a [`PurgeRecord`] (its text form) to the purge log object.
 pub const PURGE_APPEND_PATH: &str = "/purges/append";
-/// Path that answers the purge log (JSON [`SharedLog`]).
+/// Path that answers the purge log (its text form, [`SharedLog::encode`]).
 pub const PURGE_LOG_PATH: &str = "/purges/log";
 
 /// A breaker outcome, as reported to an origin's object.

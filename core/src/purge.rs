@@ -72,7 +72,6 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use futures_util::future::{select, Either};
-use serde::{Deserialize, Serialize};
 
 use crate::cache::key::{covers, key_prefix, list_prefix, KeyKind};
 use crate::cache::{EntryMeta, Freshness};
@@ -121,11 +120,10 @@ const LOG_CALL_TIMEOUT_MS: u64 = 5_000;
 const CLOCK_SKEW_MS: u64 = 1_000;
 
 /// What one purge covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Keys under a key prefix ([`key_prefix`]); with `exact`, only keys of
     /// that very path (any query, any variants).
-    #[serde(rename = "p")]
     Path {
         /// The key prefix.
         prefix: String,
@@ -133,7 +131,6 @@ pub enum Target {
         exact: bool,
     },
     /// Entries carrying this tag.
-    #[serde(rename = "t")]
     Tag(String),
 }
 
@@ -534,7 +531,7 @@ async fn soften(loader: &Loader, key: &str, at: u64) -> Result<bool, StoreError>
 }
 
 /// One purge as the shared log holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeRecord {
     /// Random id: isolates apply each record once.
     pub id: u64,
@@ -546,9 +543,64 @@ pub struct PurgeRecord {
     pub targets: Vec<Target>,
 }
 
+impl PurgeRecord {
+    /// One line of [`SharedLog::encode`].
+    pub fn encode(&self) -> String {
+        let mut out = format!("{} {} {}", self.id, self.at, u8::from(self.soft));
+        for t in &self.targets {
+            out.push('\t');
+            match t {
+                Target::Path { prefix, exact } => {
+                    out.push(if *exact { 'x' } else { 'p' });
+                    out.push_str(prefix);
+                }
+                Target::Tag(tag) => {
+                    out.push('t');
+                    out.push_str(tag);
+                }
+            }
+        }
+        out
+    }
+
+    /// Parses one line of [`SharedLog::encode`].
+    pub fn decode(line: &str) -> Option<PurgeRecord> {
+        let mut fields = line.split('\t');
+        let mut head = fields.next()?.split(' ');
+        let id = head.next()?.parse().ok()?;
+        let at = head.next()?.parse().ok()?;
+        let soft = head.next()? == "1";
+        let targets = fields
+            .map(|f| {
+                let rest = f.get(1..)?.to_owned();
+                Some(match f.as_bytes().first()? {
+                    b'x' | b'p' => Target::Path {
+                        exact: f.starts_with('x'),
+                        prefix: rest,
+                    },
+                    b't' => Target::Tag(rest),
+                    _ => return None,
+                })
+            })
+            .collect::<Option<_>>()?;
+        Some(PurgeRecord {
+            id,
+            at,
+            soft,
+            targets,
+        })
+    }
+}
+
 /// The purge log shared by every isolate: the purges of the last
 /// [`LOG_WINDOW_MS`], at most [`MAX_LOG_RECORDS`] of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its wire and storage form is plain text ([`SharedLog::encode`]), not
+/// JSON: it is read by every isolate every interval, and a hand-written
+/// form of three numbers and a few strings per record keeps the worker
+/// small. Targets never contain tabs or newlines (key prefixes are encoded
+/// URLs, tags visible ASCII), so those separate fields and records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SharedLog {
     /// The log holds every purge made at or after this instant (ms).
     pub since: u64,
@@ -570,6 +622,26 @@ impl SharedLog {
         let cut = now.saturating_sub(LOG_WINDOW_MS);
         self.records.retain(|r| r.at >= cut);
         self.since = self.since.max(cut);
+    }
+
+    /// The text form: `since`, then one line per record, `id at soft`
+    /// followed by its targets, each after a tab (`x` + prefix for an exact
+    /// path, `p` + prefix for a prefix, `t` + tag).
+    pub fn encode(&self) -> String {
+        let mut out = self.since.to_string();
+        for r in &self.records {
+            out.push('\n');
+            out.push_str(&r.encode());
+        }
+        out
+    }
+
+    /// Parses [`SharedLog::encode`]'s form; `None` when malformed.
+    pub fn decode(text: &str) -> Option<SharedLog> {
+        let mut lines = text.split('\n');
+        let since = lines.next()?.parse().ok()?;
+        let records = lines.map(PurgeRecord::decode).collect::<Option<_>>()?;
+        Some(SharedLog { since, records })
     }
 
     /// Adds `record` at `now`, dropping the oldest past the bounds.
@@ -690,7 +762,10 @@ async fn read_log(loader: &Loader) -> Result<SharedLog, String> {
             .await
             .map_err(|e| e.to_string())?
         {
-            Some(e) => serde_json::from_slice(&e.body).map_err(|e| e.to_string())?,
+            Some(e) => std::str::from_utf8(&e.body)
+                .ok()
+                .and_then(SharedLog::decode)
+                .ok_or("malformed")?,
             // Absent: no purge within the log's life.
             None => SharedLog {
                 since: now.saturating_sub(LOG_WINDOW_MS),
@@ -715,14 +790,18 @@ async fn publish(loader: &Loader, record: PurgeRecord) -> Result<(), String> {
     }
     let now = ports.clock.now_ms();
     let mut log = match ports.store.get(KV_LOG_KEY).await {
-        Ok(Some(e)) => serde_json::from_slice(&e.body).unwrap_or_default(),
+        // A log that cannot be read is started afresh, knowing nothing
+        // before now: isolates then forget their memory copies.
+        Ok(Some(e)) => std::str::from_utf8(&e.body)
+            .ok()
+            .and_then(SharedLog::decode)
+            .unwrap_or_else(|| SharedLog::starting(now)),
         Ok(None) => SharedLog::starting(now.saturating_sub(LOG_WINDOW_MS)),
         Err(e) => return Err(e.to_string()),
     };
     log.append(record, now);
-    let body = serde_json::to_vec(&log).map_err(|e| e.to_string())?;
     let entry = StoredEntry {
-        body,
+        body: log.encode().into_bytes(),
         meta: EntryMeta::new(now, now, now, 200, 0),
     };
     ports
@@ -797,8 +876,26 @@ mod tests {
         log.append(rec(999, LOG_WINDOW_MS + 50_000), LOG_WINDOW_MS + 50_000);
         assert_eq!(log.records.len(), 1, "older than the window");
         assert_eq!(log.since, 50_000);
-        let json = serde_json::to_string(&log).unwrap();
-        assert_eq!(serde_json::from_str::<SharedLog>(&json).unwrap(), log);
+        log.records.push(PurgeRecord {
+            id: u64::MAX,
+            at: 7,
+            soft: true,
+            targets: vec![
+                Target::Path {
+                    prefix: "f0:http://o.test/a b?".into(),
+                    exact: true,
+                },
+                Target::Path {
+                    prefix: "p1:http://o.test/".into(),
+                    exact: false,
+                },
+                Target::Tag("x:y".into()),
+            ],
+        });
+        assert_eq!(SharedLog::decode(&log.encode()), Some(log));
+        assert_eq!(SharedLog::decode("5"), Some(SharedLog::starting(5)));
+        assert_eq!(SharedLog::decode("5\n1 2"), None);
+        assert_eq!(SharedLog::decode("5\n1 2 0\tqx"), None);
     }
 
     #[test]
