@@ -168,11 +168,15 @@ pub fn wants_esi(status: StatusCode, headers: &HeaderMap) -> bool {
 /// connection-level headers itself).
 pub fn passthrough_headers(origin: &HeaderMap) -> HeaderMap {
     let mut kept = origin.clone();
-    for name in ["surrogate-control", "surrogate-key", "cache-tag"] {
-        kept.remove(name);
+    for name in ADDRESSED_TO_US {
+        kept.remove(*name);
     }
     kept
 }
+
+/// Origin response headers addressed to us (a surrogate), removed even from
+/// responses otherwise passed on as they are.
+pub const ADDRESSED_TO_US: &[&str] = &["surrogate-control", "surrogate-key", "cache-tag"];
 
 /// The answer when an origin-driven ESI shell is larger than
 /// `limits.max_shell_bytes`: its markup must not reach the client
