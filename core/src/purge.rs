@@ -68,7 +68,7 @@
 //! `truncated` when there were more (or a listing itself was cut short).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use futures_util::future::{select, Either};
@@ -413,7 +413,7 @@ pub async fn purge_request(loader: &Loader, req: &PurgeRequest) -> PurgeReport {
     // Before any await: a fetch running now started before this purge.
     let at = ports.clock.now_ms();
     let id = ports.rng.next_u64();
-    shared.feed.seen.borrow_mut().insert(id, at);
+    shared.feed.seen.borrow_mut().push((id, at));
     for t in &targets {
         shared.apply_purge(t, soft, at, at, true);
     }
@@ -663,8 +663,9 @@ pub struct SharedFeed {
     in_flight: Cell<bool>,
     /// When the last successful read started (0: never).
     last_read: Cell<u64>,
-    /// Records applied (or made here), by id, with their time.
-    pub(crate) seen: RefCell<HashMap<u64, u64>>,
+    /// Records applied (or made here): id and time. A list, not a map: it
+    /// holds at most the log's records of the last window or two.
+    pub(crate) seen: RefCell<Vec<(u64, u64)>>,
 }
 
 /// Clears the in-flight flag however the read ends (even if the runtime
@@ -728,9 +729,10 @@ pub fn apply_log(loader: &Loader, log: &SharedLog, started: u64) {
     }
     let mut seen = feed.seen.borrow_mut();
     for r in &log.records {
-        if seen.insert(r.id, r.at).is_some() {
+        if seen.iter().any(|(id, _)| *id == r.id) {
             continue;
         }
+        seen.push((r.id, r.at));
         // Fetches in flight and KV's lag matter for two minutes after a
         // purge; older ones only still apply to memory copies.
         let recent = r.at.saturating_add(PURGE_MEMORY_MS) > now;
@@ -739,7 +741,7 @@ pub fn apply_log(loader: &Loader, log: &SharedLog, started: u64) {
         }
     }
     let cut = now.saturating_sub(LOG_WINDOW_MS + PURGE_MEMORY_MS);
-    seen.retain(|_, at| *at >= cut);
+    seen.retain(|(_, at)| *at >= cut);
     feed.last_read.set(feed.last_read.get().max(started));
 }
 
