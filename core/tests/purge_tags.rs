@@ -3,7 +3,8 @@
 //! clients; a tag purge removes exactly the tagged entries, every variant;
 //! a soft purge serves the old copy once and refreshes it with one origin
 //! fetch; a second isolate (its own `Shared` over the same store) applies a
-//! purge within `purge.check_interval_ms`, through KV or the coordinator.
+//! purge within `purge.check_interval_ms`, through KV or the coordinator,
+//! and KV lag cannot bring a purged copy back to an isolate that knows.
 
 use std::rc::Rc;
 
@@ -278,4 +279,35 @@ fn an_isolate_that_missed_the_log_window_forgets_its_memory() {
     assert!(w.sim.log.contains("not read within its window"));
     assert_eq!(load(&w, "/", "/t/g").0, CacheStatus::Hit);
     assert_eq!(w.sim.store.gets.get(), gets + 1, "read from KV again");
+}
+
+#[test]
+fn kv_lag_cannot_bring_purged_content_back_to_an_isolate_that_knows_of_the_purge() {
+    for soft in [false, true] {
+        let w = world(7);
+        w.sim.origin.script(
+            "/t/k",
+            Script::ok(&format!("k{SERIAL}"), 10).header("cache-tag", "k"),
+        );
+        assert_eq!(load(&w, "/", "/t/k"), (CacheStatus::Miss, "k1".into()));
+        let key = w.key_of("/t/k");
+        let old = w.sim.store.entry(&key).expect("stored");
+        w.sim.run_until(w.sim.now() + 10);
+        let a = Shared::new();
+        purge_in(&w, &a, false, by_tag("k", soft));
+        // Isolate b has no copy in memory and learns of the purge from the
+        // log; then KV, lagging, still shows it the old entry.
+        let b = Shared::new();
+        let (s, _, _) = load_in(&w, &b, false, "/", "/t/other");
+        assert_eq!(s, CacheStatus::Miss, "b's first request reads the log");
+        w.sim.store.insert(&key, old.clone(), 3600);
+        let (s, body, _) = load_in(&w, &b, false, "/", "/t/k");
+        let expected = if soft {
+            (CacheStatus::Stale, "k1")
+        } else {
+            (CacheStatus::Miss, "k2")
+        };
+        assert_eq!((s, body.as_deref().unwrap()), expected, "soft {soft}");
+        assert_eq!(w.sim.origin.count("/t/k"), 2, "soft {soft}: one fetch");
+    }
 }
