@@ -311,3 +311,47 @@ fn kv_lag_cannot_bring_purged_content_back_to_an_isolate_that_knows_of_the_purge
         assert_eq!(w.sim.origin.count("/t/k"), 2, "soft {soft}: one fetch");
     }
 }
+
+#[test]
+fn a_304_keeps_the_tags_and_changed_tags_move_the_index() {
+    let w = world(8);
+    w.sim.origin.script(
+        "/t/e",
+        Script::ok("E", 5)
+            .header("etag", "\"v1\"")
+            .header("cache-tag", "a,b"),
+    );
+    load(&w, "/", "/t/e");
+    let key = w.key_of("/t/e");
+    let indexed = |tag: &str| w.sim.store.entry(&index_key(tag, &key)).is_some();
+    assert!(indexed("a") && indexed("b"));
+    // Not modified: renewed with the stored tags, no index write.
+    w.sim.run_until(w.sim.now() + 901_000);
+    w.sim
+        .origin
+        .script("/t/e", Script::status(304, 5).header("etag", "\"v1\""));
+    let puts = w.sim.store.puts.get();
+    assert_eq!(load(&w, "/", "/t/e"), (CacheStatus::Stale, "E".into()));
+    assert_eq!(w.sim.store.puts.get() - puts, 1, "the entry only");
+    let other = Shared::new();
+    let loader = testing::loader(w.sim.ports(), &other, &w.config, "/", &[]);
+    let url = Url::parse(&format!("{ORIGIN}/t/e")).unwrap();
+    let frag = w.sim.block_on(async move {
+        let (_, r) = loader.lookup_fragment(&url).await.finish().await;
+        r.unwrap()
+    });
+    assert_eq!(
+        &frag.tags[..],
+        ["a", "b"],
+        "the renewed entry keeps its tags"
+    );
+    // New tags: the index follows.
+    w.sim.run_until(w.sim.now() + 901_000);
+    w.sim
+        .origin
+        .script("/t/e", Script::ok("E2", 5).header("surrogate-key", "b c"));
+    assert_eq!(load(&w, "/", "/t/e"), (CacheStatus::Stale, "E".into()));
+    assert!(!indexed("a") && indexed("b") && indexed("c"));
+    let report = purge_in(&w, &w.shared, false, by_tag("a", false));
+    assert!(report.deleted.is_empty(), "{report:?}");
+}
