@@ -12,7 +12,7 @@ use fragcache_core::admin::{self, Operation};
 use fragcache_core::config::Config;
 use fragcache_core::inspect::{inspect, page_request};
 use fragcache_core::loader::Loader;
-use fragcache_core::purge::paths_from_query;
+use fragcache_core::purge::request_from_query;
 use fragcache_core::request::ClientRequest;
 use fragcache_core::serve::Reply;
 use fragcache_core::url::Url;
@@ -78,15 +78,15 @@ pub(crate) async fn serve(
     Ok(match op {
         Operation::Index => admin::index(),
         Operation::Purge => {
-            let paths = match paths_from_query(url.query()) {
-                Ok(p) => p,
+            let request = match request_from_query(url.query()) {
+                Ok(r) => r,
                 Err(e) => return Ok(admin::error(StatusCode::BAD_REQUEST, &e.to_string())),
             };
             let loader = match loader(Rc::clone(&client)) {
                 Ok(l) => l,
                 Err(reply) => return Ok(*reply),
             };
-            let report = fragcache_core::purge::purge(&loader, &paths).await;
+            let report = fragcache_core::purge::purge_request(&loader, &request).await;
             let status = if report.errors.is_empty() {
                 StatusCode::OK
             } else {

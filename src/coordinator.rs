@@ -6,17 +6,21 @@
 //! Objects are SQLite-backed (declared with `new_sqlite_classes`), which the
 //! free plan requires, though they keep their state in memory: their copy
 //! of an entry is also in KV, and a breaker that restarts closed only costs
-//! one more failed request. The wire format is [`Reply::encode`]; requests
-//! are JSON.
+//! one more failed request. The one exception is the purge log object
+//! ([`PURGE_LOG_OBJECT`]): its log is kept in the object's storage, so that
+//! a restart cannot make isolates miss a purge. The wire format is
+//! [`Reply::encode`]; requests are JSON.
 
 use std::rc::Rc;
 
 use fragcache_core::cache::breaker::{Breaker, Permit};
 use fragcache_core::coord::{
     origin_object_name, CoordError, Coordinator, Gate, KeyObject, LoadRequest, LocalGate, Outcome,
-    Reply, FORGET_PATH, LOAD_PATH, PERMIT_PATH, PUT_PATH, REPORT_PATH,
+    Reply, FORGET_PATH, LOAD_PATH, PERMIT_PATH, PURGE_APPEND_PATH, PURGE_LOG_OBJECT,
+    PURGE_LOG_PATH, PUT_PATH, REPORT_PATH,
 };
 use fragcache_core::ports::{Background, LocalFuture};
+use fragcache_core::purge::{PurgeRecord, SharedLog};
 use fragcache_core::url::Url;
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -54,7 +58,12 @@ pub struct FragmentCoordinator {
     env: Env,
     key: Rc<KeyObject>,
     breaker: Rc<Breaker>,
+    /// The purge log object's log, loaded from storage on first use.
+    log: std::cell::RefCell<Option<SharedLog>>,
 }
+
+/// Storage key of the purge log object's log.
+const LOG_STORAGE_KEY: &str = "log";
 
 impl DurableObject for FragmentCoordinator {
     fn new(state: State, env: Env) -> Self {
@@ -63,6 +72,7 @@ impl DurableObject for FragmentCoordinator {
             env,
             key: KeyObject::new(),
             breaker: Rc::new(Breaker::default()),
+            log: std::cell::RefCell::new(None),
         }
     }
 
@@ -117,12 +127,50 @@ impl DurableObject for FragmentCoordinator {
                     Err(e) => Response::error(e.to_string(), 400),
                 }
             }
+            PURGE_APPEND_PATH => {
+                let Some(record) = PurgeRecord::decode(&req.text().await?) else {
+                    return Response::error("malformed purge record", 400);
+                };
+                let mut log = self.purge_log().await?;
+                log.append(record, worker::Date::now().as_millis());
+                // Stored before answering: an acknowledged purge survives
+                // the object's restart.
+                self.state
+                    .storage()
+                    .put(LOG_STORAGE_KEY, log.encode())
+                    .await?;
+                *self.log.borrow_mut() = Some(log);
+                Response::ok("")
+            }
+            PURGE_LOG_PATH => {
+                let mut log = self.purge_log().await?;
+                log.prune(worker::Date::now().as_millis());
+                Response::ok(log.encode())
+            }
             _ => Response::error("unknown coordinator path", 404),
         }
     }
 }
 
 impl FragmentCoordinator {
+    /// The purge log, from memory or storage. A log never written starts
+    /// complete (`since` 0): every purge is appended here, so none came
+    /// before it.
+    async fn purge_log(&self) -> Result<SharedLog> {
+        if let Some(log) = self.log.borrow().clone() {
+            return Ok(log);
+        }
+        let stored: Option<String> = self.state.storage().get(LOG_STORAGE_KEY).await?;
+        // Unreadable storage counts as a log that knows nothing before now.
+        let log = match stored {
+            None => SharedLog::default(),
+            Some(text) => SharedLog::decode(&text)
+                .unwrap_or_else(|| SharedLog::starting(worker::Date::now().as_millis())),
+        };
+        *self.log.borrow_mut() = Some(log.clone());
+        Ok(log)
+    }
+
     fn local_gate(&self) -> Result<LocalGateNow> {
         let kv = self.env.kv(crate::KV_BINDING)?;
         let background: Rc<dyn Background> = Rc::new(ObjectWaitUntil(Rc::clone(&self.state)));
@@ -264,6 +312,39 @@ impl Coordinator for ObjectCoordinator {
                 200 => Ok(()),
                 s => Err(CoordError(format!("object answered {s}"))),
             }
+        })
+    }
+
+    fn publish_purge(
+        &self,
+        record: PurgeRecord,
+    ) -> LocalFuture<std::result::Result<(), CoordError>> {
+        let ns = self.namespace();
+        Box::pin(async move {
+            let resp = call(&ns?, PURGE_LOG_OBJECT, PURGE_APPEND_PATH, record.encode())
+                .await
+                .map_err(|e| CoordError(e.to_string()))?;
+            match resp.status_code() {
+                200 => Ok(()),
+                s => Err(CoordError(format!("purge log object answered {s}"))),
+            }
+        })
+    }
+
+    fn purge_log(&self) -> LocalFuture<std::result::Result<SharedLog, CoordError>> {
+        let ns = self.namespace();
+        Box::pin(async move {
+            let mut resp = call(&ns?, PURGE_LOG_OBJECT, PURGE_LOG_PATH, String::new())
+                .await
+                .map_err(|e| CoordError(e.to_string()))?;
+            if resp.status_code() != 200 {
+                return Err(CoordError(format!(
+                    "purge log object answered {}",
+                    resp.status_code()
+                )));
+            }
+            let text = resp.text().await.map_err(|e| CoordError(e.to_string()))?;
+            SharedLog::decode(&text).ok_or_else(|| CoordError("malformed purge log".into()))
         })
     }
 

@@ -24,7 +24,7 @@ use fragcache_core::ports::{
     Background, Clock, FragmentStore, KeyList, LocalFuture, Log, LogLevel, Origin, OriginError,
     OriginRequest, OriginResponse, Ports, Rng, Signals, StoreError, StoredEntry, Wake,
 };
-use fragcache_core::serve::passthrough_headers;
+use fragcache_core::serve::{passthrough_headers, ADDRESSED_TO_US};
 use fragcache_core::url::Url;
 
 /// Builds the ports for one request.
@@ -370,7 +370,8 @@ pub async fn proxy(req: Request, target: &Url) -> worker::Result<Response> {
 /// addressed to us ([`passthrough_headers`]); headers are rebuilt only when
 /// something is to be removed.
 pub fn pass_on(resp: Response) -> Response {
-    if !resp.headers().has("surrogate-control").unwrap_or(false) {
+    let h = resp.headers();
+    if !ADDRESSED_TO_US.iter().any(|n| h.has(n).unwrap_or(false)) {
         return resp;
     }
     let headers = passthrough_headers(&header_map(resp.headers()));

@@ -169,8 +169,6 @@ pub struct FragmentReport {
     /// The fragment served, once known: its cache key and version. Shared,
     /// not copied.
     pub fragment: Option<Rc<Fragment>>,
-    /// Tags of the served entry (empty until entries carry tags).
-    pub tags: Vec<String>,
 }
 
 impl FragmentReport {
@@ -186,7 +184,6 @@ impl FragmentReport {
             depth,
             origin: None,
             fragment: None,
-            tags: Vec::new(),
         }
     }
 }

@@ -31,6 +31,7 @@
 //!   "breaker": { "threshold": 3, "probe_interval_ms": 1000, "probe_timeout_ms": 10000 },
 //!   "coordinator": { "enabled": true, "wait_ms": 1000 },
 //!   "warm": { "paths": ["/", "/?page=2"], "concurrency": 4 },
+//!   "purge": { "check_interval_ms": 10000 },
 //!   "pages": [
 //!     { "path": "/", "soft_ttl": 30, "hard_ttl": 3600, "require_surrogate_control": false },
 //!     { "path": "/account/*", "require_surrogate_control": true }
@@ -180,6 +181,8 @@ pub struct Config {
     pub coordinator: CoordinatorSettings,
     /// Pages the scheduled (cron) handler warms (`warm` object).
     pub warm: WarmSettings,
+    /// How purges reach every isolate (`purge` object).
+    pub purge: PurgeSettings,
 }
 
 /// What the scheduled handler warms ([`crate::warm`]).
@@ -207,6 +210,30 @@ impl Default for WarmSettings {
         WarmSettings {
             paths: Vec::new(),
             concurrency: Self::DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// How isolates learn of purges made elsewhere (see [`crate::purge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeSettings {
+    /// `check_interval_ms` (default 10 s): each isolate reads the shared
+    /// purge log at most this often, in the background. A purge reaches
+    /// every serving isolate within this (plus KV's 60 s propagation
+    /// without the coordinator); each read is one Durable Object request,
+    /// or one KV read, per isolate.
+    pub check_interval_ms: u32,
+}
+
+impl PurgeSettings {
+    /// Default [`PurgeSettings::check_interval_ms`].
+    pub const DEFAULT_CHECK_INTERVAL_MS: u32 = 10_000;
+}
+
+impl Default for PurgeSettings {
+    fn default() -> Self {
+        PurgeSettings {
+            check_interval_ms: Self::DEFAULT_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -579,6 +606,7 @@ impl Config {
         let breaker = root.key("breaker");
         let coordinator = root.key("coordinator");
         let warm = root.key("warm");
+        let purge = root.key("purge");
         root.finish(TOP_MOVED)?;
 
         let (origin, origin_url) = parse_origin(&origin)?;
@@ -630,6 +658,10 @@ impl Config {
             Some(o) => parse_coordinator(o)?,
             None => CoordinatorSettings::default(),
         };
+        let purge = match purge.object()? {
+            Some(o) => parse_purge(o)?,
+            None => PurgeSettings::default(),
+        };
 
         let mut seen = Vec::new();
         let mut page_routes = Vec::new();
@@ -658,6 +690,7 @@ impl Config {
             breaker,
             coordinator,
             warm,
+            purge,
         };
         for (i, p) in config.warm.paths.iter().enumerate() {
             if !matches!(config.route(warm_path(p).unwrap_or(p)), Route::Page(_)) {
@@ -1268,6 +1301,24 @@ pub fn warm_path(s: &str) -> Result<&str, &'static str> {
         );
     }
     Ok(s.split_once('?').map_or(s, |(p, _)| p))
+}
+
+const CHECK_INTERVAL: Bounds = Bounds {
+    min: 1_000,
+    max: 300_000,
+    unit: " ms",
+    why_min: "one purge log read per second per isolate is plenty",
+    why_max: "purges would take over five minutes to reach every isolate",
+};
+
+fn parse_purge(mut o: Obj<'_>) -> Result<PurgeSettings, ConfigError> {
+    let check_interval_ms = o.key("check_interval_ms");
+    o.finish(&[])?;
+    Ok(PurgeSettings {
+        check_interval_ms: check_interval_ms
+            .u32(&CHECK_INTERVAL)?
+            .unwrap_or(PurgeSettings::DEFAULT_CHECK_INTERVAL_MS),
+    })
 }
 
 fn parse_limits(mut o: Obj<'_>) -> Result<Limits, ConfigError> {
@@ -2205,7 +2256,7 @@ mod tests {
             (
                 r#"{ "origin": "http://o.test", "zzzzz": 1 }"#.to_owned(),
                 "zzzzz",
-                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator, warm",
+                "origin, allowed_origins, unknown_routes, limits, pages, fragments, breaker, coordinator, warm, purge",
             ),
             (
                 r#"{ "origin": "http://o.test", "limits": { "zzzzz": 1 } }"#.to_owned(),
@@ -2817,8 +2868,8 @@ mod tests {
             &serde_json::from_str(&module_doc_example()).unwrap(),
             &mut keys,
         );
-        // Top level, limits, breaker, coordinator, warm, page-only, fragment and vary keys.
-        assert_eq!(keys.len(), 9 + 7 + 3 + 2 + 2 + 1 + 16 + 4, "{keys:?}");
+        // Top level, limits, breaker, coordinator, warm, purge, page-only, fragment and vary keys.
+        assert_eq!(keys.len(), 10 + 7 + 3 + 2 + 2 + 1 + 1 + 16 + 4, "{keys:?}");
         for key in &keys {
             for v in odd {
                 for json in [

@@ -43,11 +43,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::breaker::{Breaker, BreakerState, Permit};
 use crate::cache::entry::{EntryMeta, Freshness, META_VERSION};
-use crate::cache::kv::put_entry;
+use crate::cache::kv::{put_entry, put_tagged};
 use crate::cache::policy::RoutePolicy;
 use crate::cache::verdict::{verdict, StoreRules, Verdict};
 use crate::headers::{encode_block, keep_from_origin, value as header_value};
 use crate::ports::{LocalFuture, LogLevel, OriginRequest, Ports};
+use crate::purge::{PurgeRecord, SharedLog};
 use crate::url::Url;
 
 /// Path of a load request on the coordinator object.
@@ -215,7 +216,20 @@ pub trait Coordinator {
     /// it replaces the object's copy, and a fetch the object has in flight
     /// neither overwrites it nor stores what it got.
     fn put(&self, key: &str, entry: Reply) -> LocalFuture<Result<(), CoordError>>;
+    /// Appends a purge to the shared purge log (the [`PURGE_LOG_OBJECT`]).
+    fn publish_purge(&self, record: PurgeRecord) -> LocalFuture<Result<(), CoordError>>;
+    /// The shared purge log.
+    fn purge_log(&self) -> LocalFuture<Result<SharedLog, CoordError>>;
 }
+
+/// Name of the object that holds the shared purge log
+/// ([`crate::purge::SharedLog`]): one object, so every isolate sees every
+/// purge in the order it was appended.
+pub const PURGE_LOG_OBJECT: &str = "purge-log";
+/// Path that appends a [`PurgeRecord`] (its text form) to the purge log object.
+pub const PURGE_APPEND_PATH: &str = "/purges/append";
+/// Path that answers the purge log (its text form, [`SharedLog::encode`]).
+pub const PURGE_LOG_PATH: &str = "/purges/log";
 
 /// A breaker outcome, as reported to an origin's object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +467,7 @@ impl KeyObject {
             Verdict::Store {
                 meta,
                 value,
+                tags,
                 headers_dropped,
                 ..
             } => {
@@ -476,11 +491,40 @@ impl KeyObject {
                         &format!("{url}: response headers too large to store; the cached copy keeps none"),
                     );
                 }
-                let meta = *meta;
+                let mut meta = *meta;
                 let hard_ms = meta.stale_until.saturating_sub(now);
                 let value: Rc<[u8]> = Rc::from(value);
+                let prev = self.copy.borrow().as_ref().map(|(m, v)| {
+                    let tags = crate::tags::of_value(m.header_bytes, m.tag_bytes, v);
+                    (tags, m.index_until)
+                });
+                let prev = prev.as_ref().map(|(t, u)| (&t[..], *u));
+                meta.index_until = put_tagged(
+                    &ports,
+                    &req.key,
+                    value.to_vec(),
+                    meta.clone(),
+                    hard_ms,
+                    &tags,
+                    prev,
+                )
+                .await
+                .unwrap_or(meta.index_until);
+                if self.pushes.get() != pushes {
+                    // Written through while this copy was being stored:
+                    // the pushed copy stays the object's (the push's own
+                    // KV write is the later one).
+                    if let Some((meta, value)) = self.copy.borrow().clone() {
+                        return Reply {
+                            answer: Answer::Entry {
+                                meta,
+                                fetched: true,
+                            },
+                            bytes: value,
+                        };
+                    }
+                }
                 *self.copy.borrow_mut() = Some((meta.clone(), Rc::clone(&value)));
-                let _ = put_entry(&ports, &req.key, value.to_vec(), meta.clone(), hard_ms).await;
                 Reply {
                     answer: Answer::Entry {
                         meta,

@@ -14,7 +14,7 @@
 //! | `Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, and any header named in `Connection` | hop-by-hop: they describe the origin's connection to us, not the response (RFC 9110 §7.6.1) |
 //! | `Content-Length` | the runtime frames the body it sends |
 //! | `Content-Encoding` | the runtime hands us the decoded body, and re-encodes for the client as it negotiates |
-//! | `Surrogate-Control`, `Surrogate-Key` | addressed to surrogates (us), not to browsers or downstream caches |
+//! | `Surrogate-Control`, `Surrogate-Key`, `Cache-Tag` | addressed to surrogates (us), not to browsers or downstream caches; the tags are kept with the entry ([`crate::tags`]) |
 //! | `Age` | we state the age of our own copy |
 //! | `Set-Cookie` | kept apart: passed on only under the private-fragment rules, and a response that sets one is never cached |
 //! | `x-fragcache`, `Server-Timing` | ours are computed per request; an origin `Server-Timing` is kept and ours appended |
@@ -55,6 +55,7 @@ pub const NEVER_PASSED: &[&str] = &[
     "content-encoding",
     "surrogate-control",
     "surrogate-key",
+    "cache-tag",
     "age",
     "set-cookie",
     "x-fragcache",
@@ -209,6 +210,8 @@ mod tests {
             ("content-length", "10"),
             ("content-encoding", "gzip"),
             ("surrogate-control", "content=\"ESI/1.0\""),
+            ("surrogate-key", "a b"),
+            ("cache-tag", "a,b"),
             ("set-cookie", "a=1"),
             ("age", "100"),
             ("x-custom", "yes"),

@@ -178,7 +178,7 @@ impl<'a> Row<'a> {
             },
             depth: r.depth,
             origin: r.origin,
-            tags: &r.tags,
+            tags: r.fragment.as_ref().map_or(&[][..], |f| &f.tags[..]),
         }
     }
 }

@@ -30,7 +30,10 @@
 //! - [`coord`]: coordination across isolates: the coordinator port and the
 //!   logic the Durable Object runs.
 //! - [`admin`]: the admin API under `/_fragcache/`: access and routing.
-//! - [`purge`]: purging by path or prefix.
+//! - [`purge`]: purging by path, prefix or tag, hard or soft, and the
+//!   purge log isolates share.
+//! - [`tags`]: cache tags from `Cache-Tag` / `Surrogate-Key`, how they are
+//!   stored and indexed.
 //! - [`headers`]: the page as an HTTP response: which origin headers pass,
 //!   how `Vary` is merged, how a cached shell's headers are stored.
 //! - [`ports`]: the traits the adapter implements (store, origin, clock,
@@ -56,6 +59,7 @@ pub mod purge;
 pub mod record;
 pub mod request;
 pub mod serve;
+pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod url;

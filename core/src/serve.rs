@@ -168,14 +168,21 @@ pub fn wants_esi(status: StatusCode, headers: &HeaderMap) -> bool {
 }
 
 /// The headers of a response proxied as it is: the origin's, minus what is
-/// addressed to us (`Surrogate-Control`). The body is the origin's own, so
+/// addressed to us (`Surrogate-Control`, and the tags: `Surrogate-Key`,
+/// `Cache-Tag`). The body is the origin's own, so
 /// framing, encoding and validators stay (the runtime handles the
 /// connection-level headers itself).
 pub fn passthrough_headers(origin: &HeaderMap) -> HeaderMap {
     let mut kept = origin.clone();
-    kept.remove("surrogate-control");
+    for name in ADDRESSED_TO_US {
+        kept.remove(*name);
+    }
     kept
 }
+
+/// Origin response headers addressed to us (a surrogate), removed even from
+/// responses otherwise passed on as they are.
+pub const ADDRESSED_TO_US: &[&str] = &["surrogate-control", "surrogate-key", "cache-tag"];
 
 /// The answer when an origin-driven ESI shell is larger than
 /// `limits.max_shell_bytes`: its markup must not reach the client

@@ -300,8 +300,12 @@ impl Log for MemLog {
 pub struct MemStore {
     clock: Rc<SimClock>,
     entries: RefCell<HashMap<String, (StoredEntry, u64)>>,
-    /// Number of `get` calls.
+    /// Number of `get` calls for entries (every key but the shared purge
+    /// log's, whose reads are in [`MemStore::log_gets`]).
     pub gets: Cell<usize>,
+    /// Number of `get` calls for the shared purge log
+    /// ([`crate::purge::KV_LOG_KEY`]).
+    pub log_gets: Cell<usize>,
     /// Number of successful `put` calls.
     pub puts: Cell<usize>,
     /// When set, every `get` fails.
@@ -394,7 +398,12 @@ impl FragmentStore for MemStorePort {
     }
     fn get(&self, key: &str) -> LocalFuture<Result<Option<StoredEntry>, StoreError>> {
         let s = &self.0;
-        s.gets.set(s.gets.get() + 1);
+        let counter = if key == crate::purge::KV_LOG_KEY {
+            &s.log_gets
+        } else {
+            &s.gets
+        };
+        counter.set(counter.get() + 1);
         let key = key.to_owned();
         self.call(move |s| {
             if s.fail_gets.get() {
@@ -627,6 +636,10 @@ pub struct SimCoordinator {
     pub unavailable: Cell<bool>,
     /// Load requests received.
     pub loads: Cell<usize>,
+    /// The purge log object's log.
+    pub purge_log: RefCell<crate::purge::SharedLog>,
+    /// Purge log reads received.
+    pub log_reads: Cell<usize>,
 }
 
 impl SimCoordinator {
@@ -689,6 +702,28 @@ impl crate::coord::Coordinator for SimCoordinatorPort {
         object.put(&entry);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn publish_purge(
+        &self,
+        record: crate::purge::PurgeRecord,
+    ) -> LocalFuture<Result<(), crate::coord::CoordError>> {
+        let now = self.ports.clock.now_ms();
+        self.coordinator.purge_log.borrow_mut().append(record, now);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn purge_log(&self) -> LocalFuture<Result<crate::purge::SharedLog, crate::coord::CoordError>> {
+        let c = &self.coordinator;
+        if c.unavailable.get() {
+            return Box::pin(std::future::ready(Err(crate::coord::CoordError(
+                "object unreachable (simulated)".into(),
+            ))));
+        }
+        c.log_reads.set(c.log_reads.get() + 1);
+        let mut log = c.purge_log.borrow_mut();
+        log.prune(self.ports.clock.now_ms());
+        Box::pin(std::future::ready(Ok(log.clone())))
+    }
 }
 
 struct SimBackground(Rc<Executor>);
@@ -731,6 +766,7 @@ impl Sim {
                 clock: Rc::clone(&clock),
                 entries: RefCell::new(HashMap::new()),
                 gets: Cell::new(0),
+                log_gets: Cell::new(0),
                 puts: Cell::new(0),
                 fail_gets: Cell::new(false),
                 fail_puts: Cell::new(false),

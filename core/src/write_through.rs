@@ -158,11 +158,8 @@ pub async fn store(loader: &Loader, push: &Push, headers: &HeaderMap, body: Vec<
         headers: resp_headers,
         body,
     };
-    // Tags are stored by the storage path; the answer lists what was sent.
-    let tags: Vec<&str> = ["cache-tag", "surrogate-key"]
-        .iter()
-        .flat_map(|n| resp.header_all(n))
-        .collect();
+    // The tags as the storage path keeps them (parsed, bounded).
+    let tags = crate::tags::parse_tags(&resp.headers);
     let esi = resp
         .header_joined("surrogate-control")
         .is_some_and(|v| parse_directives(&v).esi);

@@ -36,6 +36,10 @@ fn site() -> Site {
     ] {
         origin.script(path, Script::ok(&format!("{path} from origin"), ms));
     }
+    origin.script(
+        "/f/cold",
+        Script::ok("/f/cold from origin", 40).header("cache-tag", "prices, sale-7"),
+    );
     let now = site.sim.now();
     for (path, age) in [("/f/fresh", 2_000), ("/f/stale", 20_000)] {
         let stored = now - age;
@@ -107,6 +111,11 @@ fn the_inspector_shows_every_status_with_timing_and_ttls() {
     assert_eq!(fresh["variant"], "c.currency", "no currency cookie");
     assert!(fresh["key"].as_str().unwrap().contains("/f/fresh"));
     assert_eq!(fresh["tags"], serde_json::json!([]));
+    // Tags the origin sent with the fetched copy.
+    assert_eq!(
+        by_path("/f/cold")["tags"],
+        serde_json::json!(["prices", "sale-7"])
+    );
 
     let stale = by_path("/f/stale");
     assert_eq!(stale["age_s"], 20);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the metadata layout; entries of another version are ignored
 /// (treated as absent) rather than misread.
-pub const META_VERSION: u8 = 2;
+pub const META_VERSION: u8 = 3;
 
 /// Longest header value kept in metadata, so the JSON stays under KV's
 /// 1024-byte metadata limit whatever the origin sends.
@@ -58,6 +58,19 @@ pub struct EntryMeta {
     /// when the value is the body alone.
     #[serde(rename = "h", default, skip_serializing_if = "is_zero")]
     pub header_bytes: u32,
+    /// Length of the tag block after the header block (see [`crate::tags`]);
+    /// 0 when the entry has no tags.
+    #[serde(rename = "g", default, skip_serializing_if = "is_zero")]
+    pub tag_bytes: u32,
+    /// Until when (ms) the tag index keys of this entry's tags live; 0 when
+    /// none were written. A refresh with the same tags that ends before
+    /// this writes no index key.
+    #[serde(rename = "i", default, skip_serializing_if = "is_zero_u64")]
+    pub index_until: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -86,6 +99,8 @@ impl EntryMeta {
             fetch_ms,
             esi: false,
             header_bytes: 0,
+            tag_bytes: 0,
+            index_until: 0,
         }
     }
 
@@ -213,6 +228,9 @@ mod tests {
             Some(&s),
         );
         m.esi = true;
+        m.header_bytes = u32::MAX;
+        m.tag_bytes = u32::MAX;
+        m.index_until = u64::MAX;
         assert!(serde_json::to_string(&m).unwrap().len() < 1024);
     }
 

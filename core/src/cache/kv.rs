@@ -118,6 +118,60 @@ pub async fn put_entry(
     }
 }
 
+/// Writes an entry with its tag index (see [`crate::tags`]): index keys for
+/// `tags` are written, with twice the entry's life, unless the copy it
+/// replaces (`prev`: its tags and [`EntryMeta::index_until`]) was indexed
+/// under the same tags for at least as long as this entry lives; index keys
+/// of tags the entry no longer has are deleted. The index is written first,
+/// so an entry is never in KV without its index. Failures are logged.
+/// Returns the entry's [`EntryMeta::index_until`] as written, or `None`
+/// when the entry itself could not be written.
+pub async fn put_tagged(
+    ports: &Ports,
+    key: &str,
+    body: Vec<u8>,
+    mut meta: EntryMeta,
+    hard_ms: u64,
+    tags: &[String],
+    prev: Option<(&[String], u64)>,
+) -> Option<u64> {
+    let now = meta.stored_at;
+    let (prev_tags, prev_until) = prev.unwrap_or((&[], 0));
+    let indexed = !tags.is_empty() && prev_tags == tags && prev_until >= meta.stale_until;
+    meta.index_until = if tags.is_empty() {
+        0
+    } else if indexed {
+        prev_until
+    } else {
+        let ttl_s = hard_ms
+            .div_ceil(1000)
+            .max(u64::from(crate::config::MIN_HARD_TTL_S))
+            * crate::tags::INDEX_LIFE_FACTOR;
+        for tag in tags {
+            let marker = StoredEntry {
+                body: Vec::new(),
+                meta: EntryMeta::new(now, now, now, 200, 0),
+            };
+            let ik = crate::tags::index_key(tag, key);
+            if let Err(e) = ports.store.put(&ik, marker, ttl_s).await {
+                ports
+                    .log
+                    .log(LogLevel::Warn, &format!("{ik}: KV write failed: {e}"));
+            }
+        }
+        now + ttl_s * 1000
+    };
+    for gone in prev_tags.iter().filter(|t| !tags.contains(t)) {
+        // Best effort: a stale index key only makes a purge by that tag
+        // also purge this entry until the key expires.
+        let _ = ports.store.delete(&crate::tags::index_key(gone, key)).await;
+    }
+    let until = meta.index_until;
+    put_entry(ports, key, body, meta, hard_ms)
+        .await
+        .then_some(until)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,6 +125,40 @@ impl<V: Clone> Lru<V> {
         }
     }
 
+    /// Removes every entry for which `doomed(key, value)` holds (O(n)).
+    pub fn remove_where(&mut self, mut doomed: impl FnMut(&str, &V) -> bool) {
+        let keys: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(k, s)| doomed(k, &s.value))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.remove(&k);
+        }
+    }
+
+    /// Changes values in place, keeping their size and recency (O(n)).
+    pub fn update(&mut self, mut change: impl FnMut(&str, &mut V)) {
+        for (k, s) in &mut self.map {
+            change(k, &mut s.value);
+        }
+    }
+
+    /// Changes the value of `key` in place, keeping its size and recency.
+    pub fn update_one(&mut self, key: &str, change: impl FnOnce(&mut V)) {
+        if let Some(s) = self.map.get_mut(key) {
+            change(&mut s.value);
+        }
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+
     /// Bytes charged for the entries held.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -10,6 +10,7 @@ use super::policy::{
 };
 use crate::headers::{encode_block, keep_from_origin};
 use crate::ports::{OriginResponse, Rng};
+use crate::tags::parse_tags;
 
 /// How the cache treats one origin response.
 #[derive(Debug)]
@@ -19,8 +20,11 @@ pub enum Verdict {
     Store {
         /// Freshness and response metadata.
         meta: Box<EntryMeta>,
-        /// The KV value.
+        /// The KV value: header block, tag block, body.
         value: Vec<u8>,
+        /// The response's cache tags (in the value's tag block too), for the
+        /// tag index.
+        tags: Vec<String>,
         /// The shell's kept headers (empty for fragments).
         headers: HeaderMap,
         /// The shell's headers were too large to store and were left out.
@@ -83,25 +87,32 @@ pub fn verdict(
     meta.esi = surrogate
         .as_deref()
         .is_some_and(|v| parse_directives(v).esi);
-    let mut value = resp.body.clone();
+    let tags = parse_tags(&resp.headers);
+    let tag_block = crate::tags::encode(&tags);
     let mut kept = HeaderMap::new();
     let mut headers_dropped = false;
+    let mut value = Vec::new();
     if rules.shell {
         kept = keep_from_origin(&resp.headers);
         if !kept.is_empty() {
             match encode_block(&kept) {
-                Some(mut block) => {
+                Some(block) => {
                     meta.header_bytes = u32::try_from(block.len()).unwrap_or(u32::MAX);
-                    block.extend_from_slice(&value);
                     value = block;
                 }
                 None => headers_dropped = true,
             }
         }
     }
+    // Bounded by MAX_TAGS × MAX_TAG_BYTES, so it always fits a u32.
+    meta.tag_bytes = u32::try_from(tag_block.len()).unwrap_or(0);
+    value.reserve(tag_block.len() + resp.body.len());
+    value.extend_from_slice(&tag_block);
+    value.extend_from_slice(&resp.body);
     Verdict::Store {
         meta: Box::new(meta),
         value,
+        tags,
         headers: kept,
         headers_dropped,
     }

@@ -8,6 +8,7 @@ use http::{HeaderMap, StatusCode};
 use crate::cache::policy::parse_directives;
 use crate::headers::{decode_block, keep_from_origin};
 use crate::ports::{OriginResponse, StoredEntry};
+use crate::tags::{self, parse_tags};
 
 /// A loaded fragment: plain bytes and the few headers that matter. This is
 /// the only thing that ever crosses from one request to another.
@@ -33,6 +34,9 @@ pub struct Fragment {
     pub cache_key: Option<String>,
     /// `Set-Cookie` values (private fragments only; empty otherwise).
     pub set_cookies: Vec<String>,
+    /// The cache tags the origin gave it (`Cache-Tag`, `Surrogate-Key`;
+    /// see [`crate::tags`]), which purge by tag matches.
+    pub tags: Rc<[String]>,
 }
 
 impl Fragment {
@@ -66,13 +70,16 @@ impl Fragment {
             } else {
                 Vec::new()
             },
+            tags: parse_tags(&resp.headers).into(),
         }
     }
 
-    pub(super) fn from_entry(entry: StoredEntry, key: &str) -> Self {
-        // A cached shell's value starts with its header block.
+    pub(crate) fn from_entry(entry: StoredEntry, key: &str) -> Self {
+        // A cached shell's value starts with its header block, and a tagged
+        // entry's tag block follows (see `crate::tags`).
         let split = (entry.meta.header_bytes as usize).min(entry.body.len());
-        let (block, body) = entry.body.split_at(split);
+        let (block, rest) = entry.body.split_at(split);
+        let (tag_block, body) = rest.split_at((entry.meta.tag_bytes as usize).min(rest.len()));
         Fragment {
             status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
             body: Rc::from(body),
@@ -83,6 +90,7 @@ impl Fragment {
             stored_at: entry.meta.stored_at,
             cache_key: Some(key.to_owned()),
             set_cookies: Vec::new(),
+            tags: tags::decode(tag_block).into(),
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::cache::lru::Lru;
 use crate::cache::EntryMeta;
 use crate::esi::Template;
 use crate::ports::{Log, LogLevel, StoreError};
-use crate::purge::PurgeLog;
+use crate::purge::{PurgeLog, SharedFeed, Target};
 use crate::url::Url;
 
 use super::{Fragment, Outcome};
@@ -131,6 +131,7 @@ impl Recent {
             + opt_len(&frag.content_type)
             + opt_len(&frag.cache_control)
             + opt_len(&frag.cache_key)
+            + frag.tags.iter().map(|t| t.len() + 24).sum::<usize>()
             + frag
                 .headers
                 .iter()
@@ -150,6 +151,55 @@ impl Recent {
     /// Drops every remembered copy whose key starts with `prefix`.
     pub fn forget_prefix(&self, prefix: &str) {
         self.lru.borrow_mut().remove_prefix(prefix);
+    }
+
+    /// Applies a purge of `target` made at `at` (ms) to the copies stored
+    /// before it (or in the same millisecond: the purge may come after them): a hard purge forgets them, a soft one makes them stale
+    /// (`fresh_until` at most `at`), keeping body and hard TTL. Returns the
+    /// keys it touched.
+    pub fn purge(&self, target: &Target, soft: bool, at: u64) -> Vec<String> {
+        let hit = |key: &str, (meta, frag): &Cached| {
+            meta.stored_at <= at && target.covers(key, &frag.tags)
+        };
+        let mut touched = Vec::new();
+        let mut lru = self.lru.borrow_mut();
+        if soft {
+            lru.update(|key, cached| {
+                if hit(key, cached) && cached.0.fresh_until > at {
+                    let mut meta = (*cached.0).clone();
+                    meta.fresh_until = at;
+                    cached.0 = Rc::new(meta);
+                    touched.push(key.to_owned());
+                }
+            });
+        } else {
+            lru.remove_where(|key, cached| {
+                let h = hit(key, cached);
+                if h {
+                    touched.push(key.to_owned());
+                }
+                h
+            });
+        }
+        touched
+    }
+
+    /// Records that the copy of `key` stored at `stored_at` was written
+    /// with its tags indexed until `until`.
+    pub(super) fn note_indexed(&self, key: &str, stored_at: u64, until: u64) {
+        let mut lru = self.lru.borrow_mut();
+        if lru.peek(key).is_some_and(|(m, _)| m.stored_at == stored_at) {
+            lru.update_one(key, |(meta, _)| {
+                let mut m = (**meta).clone();
+                m.index_until = until;
+                *meta = Rc::new(m);
+            });
+        }
+    }
+
+    /// Drops every remembered copy.
+    pub fn clear(&self) {
+        self.lru.borrow_mut().clear();
     }
 
     /// Drops the remembered copy of `key`.
@@ -207,6 +257,8 @@ pub struct Shared {
     /// Recent purges: fetches that started before one covering their key
     /// neither keep nor store what they got.
     pub purges: PurgeLog,
+    /// This isolate's view of the purge log shared by all isolates.
+    pub feed: SharedFeed,
     /// Keys the origin recently answered as personal (`private`,
     /// `no-store`, `Set-Cookie`), until when (ms): "hit-for-pass". Until
     /// then they are fetched per request without joining a flight, and the
@@ -230,6 +282,31 @@ impl Shared {
         self.last_write
             .borrow_mut()
             .retain(|k, _| !k.starts_with(prefix));
+    }
+
+    /// Applies a purge of `target` made at `at` (here or, learnt from the
+    /// shared log, elsewhere): memory copies stored before it are forgotten
+    /// (hard) or made stale (soft), and their write throttle and
+    /// hit-for-pass marks go, so the next fetch is stored at once. With
+    /// `mark`, it is also recorded in [`Shared::purges`], so that fetches
+    /// in flight and KV reads of copies stored before it do not bring the
+    /// old content back.
+    pub fn apply_purge(&self, target: &Target, soft: bool, at: u64, now: u64, mark: bool) {
+        if mark {
+            self.purges.record(target, soft, at, now);
+        }
+        let touched = self.recent.purge(target, soft, at);
+        let mut personal = self.personal.borrow_mut();
+        let mut last_write = self.last_write.borrow_mut();
+        if let Target::Path { prefix, .. } = target {
+            let list = crate::cache::key::list_prefix(prefix);
+            personal.retain(|k, _| !k.starts_with(list));
+            last_write.retain(|k, _| !k.starts_with(list));
+        }
+        for k in &touched {
+            personal.remove(k);
+            last_write.remove(k);
+        }
     }
 
     /// Remembers that the origin answered `key` as personal, until `until`.
@@ -295,6 +372,7 @@ mod tests {
             stored_at,
             cache_key: Some(key.to_owned()),
             set_cookies: Vec::new(),
+            tags: Rc::from(Vec::new()),
         };
         (meta, Rc::new(frag))
     }

@@ -61,6 +61,7 @@ use crate::cache::kv::{TimedStore, KV_READ_TIMEOUT_MS};
 use crate::cache::{CacheStatus, EntryMeta, Freshness};
 use crate::config::{ColdPolicy, Config, PageRoute};
 use crate::ports::{LocalFuture, LogLevel, OriginError, Ports, StoreError, StoredEntry};
+use crate::purge::Covered;
 use crate::request::ClientRequest;
 use crate::url::Url;
 use connections::{GatedOrigin, MAX_CONNECTIONS};
@@ -249,14 +250,18 @@ impl Loader {
         }
         shared.breaker.set_config(config.breaker);
         let began = ports.clock.now_ms();
-        Loader {
+        let loader = Loader {
             ports,
             shared,
             config,
             req,
             began,
             reports: Rc::default(),
-        }
+        };
+        // Every request may start the isolate's periodic read of the
+        // shared purge log; it runs in the background, never on this path.
+        crate::purge::check_shared_log(&loader);
+        loader
     }
 
     /// When this request began (ms on the clock).
@@ -431,14 +436,7 @@ impl Loader {
             Join::Leader(guard) => {
                 let epoch = self.shared.purges.epoch();
                 let got = self.ports.store.get(key).await;
-                // A purge while the read was out: what it read may be the
-                // purged copy, so it counts as absent.
-                let got = if self.shared.purges.purged_since(epoch, key) {
-                    Ok(None)
-                } else {
-                    got
-                };
-                let result = self.stored(key, got);
+                let result = self.stored(key, got, epoch);
                 if let Err(e) = &result {
                     self.log(
                         LogLevel::Warn,
@@ -456,25 +454,42 @@ impl Loader {
                     Err(_) => {
                         let epoch = self.shared.purges.epoch();
                         let got = self.ports.store.get(key).await;
-                        if self.shared.purges.purged_since(epoch, key) {
-                            Ok(None)
-                        } else {
-                            self.stored(key, got)
-                        }
+                        self.stored(key, got, epoch)
                     }
                 }
             }
         }
     }
 
-    /// A KV answer as held in memory (and remembered there).
-    fn stored(&self, key: &str, r: Result<Option<StoredEntry>, StoreError>) -> StoreRead {
-        Ok(r?.filter(|e| e.meta.version == META_VERSION).map(|e| {
-            let meta = e.meta.clone();
-            let frag = Rc::new(Fragment::from_entry(e, key));
-            self.shared.recent.remember(key, &meta, &frag);
-            (Rc::new(meta), frag)
-        }))
+    /// A KV answer as held in memory (and remembered there), read by a read
+    /// that started at purge `epoch`. A purge while the read was out may
+    /// have left it the purged copy: it counts as absent. So does a copy
+    /// stored before a hard purge this isolate knows of (KV may show it for
+    /// up to 60 s after the tombstone was written); one stored before a
+    /// soft purge is stale.
+    fn stored(
+        &self,
+        key: &str,
+        r: Result<Option<StoredEntry>, StoreError>,
+        epoch: u64,
+    ) -> StoreRead {
+        let Some(e) = r?.filter(|e| e.meta.version == META_VERSION) else {
+            return Ok(None);
+        };
+        let meta = e.meta.clone();
+        let frag = Rc::new(Fragment::from_entry(e, key));
+        let purges = &self.shared.purges;
+        if purges.purged_since(epoch, key, &frag.tags) {
+            return Ok(None);
+        }
+        let mut meta = meta;
+        match purges.covering(key, &frag.tags, meta.stored_at) {
+            Some(Covered::Hard) => return Ok(None),
+            Some(Covered::Soft(at)) => meta.fresh_until = meta.fresh_until.min(at),
+            None => {}
+        }
+        self.shared.recent.remember(key, &meta, &frag);
+        Ok(Some((Rc::new(meta), frag)))
     }
 
     /// A key the origin recently answered as personal: fetched for this

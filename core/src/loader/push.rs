@@ -24,7 +24,7 @@ use crate::coord::{Answer, Reply};
 use crate::ports::{LogLevel, OriginResponse};
 use crate::url::Url;
 
-use super::store::{write_claimed, Since, Written};
+use super::store::{write_claimed, Entry, Since, Written};
 use super::{Fragment, Loader, Policy};
 
 /// Where a push goes: the include URL, its route's policy and its key for
@@ -138,8 +138,10 @@ impl Loader {
         let ports = &self.ports;
         let now = ports.clock.now_ms();
         let key = target.key.as_str();
-        let (meta, value) = match verdict(&resp, rules, now, 0, ports.rng.as_ref()) {
-            Verdict::Store { meta, value, .. } => (*meta, value),
+        let (meta, value, tags) = match verdict(&resp, rules, now, 0, ports.rng.as_ref()) {
+            Verdict::Store {
+                meta, value, tags, ..
+            } => (*meta, value, tags),
             Verdict::Pass(why) => return Err(PushError::Uncacheable(why_text(why))),
             Verdict::Failure => return Err(PushError::Uncacheable("a server error")),
         };
@@ -157,9 +159,22 @@ impl Loader {
         };
         // Into memory before the write's await: a load of this key that
         // ends meanwhile finds it and keeps it rather than its own result.
+        // The copy it replaces decides whether the tag index needs writing.
+        let prev = self
+            .shared
+            .recent
+            .get(key)
+            .map(|(m, f)| (Rc::clone(&f.tags), m.index_until));
         let frag = Rc::new(Fragment::from_response(&resp, now, Some(key), false, false));
         self.shared.recent.remember(key, &meta, &frag);
-        let written = write_claimed(self, key, value.clone(), meta.clone(), hard_ms, since).await;
+        let entry = Entry {
+            value: value.clone(),
+            meta: meta.clone(),
+            hard_ms,
+            tags: &tags,
+            prev: prev.as_ref().map(|(t, u)| (&t[..], *u)),
+        };
+        let written = write_claimed(self, key, entry, since).await;
         if written != Written::Stored {
             // Failed, or purged during the write's own await (the purge
             // wins): not in KV, so not in memory either.

@@ -26,7 +26,7 @@ use futures_util::future::{select, Either};
 use crate::cache::breaker::Permit;
 use crate::cache::entry::META_VERSION;
 use crate::cache::flight::LeaderGuard;
-use crate::cache::kv::{put_entry, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
+use crate::cache::kv::{put_tagged, KV_READ_TIMEOUT_MS, KV_WRITE_TIMEOUT_MS};
 use crate::cache::verdict::{verdict, StoreRules, Verdict};
 use crate::cache::{EntryMeta, Freshness};
 use crate::coord::{Answer, CoordError, Coordinator, LoadRequest, Reply, Rules};
@@ -220,15 +220,23 @@ impl LeaderJob {
                         epoch,
                         known_absent: false,
                     };
-                    let _ = write_back(&loader, &key, Vec::new(), tombstone, 0, since).await;
+                    let entry = Entry {
+                        value: Vec::new(),
+                        meta: tombstone,
+                        hard_ms: 0,
+                        tags: &[],
+                        prev: None,
+                    };
+                    let _ = write_back(&loader, &key, entry, since).await;
                 }
             }
-            Verdict::Store { .. } if shared.purges.purged_since(epoch, &key) => {
+            Verdict::Store { ref tags, .. } if shared.purges.purged_since(epoch, &key, tags) => {
                 job.purged_meanwhile(guard, fragment(None));
             }
             Verdict::Store {
                 meta,
                 value,
+                tags,
                 headers,
                 headers_dropped,
             } => {
@@ -264,7 +272,17 @@ impl LeaderJob {
                     epoch,
                     known_absent,
                 };
-                let _ = write_back(&loader, &key, value, *meta, hard_ms, since).await;
+                let prev = stored
+                    .as_ref()
+                    .map(|(m, f)| (Rc::clone(&f.tags), m.index_until));
+                let entry = Entry {
+                    value,
+                    meta: *meta,
+                    hard_ms,
+                    tags: &tags,
+                    prev: prev.as_ref().map(|(t, u)| (&t[..], *u)),
+                };
+                let _ = write_back(&loader, &key, entry, since).await;
                 drop(guard);
             }
         }
@@ -330,14 +348,20 @@ impl Job<'_> {
         let ports = &self.loader.ports;
         let entry = ports.store.get(self.key).await.ok()??;
         let now = ports.clock.now_ms();
-        let usable = entry.meta.version == META_VERSION
-            && entry.meta.stored_at > have
-            && entry.meta.classify(now) == Freshness::Fresh
-            && !self.loader.shared.purges.purged_since(self.epoch, self.key);
-        usable.then(|| {
-            let meta = Rc::new(entry.meta.clone());
-            (meta, Rc::new(Fragment::from_entry(entry, self.key)))
-        })
+        let meta = Rc::new(entry.meta.clone());
+        if meta.version != META_VERSION
+            || meta.stored_at <= have
+            || meta.classify(now) != Freshness::Fresh
+        {
+            return None;
+        }
+        let frag = Rc::new(Fragment::from_entry(entry, self.key));
+        let purges = &self.loader.shared.purges;
+        let purged = purges.purged_since(self.epoch, self.key, &frag.tags)
+            || purges
+                .covering(self.key, &frag.tags, meta.stored_at)
+                .is_some();
+        (!purged).then_some((meta, frag))
     }
 
     /// Publishes the coordinator's answer as if this isolate had fetched
@@ -356,7 +380,7 @@ impl Job<'_> {
                     meta: meta.clone(),
                 };
                 let frag = Rc::new(Fragment::from_entry(entry, self.key));
-                if shared.purges.purged_since(self.epoch, self.key) {
+                if shared.purges.purged_since(self.epoch, self.key, &frag.tags) {
                     return self.purged_meanwhile(guard, frag);
                 }
                 shared.backoff.record_success(self.key);
@@ -523,31 +547,32 @@ pub(super) enum Written {
     Failed,
 }
 
+/// An entry to write back: the KV value, its metadata and hard TTL, its
+/// tags and, for the tag index, the replaced copy's tags and index life.
+pub(super) struct Entry<'a> {
+    pub(super) value: Vec<u8>,
+    pub(super) meta: EntryMeta,
+    pub(super) hard_ms: u64,
+    pub(super) tags: &'a [String],
+    pub(super) prev: Option<(&'a [String], u64)>,
+}
+
 /// Writes an entry, at most once per second per key from this isolate, and
 /// not at all if another isolate stored a newer copy (or a purge its
 /// tombstone) after our fetch started at `started`, nor if this isolate
 /// purged the key since `epoch`.
-async fn write_back(
-    loader: &Loader,
-    key: &str,
-    body: Vec<u8>,
-    meta: EntryMeta,
-    hard_ms: u64,
-    since: Since,
-) -> Written {
+async fn write_back(loader: &Loader, key: &str, entry: Entry<'_>, since: Since) -> Written {
     if !loader.shared.claim_write(key, loader.ports.clock.now_ms()) {
         return Written::Throttled;
     }
-    write_claimed(loader, key, body, meta, hard_ms, since).await
+    write_claimed(loader, key, entry, since).await
 }
 
 /// [`write_back`] once the write throttle has let this write through.
 pub(super) async fn write_claimed(
     loader: &Loader,
     key: &str,
-    body: Vec<u8>,
-    meta: EntryMeta,
-    hard_ms: u64,
+    entry: Entry<'_>,
     since: Since,
 ) -> Written {
     let Since {
@@ -565,15 +590,28 @@ pub(super) async fn write_claimed(
             }
         }
     }
-    // The read above let a purge run; nothing is awaited from here to the put.
-    if loader.shared.purges.purged_since(epoch, key) {
+    // The read above let a purge run; nothing is awaited from here to the
+    // first write.
+    if loader.shared.purges.purged_since(epoch, key, entry.tags) {
         return Written::Superseded;
     }
-    if put_entry(ports, key, body, meta, hard_ms).await {
-        Written::Stored
-    } else {
-        Written::Failed
-    }
+    let stored_at = entry.meta.stored_at;
+    let Some(until) = put_tagged(
+        ports,
+        key,
+        entry.value,
+        entry.meta,
+        entry.hard_ms,
+        entry.tags,
+        entry.prev,
+    )
+    .await
+    else {
+        return Written::Failed;
+    };
+    // So that this isolate's next refresh knows the index needs no write.
+    loader.shared.recent.note_indexed(key, stored_at, until);
+    Written::Stored
 }
 
 /// Response headers of a 304 that describe the message rather than the
@@ -618,6 +656,13 @@ fn not_modified(
     set("etag", meta.etag.as_deref());
     set("last-modified", meta.last_modified.as_deref());
     set("cache-control", meta.cache_control.as_deref());
+    // The stored copy's tags stand unless the 304 names its own.
+    if !frag.tags.is_empty()
+        && !resp.headers.contains_key("cache-tag")
+        && !resp.headers.contains_key("surrogate-key")
+    {
+        set("cache-tag", Some(&frag.tags.join(",")));
+    }
     if esi {
         set("surrogate-control", Some("content=\"ESI/1.0\""));
     }
