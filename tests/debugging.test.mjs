@@ -148,3 +148,35 @@ test("one record per page, and npm run stats adds them up to what the origin cou
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("with an Analytics Engine binding, each page is one data point (no log line) in the documented layout", async () => {
+  const withAe = await startWorker({
+    config: {
+      origin: origin.url,
+      pages: [{ path: "/ae" }],
+      fragments: [{ path: "/bf/*", soft_ttl: 300, hard_ttl: 3600 }],
+    },
+    analytics: true,
+  });
+  try {
+    origin.route("/ae", { body: `<esi:include src="/bf/ae1"/>|<esi:include src="/bf/ae2"/>` });
+    origin.route("/bf/ae1", { body: "a1" });
+    origin.route("/bf/ae2", { body: "a2" });
+    assert.equal(await (await withAe.fetch("/ae")).text(), "a1|a2");
+    await waitFor(async () => (await withAe.kv.list()).keys.length >= 2, { message: "fragments stored" });
+    assert.equal(await (await withAe.fetch("/ae?x=1")).text(), "a1|a2");
+    const points = await waitFor(async () => {
+      const p = await withAe.analyticsPoints();
+      return p.length === 2 && p;
+    }, { message: "two data points" });
+    const byPath = Object.fromEntries(points.map((p) => [p.blobs[0], p]));
+    // doubles: hit, stale, miss, coalesced, bypass, error, origin fetches, TTFB ms, total ms.
+    assert.deepEqual(byPath["/ae"].doubles.slice(0, 7), [0, 0, 2, 0, 1, 0, 3], "shell passed, two misses");
+    assert.deepEqual(byPath["/ae?x=1"].doubles.slice(0, 7), [2, 0, 0, 0, 1, 0, 1], "two hits");
+    assert.deepEqual(byPath["/ae"].indexes, ["/ae"]);
+    assert.ok(byPath["/ae"].doubles[7] <= byPath["/ae"].doubles[8], "TTFB within the total");
+    assert.equal(withAe.logs.filter((l) => l.includes(RECORD)).length, 0, "no log line when the binding exists");
+  } finally {
+    await withAe.dispose();
+  }
+});

@@ -199,6 +199,8 @@ async function launch({ options, kvPersist, script }) {
  *   stored there, so a second instance started with the same path sees it
  *   (the caller owns and removes the directory). true: a fresh temporary
  *   directory, removed by dispose().
+ * @param {boolean} [options.analytics=false]  Bind FRAGCACHE_ANALYTICS to a
+ *   dataset that records its data points (read them with analyticsPoints()).
  * @param {string} [options.scriptPath=BUILD_SCRIPT]  Only for testing the harness itself.
  * @param {string} [options.compatibilityDate="2026-04-01"]
  * @returns {Promise<{
@@ -217,18 +219,32 @@ export async function startWorker({
   config,
   bindings = {},
   kvPersist = false,
+  analytics = false,
   scriptPath = BUILD_SCRIPT,
   compatibilityDate = COMPATIBILITY_DATE,
 } = {}) {
   if (config === undefined) throw new TypeError("startWorker: config is required");
   const script = resolveScript(scriptPath, "startWorker");
-  const { mf, readyUrl, logs, crossRequestWarnings, dispose } = await launch({
-    options: workerOptions({ script, config, bindings, compatibilityDate }),
-    kvPersist,
-    script,
-  });
+  let options = workerOptions({ script, config, bindings, compatibilityDate });
+  if (analytics) {
+    // Miniflare's own Analytics Engine drops every point; this binding has
+    // the platform's interface (`writeDataPoint`) and keeps each point in
+    // a KV namespace of its own, so a test can read what the worker wrote.
+    options = {
+      workers: [
+        { ...options, wrappedBindings: { FRAGCACHE_ANALYTICS: { scriptName: ANALYTICS_RECORDER } } },
+        {
+          name: ANALYTICS_RECORDER,
+          modules: [{ type: "ESModule", path: "recorder.mjs", contents: ANALYTICS_RECORDER_SCRIPT }],
+          kvNamespaces: { POINTS: "fragcache-analytics-points" },
+        },
+      ],
+    };
+  }
+  const { mf, readyUrl, logs, crossRequestWarnings, dispose } = await launch({ options, kvPersist, script });
   const url = readyUrl.origin;
   const kv = await mf.getKVNamespace("FRAGMENTS");
+  const points = analytics ? await mf.getKVNamespace("POINTS", ANALYTICS_RECORDER) : undefined;
 
   return {
     mf,
@@ -240,11 +256,29 @@ export async function startWorker({
     /** Fires the worker's scheduled (cron) handler, as a cron trigger would, and waits for it. */
     scheduled: async (cron = "*/5 * * * *") => (await mf.getWorker()).scheduled({ cron }),
     kv,
+    /** With `analytics`: the data points written, in no particular order. */
+    analyticsPoints: async () => {
+      if (!points) throw new Error("startWorker: start with { analytics: true } to record data points");
+      const { keys } = await points.list();
+      return Promise.all(keys.map(async (k) => JSON.parse(await points.get(k.name))));
+    },
     logs,
     crossRequestWarnings,
     dispose,
   };
 }
+
+/** Name of the worker standing in for the Analytics Engine dataset. */
+const ANALYTICS_RECORDER = "fragcache-analytics-recorder";
+const ANALYTICS_RECORDER_SCRIPT = `
+let n = 0;
+export default function (env) {
+  return {
+    writeDataPoint(point) {
+      env.POINTS.put(\`\${Date.now()}-\${n++}-\${Math.random()}\`, JSON.stringify(point));
+    },
+  };
+}`;
 
 // workerd starts even if a bound Durable Object class is not exported; it
 // only prints this warning, and every call then fails as "internal error".
