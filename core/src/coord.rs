@@ -328,6 +328,22 @@ impl KeyObject {
         }
     }
 
+    /// The copy written through since the push count was `pushes`, as a
+    /// load's answer; `None` when nothing was pushed meanwhile.
+    fn pushed_since(&self, pushes: u64) -> Option<Reply> {
+        if self.pushes.get() == pushes {
+            return None;
+        }
+        let (meta, value) = self.copy.borrow().clone()?;
+        Some(Reply {
+            answer: Answer::Entry {
+                meta,
+                fetched: true,
+            },
+            bytes: value,
+        })
+    }
+
     /// Serves one load request: a newer fresh copy if there is one, else
     /// the fetch in flight, else a new fetch (gated by the origin's
     /// breaker) that is stored once and shared by every caller.
@@ -472,18 +488,10 @@ impl KeyObject {
                 ..
             } => {
                 gate.report(&origin, &req.key, Outcome::Healthy).await;
-                if self.pushes.get() != pushes {
-                    // Written through while this fetch was out: that copy
-                    // is newer, and is the answer.
-                    if let Some((meta, value)) = self.copy.borrow().clone() {
-                        return Reply {
-                            answer: Answer::Entry {
-                                meta,
-                                fetched: true,
-                            },
-                            bytes: value,
-                        };
-                    }
+                // Written through while this fetch was out: that copy is
+                // newer, and is the answer.
+                if let Some(pushed) = self.pushed_since(pushes) {
+                    return pushed;
                 }
                 if headers_dropped {
                     ports.log.log(
@@ -510,19 +518,10 @@ impl KeyObject {
                 )
                 .await
                 .unwrap_or(meta.index_until);
-                if self.pushes.get() != pushes {
-                    // Written through while this copy was being stored:
-                    // the pushed copy stays the object's (the push's own
-                    // KV write is the later one).
-                    if let Some((meta, value)) = self.copy.borrow().clone() {
-                        return Reply {
-                            answer: Answer::Entry {
-                                meta,
-                                fetched: true,
-                            },
-                            bytes: value,
-                        };
-                    }
+                // Written through while this copy was being stored: the
+                // pushed copy stays the object's answer.
+                if let Some(pushed) = self.pushed_since(pushes) {
+                    return pushed;
                 }
                 *self.copy.borrow_mut() = Some((meta.clone(), Rc::clone(&value)));
                 Reply {
