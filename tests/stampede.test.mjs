@@ -67,10 +67,12 @@ test("200 concurrent requests on a cold fragment: one origin fetch", async () =>
     assert.equal(r.body, "<div>COLD</div>");
   }
   // Headers never wait for a lookup: a request whose KV read was still out
-  // says "lookup"; the origin count above is what proves one fetch.
+  // says "lookup"; the origin count above is what proves one fetch. On a
+  // loaded machine the last requests of the burst may arrive after the
+  // 300 ms fetch has landed, and find the copy it left in memory ("hit").
   const statuses = results.map((r) => r.headers.get("x-fragcache").match(/\/f\/cold=(\w+)/)[1]);
   assert.ok(statuses.filter((s) => s === "miss").length <= 1, statuses.join());
-  assert.ok(statuses.every((s) => ["lookup", "miss", "coalesced"].includes(s)), statuses.join());
+  assert.ok(statuses.every((s) => ["lookup", "miss", "coalesced", "hit"].includes(s)), statuses.join());
   assertNoCrossRequestIo();
 });
 
