@@ -53,13 +53,17 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   say "installing npm packages"
   npm ci --no-audit --no-fund
 fi
-# Headless Chromium for the inspector's browser test (tests/inspector.test.mjs).
-# Optional: installed only as root with apt-get; never fatal. Without it that
-# one test is skipped and says why.
-if ! command -v chromium >/dev/null 2>&1; then
+# Headless Chromium for the inspector's browser test (tests/inspector.test.mjs),
+# only when the tests ask for it (`setup.sh --browser`, from scripts/test.sh):
+# `npm start` and deploys never need a browser. Optional: installed only as
+# root with apt-get, with bounded time, never fatal. Without it that one test
+# is skipped and says why.
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing chromium (headless browser for the inspector test)"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+    apt_opts=(-o Acquire::Retries=1 -o Acquire::http::Timeout=30 -qq)
+    if ! { timeout 300 apt-get "${apt_opts[@]}" update \
+        && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get "${apt_opts[@]}" install -y chromium; } >/dev/null 2>&1; then
       say "could not install chromium; the inspector's browser test will be skipped" >&2
     fi
   else

@@ -4,7 +4,7 @@
 # a real origin on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --browser
 source scripts/env.sh
 
 step() { printf '\n== %s\n' "$*"; }
