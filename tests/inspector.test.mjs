@@ -40,7 +40,7 @@ before(async () => {
       `<h1>shop</h1><esi:include src="/frag/hit"/><esi:include src="/frag/stale"/>` +
       `<esi:include src="/frag/miss?n=${n}"/><esi:include src="/frag/me"/>`,
   });
-  origin.route("/frag/hit", { body: "<p>hit</p>" });
+  origin.route("/frag/hit", { body: "<p>hit</p>", headers: { "cache-tag": "nav,home" } });
   origin.route("/frag/stale", { body: "<p>stale</p>" });
   origin.route("/frag/miss", { body: "<p>miss</p>", delayMs: 30 });
   origin.route("/frag/me", { body: (req) => `<p>hello ${cookieOf(req, "user") || "guest"}</p>` });
@@ -48,7 +48,9 @@ before(async () => {
   // Warm the cache, then make every refresh of /frag/stale fail, so that once
   // its one-second soft TTL is over it stays stale for as long as the test runs.
   assert.equal((await worker.fetch("/shop")).status, 200);
-  await waitFor(async () => (await worker.kv.list()).keys.length === 3, { message: "three fragments stored" });
+  // Entries only: the hit's two tags add index keys (`t:…`).
+  const entries = async () => (await worker.kv.list()).keys.filter((k) => !k.name.startsWith("t:"));
+  await waitFor(async () => (await entries()).length === 3, { message: "three fragments stored" });
   origin.fail("/frag/stale", "status", { status: 500 });
   await waitFor(
     async () => /\/frag\/stale=stale/.test((await worker.fetch("/shop")).headers.get("x-fragcache")),
@@ -79,6 +81,7 @@ test("the inspector shows hit, stale, miss and the private fragment, as JSON", a
   });
   const row = (p) => data.rows.find((r) => r.path.startsWith(p));
   assert.deepEqual([row("/frag/hit").soft_ttl_s, row("/frag/hit").hard_ttl_s], [300, 3600]);
+  assert.deepEqual(row("/frag/hit").tags, ["nav", "home"]);
   assert.ok(row("/frag/stale").age_s >= 1, JSON.stringify(row("/frag/stale")));
   assert.equal(row("/frag/miss").source, "origin fetch");
   assert.ok(row("/frag/miss").ms >= 30, JSON.stringify(row("/frag/miss")));
@@ -161,6 +164,7 @@ test("headless Chromium renders the inspector: rows, statuses, screenshot", asyn
     assert.deepEqual(statuses, ["bypass", "hit", "stale", "miss", "bypass"], dom.slice(0, 2000));
     assert.match(dom, /<code class="path">\/frag\/me<\/code>/);
     assert.match(dom, /age \d+ s, soft 300 s, hard 3600 s/);
+    assert.match(dom, />nav<[^]*>home</, "the hit's tags");
     assert.match(dom, /age \d+ s, soft 1 s, hard 120 s/);
     for (const s of ["hit", "stale", "miss", "coalesced", "bypass", "error"]) {
       assert.match(dom, new RegExp(`<span class="s ${s}">${s}</span>`), `legend ${s}`);
