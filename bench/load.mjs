@@ -21,7 +21,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { startOrigin } from "../tests/support/origin.mjs";
-import { REPO_ROOT, startWorker } from "../tests/support/worker.mjs";
+import { REPO_ROOT, startWorker, startWorkers } from "../tests/support/worker.mjs";
 
 // ---------------------------------------------------------------- options
 
@@ -39,6 +39,14 @@ function bounded(name, dflt, min, max) {
 const BURST = bounded("burst", 200, 1, 1000);
 const STEADY_S = bounded("steady", 5, 1, 30);
 const CONCURRENCY = bounded("concurrency", 32, 1, 256);
+// `--coordinator on`: fragcache runs with its Durable Object binding, as
+// `wrangler.toml` deploys it (cold misses and refreshes go through the
+// key's object); off by default, one isolate on its own.
+if (!["on", "off", undefined].includes(args.coordinator)) {
+  console.error(`--coordinator must be on or off, got ${args.coordinator}`);
+  process.exit(2);
+}
+const COORDINATOR = args.coordinator === "on";
 
 // The routes every system caches, with fragcache's TTLs; Varnish gets the same.
 const PAGE = { soft_ttl: 60, hard_ttl: 600 };
@@ -205,7 +213,12 @@ function keyset(set, { shellMs = 0, delays }) {
 // ---------------------------------------------------------------- systems
 
 async function startFragcache() {
-  const w = await startWorker({ config: { origin: origin.url, ...CONFIG } });
+  const config = { origin: origin.url, ...CONFIG };
+  if (COORDINATOR) {
+    const w = await startWorkers({ config, count: 1, coordinator: true });
+    return { url: w.urls[0], stop: () => w.dispose(), warnings: () => w.crossRequestWarnings() };
+  }
+  const w = await startWorker({ config });
   return { url: w.url, stop: () => w.dispose(), warnings: () => w.crossRequestWarnings() };
 }
 
@@ -368,7 +381,7 @@ async function scenarios(id, sys) {
 
 const results = {
   date: new Date().toISOString(),
-  command: `npm run bench -- --burst ${BURST} --steady ${STEADY_S} --concurrency ${CONCURRENCY}`,
+  command: `npm run bench -- --burst ${BURST} --steady ${STEADY_S} --concurrency ${CONCURRENCY} --coordinator ${COORDINATOR ? "on" : "off"}`,
   machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
   shapes: { CONFIG, WARM, BURSTY, COLD_PAGE, FIRST_BYTE, GOALS },
   systems: {},
@@ -481,7 +494,7 @@ for (const r of rows) {
 
 const resultsDir = path.join(REPO_ROOT, "bench", "results");
 mkdirSync(resultsDir, { recursive: true });
-const out = path.join(resultsDir, "latest.json");
+const out = path.join(resultsDir, COORDINATOR ? "latest-coordinator.json" : "latest.json");
 writeFileSync(out, JSON.stringify(results, null, 2) + "\n");
 
 console.log(`\n${results.date}, ${results.machine.cpus} CPUs, node ${process.version}${V ? `, ${V.version}` : ""}\n`);
