@@ -12,7 +12,9 @@
 //   --burst        concurrent requests in the cold and stale bursts (1..1000)
 //   --steady       seconds of warm load per system (1..30)
 //   --concurrency  connections for the warm load (1..256)
-// Prints one table and writes the full results to bench/results/latest.json.
+//   --coordinator  on: fragcache with its Durable Object binding (default off)
+// Prints one table and writes the full results to bench/results/latest.json
+// (latest-coordinator.json with --coordinator on).
 
 import { spawn, spawnSync } from "node:child_process";
 import { accessSync, constants, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
