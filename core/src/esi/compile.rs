@@ -45,6 +45,12 @@ pub const MAX_DEPTH: usize = 128;
 pub(crate) const MAX_WARNINGS: usize = 100;
 
 /// A compiled piece of a template.
+///
+/// A template is one flat `Vec<Node>` in document order rather than a tree
+/// of per-element vectors: a block element is a [`Node::Block`] followed by
+/// its content, which ends where its `end` says. Compiling then appends to
+/// one vector (no allocation per element, no moving children from frame to
+/// frame), and dropping a template frees one vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Node {
     /// Bytes of the source, output verbatim.
@@ -56,22 +62,42 @@ pub(crate) enum Node {
         alt: Option<AttrTpl>,
         onerror_continue: bool,
     },
-    Choose {
-        whens: Vec<(Expr, Vec<Node>)>,
-        otherwise: Vec<Node>,
-    },
-    Try {
-        attempt: Vec<Node>,
-        except: Vec<Node>,
-    },
-    /// Index into the template's inline definitions.
-    Inline(usize),
+    /// A block element; its content is the nodes after it up to (not
+    /// including) index `end`.
+    Block { block: Block, end: usize },
 }
 
-/// The body of one `esi:inline`.
+/// What a [`Node::Block`] is.
+///
+/// The content of `Choose` and `Try` holds only blocks: the branches
+/// (`When`, `Otherwise`; `Attempt`, `Except`) and, to be skipped, blocks
+/// that were misplaced there. Evaluation uses the first `Otherwise`,
+/// `Attempt` and `Except` (a repeated one is `Dropped` anyway).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InlineDef {
-    pub(crate) body: Vec<Node>,
+pub(crate) enum Block {
+    Choose,
+    When(Expr),
+    Otherwise,
+    Try,
+    Attempt,
+    Except,
+    /// `esi:inline`: the content is output in place, and may be
+    /// substituted for includes (see the template's inline index).
+    Inline,
+    /// Content that is never output (a misplaced branch). Kept rather than
+    /// truncated, because an `esi:inline` inside still defines its name.
+    Dropped,
+}
+
+impl Node {
+    /// Index just past this node and its content, for the node at `i`.
+    pub(crate) fn next(&self, i: usize) -> usize {
+        match self {
+            // `max`: always advance, whatever `end` says.
+            Node::Block { end, .. } => (*end).max(i + 1),
+            _ => i + 1,
+        }
+    }
 }
 
 /// An attribute value with variables (`src`, `alt`).
@@ -284,23 +310,40 @@ enum Kind {
     Root,
     /// `esi:vars`, `<!--esi`, a misplaced `esi:attempt`: the content
     /// belongs to the enclosing non-transparent frame and goes straight
-    /// there, so it is never copied from frame to frame.
+    /// there.
     Transparent,
     /// Content dropped.
     Discard,
     Choose {
-        whens: Vec<(Expr, Vec<Node>)>,
-        otherwise: Option<Vec<Node>>,
+        has_otherwise: bool,
     },
     When(Expr),
     Otherwise,
     Try {
-        attempt: Option<Vec<Node>>,
-        except: Option<Vec<Node>>,
+        has_attempt: bool,
+        has_except: bool,
     },
     Attempt,
     Except,
     Inline(Option<String>),
+}
+
+impl Kind {
+    /// The block node a frame of this kind opens with, if any. Takes the
+    /// test expression out of a `When` (the frame does not need it).
+    fn block(&mut self) -> Option<Block> {
+        Some(match self {
+            Kind::Root | Kind::Transparent => return None,
+            Kind::Discard => Block::Dropped,
+            Kind::Choose { .. } => Block::Choose,
+            Kind::When(e) => Block::When(std::mem::replace(e, Expr::Const(false))),
+            Kind::Otherwise => Block::Otherwise,
+            Kind::Try { .. } => Block::Try,
+            Kind::Attempt => Block::Attempt,
+            Kind::Except => Block::Except,
+            Kind::Inline(_) => Block::Inline,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -312,11 +355,12 @@ struct Frame {
     /// Index of the innermost non-transparent frame at or below this one:
     /// where content inside this frame goes.
     container: usize,
-    /// Always empty for transparent frames.
-    children: Vec<Node>,
+    /// Index of this frame's [`Node::Block`] (none for the root and for
+    /// transparent frames).
+    node: Option<usize>,
 }
 
-/// Builds the node tree from lexer events.
+/// Builds the node list from lexer events.
 #[derive(Debug)]
 pub(crate) struct Builder {
     stack: Vec<Frame>,
@@ -324,7 +368,12 @@ pub(crate) struct Builder {
     /// by [`Elem::index`]), so that as many of their end tags are dropped.
     /// Counters rather than a stack: an end tag is handled in O(1).
     overflow: [usize; ELEM_COUNT],
-    inlines: Vec<InlineDef>,
+    /// The template, flat (see [`Node`]).
+    nodes: Vec<Node>,
+    /// A literal may be merged into the previous node only if that node's
+    /// index is at least this: not across the start or end of a block.
+    merge_floor: usize,
+    /// `esi:inline` name → index of its block in `nodes`.
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
     suppressed: usize,
@@ -335,19 +384,8 @@ pub(crate) struct Builder {
 /// What [`Builder::finish`] hands to the template.
 pub(crate) struct Built {
     pub(crate) nodes: Vec<Node>,
-    pub(crate) inlines: Vec<InlineDef>,
     pub(crate) inline_index: HashMap<String, usize>,
     pub(crate) warnings: Vec<Warning>,
-}
-
-fn push_merged(v: &mut Vec<Node>, node: Node) {
-    if let (Some(Node::Literal(prev)), Node::Literal(r)) = (v.last_mut(), &node) {
-        if prev.end == r.start {
-            prev.end = r.end;
-            return;
-        }
-    }
-    v.push(node);
 }
 
 impl Default for Builder {
@@ -361,12 +399,13 @@ impl Default for Builder {
                     elem: None,
                     start: 0,
                     container: 0,
-                    children: Vec::new(),
+                    node: None,
                 });
                 stack
             },
             overflow: [0; ELEM_COUNT],
-            inlines: Vec::new(),
+            nodes: Vec::new(),
+            merge_floor: 0,
             inline_index: HashMap::new(),
             warnings: Vec::new(),
             suppressed: 0,
@@ -474,11 +513,21 @@ impl Builder {
         let Some(frame) = self.stack.get_mut(c) else {
             return;
         };
-        match frame.kind {
+        if matches!(
+            frame.kind,
             // Only branch elements count inside these.
-            Kind::Choose { .. } | Kind::Try { .. } | Kind::Discard => {}
-            _ => push_merged(&mut frame.children, node),
+            Kind::Choose { .. } | Kind::Try { .. } | Kind::Discard
+        ) {
+            return;
         }
+        let mergeable = self.nodes.len() > self.merge_floor;
+        if let (Node::Literal(r), Some(Node::Literal(prev))) = (&node, self.nodes.last_mut()) {
+            if mergeable && prev.end == r.start {
+                prev.end = r.end;
+                return;
+            }
+        }
+        self.nodes.push(node);
     }
 
     /// Index of the innermost frame that is not transparent.
@@ -537,12 +586,13 @@ impl Builder {
             Other,
         }
         let parent = match &self.stack[container].kind {
-            Kind::Choose { otherwise, .. } => Parent::Choose {
-                has_otherwise: otherwise.is_some(),
-            },
-            Kind::Try { attempt, except } => Parent::Try {
-                has_attempt: attempt.is_some(),
-                has_except: except.is_some(),
+            &Kind::Choose { has_otherwise } => Parent::Choose { has_otherwise },
+            &Kind::Try {
+                has_attempt,
+                has_except,
+            } => Parent::Try {
+                has_attempt,
+                has_except,
             },
             _ => Parent::Other,
         };
@@ -550,15 +600,14 @@ impl Builder {
             (Directive::Vars, _) => (Kind::Transparent, None),
             (Directive::Choose, _) => (
                 Kind::Choose {
-                    whens: Vec::new(),
-                    otherwise: None,
+                    has_otherwise: false,
                 },
                 None,
             ),
             (Directive::Try, _) => (
                 Kind::Try {
-                    attempt: None,
-                    except: None,
+                    has_attempt: false,
+                    has_except: false,
                 },
                 None,
             ),
@@ -680,7 +729,7 @@ impl Builder {
     }
 
     /// Pushes a frame; false when the depth limit refused it.
-    fn open(&mut self, elem: Elem, kind: Kind, offset: usize) -> bool {
+    fn open(&mut self, elem: Elem, mut kind: Kind, offset: usize) -> bool {
         if self.stack.len() > MAX_DEPTH {
             let msg = format!(
                 "`{}` nested deeper than {MAX_DEPTH}: tag dropped, content kept",
@@ -700,12 +749,21 @@ impl Builder {
         } else {
             self.stack.len()
         };
+        let node = kind.block().map(|block| {
+            self.nodes.push(Node::Block {
+                block,
+                // Set when the frame closes.
+                end: 0,
+            });
+            self.merge_floor = self.nodes.len();
+            self.nodes.len() - 1
+        });
         self.stack.push(Frame {
             kind,
             elem: Some(elem),
             start: offset,
             container,
-            children: Vec::new(),
+            node,
         });
         true
     }
@@ -749,43 +807,18 @@ impl Builder {
             Some(Elem::Marker) => self.marker_depth -= 1,
             _ => {}
         }
+        let end = self.nodes.len();
+        if let Some(Node::Block { end: e, .. }) = f.node.and_then(|i| self.nodes.get_mut(i)) {
+            *e = end;
+        }
+        self.merge_floor = end;
         let c = self.container();
-        match f.kind {
-            Kind::Root | Kind::Discard | Kind::Transparent => {}
-            Kind::Choose { whens, otherwise } => self.add_node(Node::Choose {
-                whens,
-                otherwise: otherwise.unwrap_or_default(),
-            }),
-            Kind::Try { attempt, except } => self.add_node(Node::Try {
-                attempt: attempt.unwrap_or_default(),
-                except: except.unwrap_or_default(),
-            }),
-            // The branch kinds were only created with the right container
-            // below them, and frames below do not change while they are open.
-            Kind::When(e) => {
-                if let Kind::Choose { whens, .. } = &mut self.stack[c].kind {
-                    whens.push((e, f.children));
-                }
-            }
-            Kind::Otherwise => {
-                if let Kind::Choose { otherwise, .. } = &mut self.stack[c].kind {
-                    otherwise.get_or_insert(f.children);
-                }
-            }
-            Kind::Attempt => {
-                if let Kind::Try { attempt, .. } = &mut self.stack[c].kind {
-                    attempt.get_or_insert(f.children);
-                }
-            }
-            Kind::Except => {
-                if let Kind::Try { except, .. } = &mut self.stack[c].kind {
-                    except.get_or_insert(f.children);
-                }
-            }
-            Kind::Inline(name) => {
-                let idx = self.inlines.len();
-                self.inlines.push(InlineDef { body: f.children });
-                if let Some(name) = name {
+        match (f.kind, &mut self.stack[c].kind) {
+            (Kind::Otherwise, Kind::Choose { has_otherwise }) => *has_otherwise = true,
+            (Kind::Attempt, Kind::Try { has_attempt, .. }) => *has_attempt = true,
+            (Kind::Except, Kind::Try { has_except, .. }) => *has_except = true,
+            (Kind::Inline(name), _) => {
+                if let (Some(name), Some(idx)) = (name, f.node) {
                     match self.inline_index.entry(name) {
                         Entry::Occupied(e) => {
                             let msg = format!(
@@ -799,8 +832,8 @@ impl Builder {
                         }
                     }
                 }
-                self.add_node(Node::Inline(idx));
             }
+            _ => {}
         }
     }
 
@@ -825,14 +858,8 @@ impl Builder {
                 message: msg,
             });
         }
-        let nodes = self
-            .stack
-            .pop()
-            .map(|root| root.children)
-            .unwrap_or_default();
         Built {
-            nodes,
-            inlines: self.inlines,
+            nodes: self.nodes,
             inline_index: self.inline_index,
             warnings: self.warnings,
         }

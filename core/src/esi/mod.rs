@@ -150,7 +150,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 
-use compile::{Builder, InlineDef, Node};
+use compile::{Builder, Node};
 use lexer::Lexer;
 
 pub use compile::MAX_DEPTH;
@@ -164,9 +164,9 @@ pub(crate) use vars::{cookie_value, form_decode};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     source: Vec<u8>,
+    /// Flat, in document order (see `compile::Node`).
     nodes: Vec<Node>,
-    inlines: Vec<InlineDef>,
-    /// `esi:inline` name → index in `inlines`.
+    /// `esi:inline` name → index of its block in `nodes`.
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
     has_esi: bool,
@@ -251,7 +251,6 @@ impl Compiler {
         Template {
             source: self.source,
             nodes: built.nodes,
-            inlines: built.inlines,
             inline_index: built.inline_index,
             warnings: built.warnings,
             has_esi: !unchanged,
