@@ -585,9 +585,9 @@ impl Builder {
             Try { has_attempt: bool, has_except: bool },
             Other,
         }
-        let parent = match &self.stack[container].kind {
-            &Kind::Choose { has_otherwise } => Parent::Choose { has_otherwise },
-            &Kind::Try {
+        let parent = match self.stack[container].kind {
+            Kind::Choose { has_otherwise } => Parent::Choose { has_otherwise },
+            Kind::Try {
                 has_attempt,
                 has_except,
             } => Parent::Try {
