@@ -34,7 +34,7 @@ use std::ops::Range;
 
 use super::expr::{self, Expr};
 use super::lexer::{Content, Directive, Mode, Name, Sink, Tag};
-use super::vars::{parse_var_at, VarRef};
+use super::vars::{parse_var_at, Str, Strs, VarRef};
 use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
 
 /// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
@@ -90,6 +90,17 @@ pub(crate) enum Block {
 }
 
 impl Node {
+    /// Bytes this node allocated besides itself (a test's expression tree).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Node::Block {
+                block: Block::When(e),
+                ..
+            } => e.heap_bytes(),
+            _ => 0,
+        }
+    }
+
     /// Index just past this node and its content, for the node at `i`.
     pub(crate) fn next(&self, i: usize) -> usize {
         match self {
@@ -100,34 +111,48 @@ impl Node {
     }
 }
 
-/// An attribute value with variables (`src`, `alt`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AttrTpl {
+/// What a template keeps besides its nodes: the texts of variables, tests
+/// and include attributes, and the parts of include attributes, each in one
+/// vector for the whole template (no allocation per include or variable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pool {
+    pub(crate) strs: Strs,
+    /// The parts of every [`AttrTpl`], each a run of this.
     pub(crate) parts: Vec<AttrPart>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An attribute value with variables (`src`, `alt`): a run of
+/// [`Pool::parts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttrTpl {
+    start: u32,
+    end: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttrPart {
-    Lit(String),
+    /// URL text (see [`push_url_text`]).
+    Lit(Str),
     Var(VarRef),
 }
 
 impl AttrTpl {
     /// Splits an entity-decoded attribute value into literal text and
-    /// variable references. A `$` that does not start a valid reference is
-    /// literal.
-    pub(crate) fn parse(value: &[u8]) -> AttrTpl {
-        let mut parts = Vec::new();
+    /// variable references, appended to `pool`. A `$` that does not start a
+    /// valid reference is literal.
+    pub(crate) fn parse(value: &[u8], pool: &mut Pool) -> AttrTpl {
+        let start = pool.parts.len();
         let mut lit_start = 0;
         let mut i = 0;
         while let Some(k) = memchr::memchr(b'$', &value[i..]) {
             let at = i + k;
-            match parse_var_at(value, at) {
+            match parse_var_at(value, at, &mut pool.strs) {
                 Some((var, end)) => {
                     if lit_start < at {
-                        parts.push(AttrPart::Lit(url_text(&value[lit_start..at])));
+                        let lit = push_url_text(&mut pool.strs, &value[lit_start..at]);
+                        pool.parts.push(AttrPart::Lit(lit));
                     }
-                    parts.push(AttrPart::Var(var));
+                    pool.parts.push(AttrPart::Var(var));
                     lit_start = end;
                     i = end;
                 }
@@ -135,9 +160,21 @@ impl AttrTpl {
             }
         }
         if lit_start < value.len() {
-            parts.push(AttrPart::Lit(url_text(&value[lit_start..])));
+            let lit = push_url_text(&mut pool.strs, &value[lit_start..]);
+            pool.parts.push(AttrPart::Lit(lit));
         }
-        AttrTpl { parts }
+        let index = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        AttrTpl {
+            start: index(start),
+            end: index(pool.parts.len()),
+        }
+    }
+
+    /// The parts, in order.
+    fn parts(self, pool: &Pool) -> &[AttrPart] {
+        pool.parts
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 
     /// The URL text for this request: variables substituted as URL text,
@@ -148,17 +185,19 @@ impl AttrTpl {
     /// - if the template is a relative reference as written (its text before
     ///   the first variable has no scheme and does not start with `//`), a
     ///   result that is absolute or scheme-relative is refused.
-    pub(crate) fn render(&self, vars: &RequestVars) -> IncludeSrc {
+    pub(crate) fn render(self, vars: &RequestVars, pool: &Pool) -> IncludeSrc {
+        let parts = self.parts(pool);
+        let strs = &pool.strs;
         let mut out = String::new();
         // Byte ranges of `out` that came from values (empty for empty ones).
         let mut from_vars: Vec<Range<usize>> = Vec::new();
         let mut in_query = false;
-        for p in &self.parts {
+        for p in parts {
             let start = out.len();
             match p {
-                AttrPart::Lit(s) => out.push_str(s),
+                AttrPart::Lit(s) => out.push_str(strs.get(*s)),
                 AttrPart::Var(v) => {
-                    v.write_url(vars, in_query, &mut out);
+                    v.write_url(vars, strs, in_query, &mut out);
                     from_vars.push(start..out.len());
                 }
             }
@@ -171,8 +210,8 @@ impl AttrTpl {
             return IncludeSrc::new(out);
         }
         let out = encode_value_dot_segments(out, &from_vars);
-        let leading = match self.parts.first() {
-            Some(AttrPart::Lit(s)) => s.as_str(),
+        let leading = match parts.first() {
+            Some(AttrPart::Lit(s)) => strs.get(*s),
             _ => "",
         };
         match relative_made_absolute(leading, &out) {
@@ -181,8 +220,9 @@ impl AttrTpl {
         }
     }
 
-    pub(crate) fn vars(&self) -> impl Iterator<Item = &VarRef> {
-        self.parts.iter().filter_map(|p| match p {
+    /// The variable references, in order.
+    pub(crate) fn vars(self, pool: &Pool) -> impl Iterator<Item = &VarRef> {
+        self.parts(pool).iter().filter_map(|p| match p {
             AttrPart::Var(v) => Some(v),
             AttrPart::Lit(_) => None,
         })
@@ -264,17 +304,30 @@ pub(crate) fn encode_value_dot_segments(s: String, from_vars: &[Range<usize>]) -
 /// Bytes meant for a URL as a `String`: invalid UTF-8 is percent-encoded
 /// rather than replaced, so the URL keeps the bytes the author wrote.
 pub(crate) fn url_text(b: &[u8]) -> String {
+    let mut strs = Strs::default();
+    let piece = push_url_text(&mut strs, b);
+    strs.get(piece).to_owned()
+}
+
+/// Appends [`url_text`] of `b` to `strs`, without an intermediate `String`.
+pub(crate) fn push_url_text(strs: &mut Strs, b: &[u8]) -> Str {
     if let Ok(s) = std::str::from_utf8(b) {
-        return s.to_owned();
+        return strs.push(s);
     }
-    let mut out = String::with_capacity(b.len());
+    let mark = strs.mark();
     for chunk in b.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for byte in chunk.invalid() {
-            out.push_str(&format!("%{byte:02X}"));
+        strs.extend(chunk.valid());
+        for &byte in chunk.invalid() {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            let hex = [
+                b'%',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 15)],
+            ];
+            strs.extend(std::str::from_utf8(&hex).unwrap_or_default());
         }
     }
-    out
+    strs.since(mark)
 }
 
 /// What a frame was opened by: an ESI element, or the `<!--esi` marker,
@@ -373,6 +426,8 @@ pub(crate) struct Builder {
     /// A literal may be merged into the previous node only if that node's
     /// index is at least this: not across the start or end of a block.
     merge_floor: usize,
+    /// Texts and attribute parts the nodes refer to.
+    pool: Pool,
     /// `esi:inline` name → index of its block in `nodes`.
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
@@ -384,6 +439,7 @@ pub(crate) struct Builder {
 /// What [`Builder::finish`] hands to the template.
 pub(crate) struct Built {
     pub(crate) nodes: Vec<Node>,
+    pub(crate) pool: Pool,
     pub(crate) inline_index: HashMap<String, usize>,
     pub(crate) warnings: Vec<Warning>,
 }
@@ -406,6 +462,7 @@ impl Default for Builder {
             overflow: [0; ELEM_COUNT],
             nodes: Vec::new(),
             merge_floor: 0,
+            pool: Pool::default(),
             inline_index: HashMap::new(),
             warnings: Vec::new(),
             suppressed: 0,
@@ -458,11 +515,15 @@ impl Sink for Builder {
 
     /// A variable reference in `esi:vars` content.
     fn var(&mut self, var: VarRef, offset: usize) {
-        if let Some(name) = &var.unknown_name {
-            let name = name.clone();
-            self.warn_unknown_name(&name, offset);
+        if let Some(name) = var.unknown_name {
+            self.warn_unknown_name(name, offset);
         }
         self.add_node(Node::Var(var));
+    }
+
+    /// Where variable texts go: the template's pool.
+    fn strs(&mut self) -> &mut Strs {
+        &mut self.pool.strs
     }
 
     /// `<!--esi`.
@@ -503,8 +564,11 @@ impl Builder {
         }
     }
 
-    fn warn_unknown_name(&mut self, name: &str, offset: usize) {
-        let msg = format!("unknown variable `{name}` (always empty)");
+    fn warn_unknown_name(&mut self, name: Str, offset: usize) {
+        let msg = format!(
+            "unknown variable `{}` (always empty)",
+            self.pool.strs.get(name)
+        );
         self.warn(offset, msg);
     }
 
@@ -674,12 +738,12 @@ impl Builder {
             self.warn(off, "`esi:when` without `test` is always false");
             return Expr::Const(false);
         };
-        match expr::compile(&String::from_utf8_lossy(&src)) {
+        match expr::compile(&String::from_utf8_lossy(&src), &mut self.pool.strs) {
             Ok(e) => {
                 let mut unknown = Vec::new();
-                e.for_each_var(&mut |v| unknown.extend(v.unknown_name.clone()));
+                e.for_each_var(&mut |v| unknown.extend(v.unknown_name));
                 for name in unknown {
-                    self.warn_unknown_name(&name, off);
+                    self.warn_unknown_name(name, off);
                 }
                 e
             }
@@ -704,22 +768,23 @@ impl Builder {
             self.warn(off, "`esi:include` without `src` dropped");
             return;
         };
-        let src = AttrTpl::parse(src);
+        let src = AttrTpl::parse(src, &mut self.pool);
         let alt = tag.attr(b"alt");
         let alt = alt
             .as_deref()
             .map(<[u8]>::trim_ascii)
             .filter(|s| !s.is_empty())
-            .map(AttrTpl::parse);
+            .map(|a| AttrTpl::parse(a, &mut self.pool));
         let onerror = tag.attr(b"onerror");
         let onerror_continue = onerror.as_deref().map(<[u8]>::trim_ascii) == Some(b"continue");
-        let unknown: Vec<String> = src
-            .vars()
-            .chain(alt.iter().flat_map(AttrTpl::vars))
-            .filter_map(|v| v.unknown_name.clone())
+        let pool = &self.pool;
+        let unknown: Vec<Str> = src
+            .vars(pool)
+            .chain(alt.iter().flat_map(|a| a.vars(pool)))
+            .filter_map(|v| v.unknown_name)
             .collect();
         for name in unknown {
-            self.warn_unknown_name(&name, off);
+            self.warn_unknown_name(name, off);
         }
         self.add_node(Node::Include {
             src,
@@ -860,6 +925,7 @@ impl Builder {
         }
         Built {
             nodes: self.nodes,
+            pool: self.pool,
             inline_index: self.inline_index,
             warnings: self.warnings,
         }

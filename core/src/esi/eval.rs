@@ -98,7 +98,7 @@ impl<'a> Evaluator<'a> {
                 Node::Var(v) => {
                     self.read(v);
                     scratch.clear();
-                    v.write_markup(self.vars, &mut scratch);
+                    v.write_markup(self.vars, &self.t.pool.strs, &mut scratch);
                     push_text(out, &scratch);
                 }
                 Node::Include {
@@ -106,10 +106,11 @@ impl<'a> Evaluator<'a> {
                     alt,
                     onerror_continue,
                 } => {
-                    for v in src.vars().chain(alt.iter().flat_map(|a| a.vars())) {
+                    let pool = &self.t.pool;
+                    for v in src.vars(pool).chain(alt.iter().flat_map(|a| a.vars(pool))) {
                         self.read(v);
                     }
-                    let src = src.render(self.vars);
+                    let src = src.render(self.vars, pool);
                     let inline = match src.refusal() {
                         None => self.t.inline_index.get(src.as_str()),
                         Some(_) => None,
@@ -129,7 +130,7 @@ impl<'a> Evaluator<'a> {
                     }
                     out.push(Segment::Include(Include {
                         src,
-                        alt: alt.as_ref().map(|a| a.render(self.vars)),
+                        alt: alt.map(|a| a.render(self.vars, pool)),
                         onerror_continue: *onerror_continue,
                     }));
                 }
@@ -181,7 +182,7 @@ impl<'a> Evaluator<'a> {
                     ..
                 } => {
                     test.for_each_var(&mut |v| self.inputs.merge(v.input()));
-                    if test.is_true(self.vars) {
+                    if test.is_true(self.vars, &self.t.pool.strs) {
                         return i + 1..next;
                     }
                 }

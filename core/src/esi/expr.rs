@@ -32,7 +32,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
-use super::vars::{parse_var_at, VarRef};
+use super::vars::{parse_var_at, Str, Strs, VarRef};
 use super::RequestVars;
 
 /// Deepest nesting of parentheses and `!` accepted.
@@ -54,7 +54,8 @@ pub(crate) enum CmpOp {
 pub(crate) enum Expr {
     /// What a malformed expression compiles to (as `Const(false)`).
     Const(bool),
-    Literal(String),
+    /// Text kept in the template's [`Strs`].
+    Literal(Str),
     Var(VarRef),
     Not(Box<Expr>),
     And(Vec<Expr>),
@@ -62,7 +63,7 @@ pub(crate) enum Expr {
     Cmp(CmpOp, Box<Expr>, Box<Expr>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Tok {
     LParen,
     RParen,
@@ -70,14 +71,16 @@ enum Tok {
     And,
     Or,
     Cmp(CmpOp),
-    Lit(String),
+    Lit(Str),
     Var(VarRef),
 }
 
-/// The tokens of `src`, one at a time (no token vector is built).
+/// The tokens of `src`, one at a time (no token vector is built); their
+/// texts go to `strs`.
 struct Tokens<'a> {
     src: &'a str,
     i: usize,
+    strs: &'a mut Strs,
 }
 
 impl Tokens<'_> {
@@ -110,20 +113,20 @@ impl Tokens<'_> {
                 b'>' if next == Some(b'=') => (Tok::Cmp(CmpOp::Ge), 2),
                 b'>' => (Tok::Cmp(CmpOp::Gt), 1),
                 b'\'' | b'"' => {
-                    let (lit, end) = quoted(src, i)?;
+                    let (lit, end) = quoted(src, i, self.strs)?;
                     self.i = end;
                     return Ok(Some(Tok::Lit(lit)));
                 }
                 b'$' => {
-                    let (var, end) =
-                        parse_var_at(b, i).ok_or_else(|| format!("bad variable at {i}"))?;
+                    let (var, end) = parse_var_at(b, i, self.strs)
+                        .ok_or_else(|| format!("bad variable at {i}"))?;
                     self.i = end;
                     return Ok(Some(Tok::Var(var)));
                 }
                 b'-' | b'0'..=b'9' => {
                     let end = number_end(b, i).ok_or_else(|| format!("bad number at {i}"))?;
                     self.i = end;
-                    return Ok(Some(Tok::Lit(src[i..end].to_owned())));
+                    return Ok(Some(Tok::Lit(self.strs.push(&src[i..end]))));
                 }
                 _ => {
                     let ch = src[i..].chars().next().unwrap_or('?');
@@ -136,25 +139,26 @@ impl Tokens<'_> {
     }
 }
 
-/// A quoted literal starting at `src[start]` (the quote). Returns the
-/// unescaped text and the offset past the closing quote.
-fn quoted(src: &str, start: usize) -> Result<(String, usize), String> {
+/// A quoted literal starting at `src[start]` (the quote). Appends the
+/// unescaped text to `strs`; returns it and the offset past the closing
+/// quote.
+fn quoted(src: &str, start: usize, strs: &mut Strs) -> Result<(Str, usize), String> {
     let b = src.as_bytes();
     let q = b[start];
     // Quotes and backslashes are ASCII, so every piece between them is a
     // `str` slice and the result is built without re-validating.
-    let mut out = String::new();
+    let mark = strs.mark();
     let mut from = start + 1;
     let mut i = from;
     while let Some(k) = memchr::memchr2(q, b'\\', &b[i..]) {
         let at = i + k;
         if b[at] == q {
-            out.push_str(&src[from..at]);
-            return Ok((out, at + 1));
+            strs.extend(&src[from..at]);
+            return Ok((strs.since(mark), at + 1));
         }
         // A backslash: it escapes a following quote or backslash only.
         if matches!(b.get(at + 1), Some(&n) if n == q || n == b'\\') {
-            out.push_str(&src[from..at]);
+            strs.extend(&src[from..at]);
             from = at + 1;
             i = at + 2;
         } else {
@@ -222,6 +226,24 @@ impl Parser<'_> {
         }
     }
 
+    /// A token as its `Debug` form would show it with its texts inline,
+    /// for error messages (they name the offending token that way).
+    fn describe(&self, tok: &Tok) -> String {
+        let strs = &*self.toks.strs;
+        let text = |p: Option<Str>| p.map(|p| strs.get(p));
+        match tok {
+            Tok::Lit(s) => format!("Lit({:?})", strs.get(*s)),
+            Tok::Var(v) => format!(
+                "Var(VarRef {{ name: {:?}, unknown_name: {:?}, key: {:?}, default: {:?} }})",
+                v.name,
+                text(v.unknown_name),
+                text(v.key),
+                text(v.default)
+            ),
+            other => format!("{other:?}"),
+        }
+    }
+
     fn skip(&mut self) {
         self.peeked = None;
     }
@@ -283,7 +305,7 @@ impl Parser<'_> {
             }
             Some(Tok::Lit(s)) => Ok(Expr::Literal(s)),
             Some(Tok::Var(v)) => Ok(Expr::Var(v)),
-            Some(other) => Err(format!("unexpected {other:?}")),
+            Some(other) => Err(format!("unexpected {}", self.describe(&other))),
             None => Err("unexpected end of expression".into()),
         }
     }
@@ -294,25 +316,27 @@ impl Parser<'_> {
             return Err("empty expression".into());
         }
         let e = self.or(0)?;
-        if let Some(extra) = self.peek()? {
-            return Err(format!("unexpected {extra:?}"));
+        if let Some(extra) = self.peek()?.copied() {
+            return Err(format!("unexpected {}", self.describe(&extra)));
         }
         Ok(e)
     }
 }
 
-/// Compiles a test expression (already entity-decoded).
+/// Compiles a test expression (already entity-decoded); its texts go to
+/// `strs` (nothing is left there on error).
 ///
 /// Tokens are read as the parser needs them; a lexical error anywhere in
 /// the source wins over a syntax error before it, as if the whole source
 /// had been tokenized first.
-pub(crate) fn compile(src: &str) -> Result<Expr, String> {
+pub(crate) fn compile(src: &str, strs: &mut Strs) -> Result<Expr, String> {
+    let mark = strs.mark();
     let mut p = Parser {
-        toks: Tokens { src, i: 0 },
+        toks: Tokens { src, i: 0, strs },
         peeked: None,
         lex_error: false,
     };
-    p.all().map_err(|syntax| {
+    let result = p.all().map_err(|syntax| {
         if p.lex_error {
             return syntax;
         }
@@ -323,7 +347,11 @@ pub(crate) fn compile(src: &str) -> Result<Expr, String> {
                 Err(lexical) => return lexical,
             }
         }
-    })
+    });
+    if result.is_err() {
+        p.toks.strs.truncate(mark);
+    }
+    result
 }
 
 enum Val<'a> {
@@ -349,9 +377,24 @@ impl Val<'_> {
 }
 
 impl Expr {
-    /// Whether the expression holds for this request.
-    pub(crate) fn is_true(&self, vars: &RequestVars) -> bool {
-        self.val(vars).truthy()
+    /// Whether the expression holds for this request (`strs`: the
+    /// template's texts).
+    pub(crate) fn is_true(&self, vars: &RequestVars, strs: &Strs) -> bool {
+        self.val(vars, strs).truthy()
+    }
+
+    /// Bytes the expression allocated besides itself (boxes and vectors;
+    /// its texts are in the template's [`Strs`]).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let node = std::mem::size_of::<Expr>();
+        match self {
+            Expr::Const(_) | Expr::Literal(_) | Expr::Var(_) => 0,
+            Expr::Not(e) => node + e.heap_bytes(),
+            Expr::And(items) | Expr::Or(items) => {
+                items.capacity() * node + items.iter().map(Expr::heap_bytes).sum::<usize>()
+            }
+            Expr::Cmp(_, l, r) => 2 * node + l.heap_bytes() + r.heap_bytes(),
+        }
     }
 
     /// Calls `f` on every variable reference in the expression.
@@ -368,16 +411,16 @@ impl Expr {
         }
     }
 
-    fn val<'a>(&'a self, vars: &'a RequestVars) -> Val<'a> {
+    fn val<'a>(&self, vars: &'a RequestVars, strs: &'a Strs) -> Val<'a> {
         match self {
             Expr::Const(b) => Val::Bool(*b),
-            Expr::Literal(s) => Val::Str(Cow::Borrowed(s)),
-            Expr::Var(v) => Val::Str(v.value(vars)),
-            Expr::Not(e) => Val::Bool(!e.is_true(vars)),
-            Expr::And(items) => Val::Bool(items.iter().all(|e| e.is_true(vars))),
-            Expr::Or(items) => Val::Bool(items.iter().any(|e| e.is_true(vars))),
+            Expr::Literal(s) => Val::Str(Cow::Borrowed(strs.get(*s))),
+            Expr::Var(v) => Val::Str(v.value(vars, strs)),
+            Expr::Not(e) => Val::Bool(!e.is_true(vars, strs)),
+            Expr::And(items) => Val::Bool(items.iter().all(|e| e.is_true(vars, strs))),
+            Expr::Or(items) => Val::Bool(items.iter().any(|e| e.is_true(vars, strs))),
             Expr::Cmp(op, l, r) => {
-                let (l, r) = (l.val(vars), r.val(vars));
+                let (l, r) = (l.val(vars, strs), r.val(vars, strs));
                 let (l, r) = (l.as_str(), r.as_str());
                 let ord = match (as_number(l), as_number(r)) {
                     (Some(a), Some(b)) => a.partial_cmp(&b),
@@ -411,7 +454,10 @@ mod tests {
     }
 
     fn eval(src: &str) -> Option<bool> {
-        compile(src).ok().map(|e| e.is_true(&req()))
+        let mut strs = Strs::default();
+        compile(src, &mut strs)
+            .ok()
+            .map(|e| e.is_true(&req(), &strs))
     }
 
     #[test]
@@ -486,27 +532,70 @@ mod tests {
     #[test]
     fn errors_name_the_first_lexical_problem() {
         // A lexical error anywhere wins over a syntax error before it.
-        assert_eq!(compile("1 2 $(").unwrap_err(), "bad variable at 4");
         assert_eq!(
-            compile("( 1 'x").unwrap_err(),
+            compile("1 2 $(", &mut Strs::default()).unwrap_err(),
+            "bad variable at 4"
+        );
+        assert_eq!(
+            compile("( 1 'x", &mut Strs::default()).unwrap_err(),
             "unterminated string starting at 4"
         );
-        assert_eq!(compile("1 2 3").unwrap_err(), "unexpected Lit(\"2\")");
-        assert_eq!(compile("  ").unwrap_err(), "empty expression");
-        assert_eq!(compile(" # ").unwrap_err(), "unexpected '#' at 1");
         assert_eq!(
-            compile("1 == 2 == 3").unwrap_err(),
+            compile("1 2 3", &mut Strs::default()).unwrap_err(),
+            "unexpected Lit(\"2\")"
+        );
+        assert_eq!(
+            compile("  ", &mut Strs::default()).unwrap_err(),
+            "empty expression"
+        );
+        assert_eq!(
+            compile(" # ", &mut Strs::default()).unwrap_err(),
+            "unexpected '#' at 1"
+        );
+        assert_eq!(
+            compile("1 == 2 == 3", &mut Strs::default()).unwrap_err(),
             "comparisons do not chain"
         );
-        assert_eq!(compile("(1").unwrap_err(), "missing `)`");
-        assert_eq!(compile("1 &").unwrap_err(), "unexpected end of expression");
+        assert_eq!(
+            compile("(1", &mut Strs::default()).unwrap_err(),
+            "missing `)`"
+        );
+        assert_eq!(
+            compile("1 &", &mut Strs::default()).unwrap_err(),
+            "unexpected end of expression"
+        );
+    }
+
+    /// The texts of a token are in the pool, but an error names the token
+    /// as its `Debug` form did when it owned them.
+    #[test]
+    fn errors_show_tokens_with_their_texts() {
+        let err = |src: &str| compile(src, &mut Strs::default()).unwrap_err();
+        assert_eq!(
+            err("1 $(HTTP_COOKIE{a}|'d')"),
+            "unexpected Var(VarRef { name: Cookie, unknown_name: None, key: Some(\"a\"), \
+             default: Some(\"d\") })"
+        );
+        assert_eq!(
+            err("1 $(X)"),
+            "unexpected Var(VarRef { name: Unknown, unknown_name: Some(\"X\"), key: None, \
+             default: None })"
+        );
+        assert_eq!(err("'a' 'b'"), "unexpected Lit(\"b\")");
+        assert_eq!(err("1 !"), "unexpected Not");
+        let mut strs = Strs::default();
+        assert!(compile("'kept' == 'x' 'y'", &mut strs).is_err());
+        assert_eq!(strs, Strs::default(), "a failed compile leaves no text");
     }
 
     #[test]
     fn quoted_literals_unescape() {
-        let lit = |src: &str| match compile(src) {
-            Ok(Expr::Literal(s)) => s,
-            other => panic!("{src}: {other:?}"),
+        let lit = |src: &str| {
+            let mut strs = Strs::default();
+            match compile(src, &mut strs) {
+                Ok(Expr::Literal(s)) => strs.get(s).to_owned(),
+                other => panic!("{src}: {other:?}"),
+            }
         };
         assert_eq!(lit(r"'a\'b'"), "a'b");
         assert_eq!(lit(r"'a\\b'"), r"a\b");
@@ -524,8 +613,8 @@ mod tests {
         );
         assert_eq!(eval(&ok), Some(true));
         let deep = format!("{}'x'{}", "(".repeat(100_000), ")".repeat(100_000));
-        assert!(compile(&deep).is_err());
-        assert!(compile(&"!".repeat(100_000)).is_err());
+        assert!(compile(&deep, &mut Strs::default()).is_err());
+        assert!(compile(&"!".repeat(100_000), &mut Strs::default()).is_err());
         // Long flat chains are fine and evaluate without deep recursion.
         let chain = vec!["'a'=='a'"; 50_000].join(" & ");
         assert_eq!(eval(&chain), Some(true));

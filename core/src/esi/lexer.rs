@@ -50,7 +50,7 @@ use std::sync::OnceLock;
 use memchr::memmem::Finder;
 use memchr::{memchr, memchr2, memchr3};
 
-use super::vars::{Scan, VarRef, VarScanner};
+use super::vars::{Scan, Strs, VarRef, VarScanner};
 
 /// What the lexer reports, in document order. Offsets index the whole
 /// buffer (not the chunk).
@@ -65,6 +65,8 @@ pub(crate) trait Sink {
     /// A variable reference `$(…)` starting at `offset` (only lexed in
     /// [`Mode::Vars`] or [`Mode::VarsInMarker`]).
     fn var(&mut self, var: VarRef, offset: usize);
+    /// Where the texts of variable references are kept.
+    fn strs(&mut self) -> &mut Strs;
     /// `<!--esi` at `offset`.
     fn marker_open(&mut self, offset: usize);
     /// `-->` at `offset` (only lexed in [`Mode::Marker`] or
@@ -564,7 +566,7 @@ impl Lexer {
         let start = sc.start();
         match sc.scan(src) {
             Scan::Done(end) => {
-                let var = sc.build(src);
+                let var = sc.build(src, sink.strs());
                 sink.var(var, start);
                 self.resume_text(end + 1);
             }

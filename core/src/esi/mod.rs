@@ -150,7 +150,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 
-use compile::{Builder, Node};
+use compile::{Builder, Node, Pool};
 use lexer::Lexer;
 
 pub use compile::MAX_DEPTH;
@@ -166,6 +166,8 @@ pub struct Template {
     source: Vec<u8>,
     /// Flat, in document order (see `compile::Node`).
     nodes: Vec<Node>,
+    /// Texts and attribute parts the nodes refer to.
+    pool: Pool,
     /// `esi:inline` name → index of its block in `nodes`.
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
@@ -197,6 +199,31 @@ impl Template {
     /// discovery.
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings
+    }
+
+    /// Bytes this template holds: the struct, its copy of the source, and
+    /// everything its compiled form allocated (capacities, not lengths).
+    /// What the isolate's template memo charges for it.
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let nodes = self.nodes.capacity() * size_of::<Node>()
+            + self.nodes.iter().map(Node::heap_bytes).sum::<usize>();
+        let pool =
+            self.pool.strs.capacity() + self.pool.parts.capacity() * size_of::<compile::AttrPart>();
+        // A hash table slot holds the entry and a control byte.
+        let inlines = self.inline_index.capacity() * (size_of::<(String, usize)>() + 1)
+            + self
+                .inline_index
+                .keys()
+                .map(String::capacity)
+                .sum::<usize>();
+        let warnings = self.warnings.capacity() * size_of::<Warning>()
+            + self
+                .warnings
+                .iter()
+                .map(|w| w.message.capacity())
+                .sum::<usize>();
+        size_of::<Template>() + self.source.capacity() + nodes + pool + inlines + warnings
     }
 
     /// Evaluates the template for one request: decides `choose`, substitutes
@@ -251,6 +278,7 @@ impl Compiler {
         Template {
             source: self.source,
             nodes: built.nodes,
+            pool: built.pool,
             inline_index: built.inline_index,
             warnings: built.warnings,
             has_esi: !unchanged,
