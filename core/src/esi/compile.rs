@@ -472,6 +472,20 @@ impl Default for Builder {
     }
 }
 
+impl Builder {
+    /// Sizes the node vector and the pool for a whole document of `len`
+    /// bytes, so that a typical page (about one node per 256 bytes of
+    /// markup, a few pooled bytes per node) compiles without regrowing
+    /// them. Capped, so that a large page with little ESI reserves little:
+    /// what is reserved is charged to the template.
+    pub(crate) fn reserve_for(&mut self, len: usize) {
+        let nodes = (len / 256).clamp(8, 256);
+        self.nodes.reserve(nodes);
+        self.pool.parts.reserve(nodes / 4);
+        self.pool.strs.reserve(nodes * 2);
+    }
+}
+
 /// The lexer's events, in document order.
 impl Sink for Builder {
     /// Literal source bytes.

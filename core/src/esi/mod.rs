@@ -177,11 +177,12 @@ pub struct Template {
 impl Template {
     /// Compiles a whole document.
     pub fn compile(input: &[u8]) -> Template {
-        Compiler {
+        let mut c = Compiler {
             source: input.to_vec(),
             ..Compiler::default()
-        }
-        .finish()
+        };
+        c.builder.reserve_for(input.len());
+        c.finish()
     }
 
     /// The source bytes; [`Segment::Literal`] ranges index into them.

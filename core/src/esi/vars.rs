@@ -119,6 +119,11 @@ impl Strs {
             .unwrap_or("")
     }
 
+    /// Makes room for `n` more bytes.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
     /// Bytes allocated.
     pub(crate) fn capacity(&self) -> usize {
         self.0.capacity()
