@@ -32,7 +32,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::expr::{self, Expr};
+use super::expr::{self, Expr, Exprs};
 use super::lexer::{Content, Directive, Mode, Name, Sink, Tag};
 use super::vars::{parse_var_at, Str, Strs, VarRef};
 use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
@@ -90,17 +90,6 @@ pub(crate) enum Block {
 }
 
 impl Node {
-    /// Bytes this node allocated besides itself (a test's expression tree).
-    pub(crate) fn heap_bytes(&self) -> usize {
-        match self {
-            Node::Block {
-                block: Block::When(e),
-                ..
-            } => e.heap_bytes(),
-            _ => 0,
-        }
-    }
-
     /// Index just past this node and its content, for the node at `i`.
     pub(crate) fn next(&self, i: usize) -> usize {
         match self {
@@ -119,6 +108,17 @@ pub(crate) struct Pool {
     pub(crate) strs: Strs,
     /// The parts of every [`AttrTpl`], each a run of this.
     pub(crate) parts: Vec<AttrPart>,
+    /// The trees of every `esi:when` test.
+    pub(crate) exprs: Exprs,
+}
+
+impl Pool {
+    /// Bytes allocated.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.strs.capacity()
+            + self.parts.capacity() * std::mem::size_of::<AttrPart>()
+            + self.exprs.capacity_bytes()
+    }
 }
 
 /// An attribute value with variables (`src`, `alt`): a run of
@@ -389,7 +389,7 @@ impl Kind {
             Kind::Root | Kind::Transparent => return None,
             Kind::Discard => Block::Dropped,
             Kind::Choose { .. } => Block::Choose,
-            Kind::When(e) => Block::When(std::mem::replace(e, Expr::Const(false))),
+            Kind::When(e) => Block::When(*e),
             Kind::Otherwise => Block::Otherwise,
             Kind::Try { .. } => Block::Try,
             Kind::Attempt => Block::Attempt,
@@ -752,10 +752,10 @@ impl Builder {
             self.warn(off, "`esi:when` without `test` is always false");
             return Expr::Const(false);
         };
-        match expr::compile(&String::from_utf8_lossy(&src), &mut self.pool.strs) {
+        match expr::compile(&String::from_utf8_lossy(&src), &mut self.pool) {
             Ok(e) => {
                 let mut unknown = Vec::new();
-                e.for_each_var(&mut |v| unknown.extend(v.unknown_name));
+                e.for_each_var(&self.pool.exprs, &mut |v| unknown.extend(v.unknown_name));
                 for name in unknown {
                     self.warn_unknown_name(name, off);
                 }

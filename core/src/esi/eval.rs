@@ -181,8 +181,9 @@ impl<'a> Evaluator<'a> {
                     block: Block::When(test),
                     ..
                 } => {
-                    test.for_each_var(&mut |v| self.inputs.merge(v.input()));
-                    if test.is_true(self.vars, &self.t.pool.strs) {
+                    let pool = &self.t.pool;
+                    test.for_each_var(&pool.exprs, &mut |v| self.inputs.merge(v.input()));
+                    if test.is_true(self.vars, pool) {
                         return i + 1..next;
                     }
                 }

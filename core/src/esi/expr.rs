@@ -32,6 +32,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use super::compile::Pool;
 use super::vars::{parse_var_at, Str, Strs, VarRef};
 use super::RequestVars;
 
@@ -49,18 +50,67 @@ pub(crate) enum CmpOp {
     Ge,
 }
 
-/// A compiled test expression.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A compiled test expression: a constant, or the root of a tree in the
+/// template's [`Exprs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expr {
     /// What a malformed expression compiles to (as `Const(false)`).
     Const(bool),
+    /// Index of the root in [`Exprs`].
+    Tree(u32),
+}
+
+/// The expression trees of a template's tests, all in one vector: operands
+/// refer to each other by index, so a test costs no allocation of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Exprs {
+    ops: Vec<Op>,
+    /// The operands of every `&`/`|` chain, each a run of this.
+    lists: Vec<u32>,
+    /// Operands of the chains being parsed, innermost last (empty between
+    /// compiles; kept to reuse its allocation). A finished chain moves its
+    /// run to `lists`.
+    chain: Vec<u32>,
+}
+
+/// One node of an expression tree; `u32`s index [`Exprs::ops`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
     /// Text kept in the template's [`Strs`].
     Literal(Str),
     Var(VarRef),
-    Not(Box<Expr>),
-    And(Vec<Expr>),
-    Or(Vec<Expr>),
-    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    Not(u32),
+    /// A run `start..end` of [`Exprs::lists`].
+    And(u32, u32),
+    Or(u32, u32),
+    Cmp(CmpOp, u32, u32),
+}
+
+fn index(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Exprs {
+    fn push(&mut self, op: Op) -> u32 {
+        self.ops.push(op);
+        index(self.ops.len() - 1)
+    }
+
+    fn op(&self, i: u32) -> Option<&Op> {
+        self.ops.get(i as usize)
+    }
+
+    fn list(&self, start: u32, end: u32) -> &[u32] {
+        self.lists
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// Bytes allocated.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.ops.capacity() * std::mem::size_of::<Op>()
+            + (self.lists.capacity() + self.chain.capacity()) * std::mem::size_of::<u32>()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -202,6 +252,7 @@ fn as_number(s: &str) -> Option<f64> {
 
 struct Parser<'a> {
     toks: Tokens<'a>,
+    exprs: &'a mut Exprs,
     /// The next token, once looked at.
     peeked: Option<Tok>,
     /// A lexical error was met (it is the first one in the source).
@@ -248,35 +299,50 @@ impl Parser<'_> {
         self.peeked = None;
     }
 
-    fn or(&mut self, depth: usize) -> Result<Expr, String> {
+    /// Stores the chain whose operands are `chain[from..]`.
+    fn end_chain(&mut self, from: usize, or: bool) -> u32 {
+        let start = index(self.exprs.lists.len());
+        let Exprs { lists, chain, .. } = &mut *self.exprs;
+        lists.extend(chain.drain(from..));
+        let end = index(self.exprs.lists.len());
+        self.exprs.push(if or {
+            Op::Or(start, end)
+        } else {
+            Op::And(start, end)
+        })
+    }
+
+    fn or(&mut self, depth: usize) -> Result<u32, String> {
         let first = self.and(depth)?;
         if self.peek()? != Some(&Tok::Or) {
             return Ok(first);
         }
-        let mut items = Vec::with_capacity(2);
-        items.push(first);
+        let from = self.exprs.chain.len();
+        self.exprs.chain.push(first);
         while self.peek()? == Some(&Tok::Or) {
             self.skip();
-            items.push(self.and(depth)?);
+            let item = self.and(depth)?;
+            self.exprs.chain.push(item);
         }
-        Ok(Expr::Or(items))
+        Ok(self.end_chain(from, true))
     }
 
-    fn and(&mut self, depth: usize) -> Result<Expr, String> {
+    fn and(&mut self, depth: usize) -> Result<u32, String> {
         let first = self.cmp(depth)?;
         if self.peek()? != Some(&Tok::And) {
             return Ok(first);
         }
-        let mut items = Vec::with_capacity(2);
-        items.push(first);
+        let from = self.exprs.chain.len();
+        self.exprs.chain.push(first);
         while self.peek()? == Some(&Tok::And) {
             self.skip();
-            items.push(self.cmp(depth)?);
+            let item = self.cmp(depth)?;
+            self.exprs.chain.push(item);
         }
-        Ok(Expr::And(items))
+        Ok(self.end_chain(from, false))
     }
 
-    fn cmp(&mut self, depth: usize) -> Result<Expr, String> {
+    fn cmp(&mut self, depth: usize) -> Result<u32, String> {
         let left = self.unary(depth)?;
         let Some(&Tok::Cmp(op)) = self.peek()? else {
             return Ok(left);
@@ -286,15 +352,18 @@ impl Parser<'_> {
         if matches!(self.peek()?, Some(Tok::Cmp(_))) {
             return Err("comparisons do not chain".into());
         }
-        Ok(Expr::Cmp(op, Box::new(left), Box::new(right)))
+        Ok(self.exprs.push(Op::Cmp(op, left, right)))
     }
 
-    fn unary(&mut self, depth: usize) -> Result<Expr, String> {
+    fn unary(&mut self, depth: usize) -> Result<u32, String> {
         if depth >= MAX_DEPTH {
             return Err(format!("nested deeper than {MAX_DEPTH}"));
         }
         match self.next()? {
-            Some(Tok::Not) => Ok(Expr::Not(Box::new(self.unary(depth + 1)?))),
+            Some(Tok::Not) => {
+                let inner = self.unary(depth + 1)?;
+                Ok(self.exprs.push(Op::Not(inner)))
+            }
             Some(Tok::LParen) => {
                 let inner = self.or(depth + 1)?;
                 if self.peek()? != Some(&Tok::RParen) {
@@ -303,15 +372,15 @@ impl Parser<'_> {
                 self.skip();
                 Ok(inner)
             }
-            Some(Tok::Lit(s)) => Ok(Expr::Literal(s)),
-            Some(Tok::Var(v)) => Ok(Expr::Var(v)),
+            Some(Tok::Lit(s)) => Ok(self.exprs.push(Op::Literal(s))),
+            Some(Tok::Var(v)) => Ok(self.exprs.push(Op::Var(v))),
             Some(other) => Err(format!("unexpected {}", self.describe(&other))),
             None => Err("unexpected end of expression".into()),
         }
     }
 
     /// The whole expression, then nothing.
-    fn all(&mut self) -> Result<Expr, String> {
+    fn all(&mut self) -> Result<u32, String> {
         if self.peek()?.is_none() {
             return Err("empty expression".into());
         }
@@ -323,16 +392,19 @@ impl Parser<'_> {
     }
 }
 
-/// Compiles a test expression (already entity-decoded); its texts go to
-/// `strs` (nothing is left there on error).
+/// Compiles a test expression (already entity-decoded); its texts and
+/// nodes go to `pool` (nothing is left there on error).
 ///
 /// Tokens are read as the parser needs them; a lexical error anywhere in
 /// the source wins over a syntax error before it, as if the whole source
 /// had been tokenized first.
-pub(crate) fn compile(src: &str, strs: &mut Strs) -> Result<Expr, String> {
+pub(crate) fn compile(src: &str, pool: &mut Pool) -> Result<Expr, String> {
+    let Pool { strs, exprs, .. } = pool;
     let mark = strs.mark();
+    let (ops, lists) = (exprs.ops.len(), exprs.lists.len());
     let mut p = Parser {
         toks: Tokens { src, i: 0, strs },
+        exprs,
         peeked: None,
         lex_error: false,
     };
@@ -348,10 +420,14 @@ pub(crate) fn compile(src: &str, strs: &mut Strs) -> Result<Expr, String> {
             }
         }
     });
+    // An error may leave the operands of unfinished chains.
+    p.exprs.chain.clear();
     if result.is_err() {
         p.toks.strs.truncate(mark);
+        p.exprs.ops.truncate(ops);
+        p.exprs.lists.truncate(lists);
     }
-    result
+    result.map(Expr::Tree)
 }
 
 enum Val<'a> {
@@ -377,64 +453,68 @@ impl Val<'_> {
 }
 
 impl Expr {
-    /// Whether the expression holds for this request (`strs`: the
-    /// template's texts).
-    pub(crate) fn is_true(&self, vars: &RequestVars, strs: &Strs) -> bool {
-        self.val(vars, strs).truthy()
-    }
-
-    /// Bytes the expression allocated besides itself (boxes and vectors;
-    /// its texts are in the template's [`Strs`]).
-    pub(crate) fn heap_bytes(&self) -> usize {
-        let node = std::mem::size_of::<Expr>();
+    /// Whether the expression holds for this request (`pool`: the
+    /// template's texts and expression trees).
+    pub(crate) fn is_true(self, vars: &RequestVars, pool: &Pool) -> bool {
         match self {
-            Expr::Const(_) | Expr::Literal(_) | Expr::Var(_) => 0,
-            Expr::Not(e) => node + e.heap_bytes(),
-            Expr::And(items) | Expr::Or(items) => {
-                items.capacity() * node + items.iter().map(Expr::heap_bytes).sum::<usize>()
-            }
-            Expr::Cmp(_, l, r) => 2 * node + l.heap_bytes() + r.heap_bytes(),
+            Expr::Const(b) => b,
+            Expr::Tree(root) => is_true(root, vars, pool),
         }
     }
 
     /// Calls `f` on every variable reference in the expression.
-    pub(crate) fn for_each_var(&self, f: &mut dyn FnMut(&VarRef)) {
-        match self {
-            Expr::Const(_) | Expr::Literal(_) => {}
-            Expr::Var(v) => f(v),
-            Expr::Not(e) => e.for_each_var(f),
-            Expr::And(items) | Expr::Or(items) => items.iter().for_each(|e| e.for_each_var(f)),
-            Expr::Cmp(_, l, r) => {
-                l.for_each_var(f);
-                r.for_each_var(f);
-            }
+    pub(crate) fn for_each_var(self, exprs: &Exprs, f: &mut dyn FnMut(&VarRef)) {
+        if let Expr::Tree(root) = self {
+            for_each_var(root, exprs, f);
         }
     }
+}
 
-    fn val<'a>(&self, vars: &'a RequestVars, strs: &'a Strs) -> Val<'a> {
-        match self {
-            Expr::Const(b) => Val::Bool(*b),
-            Expr::Literal(s) => Val::Str(Cow::Borrowed(strs.get(*s))),
-            Expr::Var(v) => Val::Str(v.value(vars, strs)),
-            Expr::Not(e) => Val::Bool(!e.is_true(vars, strs)),
-            Expr::And(items) => Val::Bool(items.iter().all(|e| e.is_true(vars, strs))),
-            Expr::Or(items) => Val::Bool(items.iter().any(|e| e.is_true(vars, strs))),
-            Expr::Cmp(op, l, r) => {
-                let (l, r) = (l.val(vars, strs), r.val(vars, strs));
-                let (l, r) = (l.as_str(), r.as_str());
-                let ord = match (as_number(l), as_number(r)) {
-                    (Some(a), Some(b)) => a.partial_cmp(&b),
-                    _ => Some(l.as_bytes().cmp(r.as_bytes())),
-                };
-                Val::Bool(ord.is_some_and(|o| match op {
-                    CmpOp::Eq => o == Ordering::Equal,
-                    CmpOp::Ne => o != Ordering::Equal,
-                    CmpOp::Lt => o == Ordering::Less,
-                    CmpOp::Gt => o == Ordering::Greater,
-                    CmpOp::Le => o != Ordering::Greater,
-                    CmpOp::Ge => o != Ordering::Less,
-                }))
+fn for_each_var(i: u32, exprs: &Exprs, f: &mut dyn FnMut(&VarRef)) {
+    match exprs.op(i) {
+        None | Some(Op::Literal(_)) => {}
+        Some(Op::Var(v)) => f(v),
+        Some(&Op::Not(e)) => for_each_var(e, exprs, f),
+        Some(&(Op::And(a, b) | Op::Or(a, b))) => {
+            for &e in exprs.list(a, b) {
+                for_each_var(e, exprs, f);
             }
+        }
+        Some(&Op::Cmp(_, l, r)) => {
+            for_each_var(l, exprs, f);
+            for_each_var(r, exprs, f);
+        }
+    }
+}
+
+fn is_true(i: u32, vars: &RequestVars, pool: &Pool) -> bool {
+    val(i, vars, pool).truthy()
+}
+
+fn val<'a>(i: u32, vars: &'a RequestVars, pool: &'a Pool) -> Val<'a> {
+    let exprs = &pool.exprs;
+    match exprs.op(i) {
+        None => Val::Bool(false),
+        Some(Op::Literal(s)) => Val::Str(Cow::Borrowed(pool.strs.get(*s))),
+        Some(Op::Var(v)) => Val::Str(v.value(vars, &pool.strs)),
+        Some(&Op::Not(e)) => Val::Bool(!is_true(e, vars, pool)),
+        Some(&Op::And(a, b)) => Val::Bool(exprs.list(a, b).iter().all(|&e| is_true(e, vars, pool))),
+        Some(&Op::Or(a, b)) => Val::Bool(exprs.list(a, b).iter().any(|&e| is_true(e, vars, pool))),
+        Some(&Op::Cmp(op, l, r)) => {
+            let (l, r) = (val(l, vars, pool), val(r, vars, pool));
+            let (l, r) = (l.as_str(), r.as_str());
+            let ord = match (as_number(l), as_number(r)) {
+                (Some(a), Some(b)) => a.partial_cmp(&b),
+                _ => Some(l.as_bytes().cmp(r.as_bytes())),
+            };
+            Val::Bool(ord.is_some_and(|o| match op {
+                CmpOp::Eq => o == Ordering::Equal,
+                CmpOp::Ne => o != Ordering::Equal,
+                CmpOp::Lt => o == Ordering::Less,
+                CmpOp::Gt => o == Ordering::Greater,
+                CmpOp::Le => o != Ordering::Greater,
+                CmpOp::Ge => o != Ordering::Less,
+            }))
         }
     }
 }
@@ -454,10 +534,10 @@ mod tests {
     }
 
     fn eval(src: &str) -> Option<bool> {
-        let mut strs = Strs::default();
-        compile(src, &mut strs)
+        let mut pool = Pool::default();
+        compile(src, &mut pool)
             .ok()
-            .map(|e| e.is_true(&req(), &strs))
+            .map(|e| e.is_true(&req(), &pool))
     }
 
     #[test]
@@ -533,35 +613,35 @@ mod tests {
     fn errors_name_the_first_lexical_problem() {
         // A lexical error anywhere wins over a syntax error before it.
         assert_eq!(
-            compile("1 2 $(", &mut Strs::default()).unwrap_err(),
+            compile("1 2 $(", &mut Pool::default()).unwrap_err(),
             "bad variable at 4"
         );
         assert_eq!(
-            compile("( 1 'x", &mut Strs::default()).unwrap_err(),
+            compile("( 1 'x", &mut Pool::default()).unwrap_err(),
             "unterminated string starting at 4"
         );
         assert_eq!(
-            compile("1 2 3", &mut Strs::default()).unwrap_err(),
+            compile("1 2 3", &mut Pool::default()).unwrap_err(),
             "unexpected Lit(\"2\")"
         );
         assert_eq!(
-            compile("  ", &mut Strs::default()).unwrap_err(),
+            compile("  ", &mut Pool::default()).unwrap_err(),
             "empty expression"
         );
         assert_eq!(
-            compile(" # ", &mut Strs::default()).unwrap_err(),
+            compile(" # ", &mut Pool::default()).unwrap_err(),
             "unexpected '#' at 1"
         );
         assert_eq!(
-            compile("1 == 2 == 3", &mut Strs::default()).unwrap_err(),
+            compile("1 == 2 == 3", &mut Pool::default()).unwrap_err(),
             "comparisons do not chain"
         );
         assert_eq!(
-            compile("(1", &mut Strs::default()).unwrap_err(),
+            compile("(1", &mut Pool::default()).unwrap_err(),
             "missing `)`"
         );
         assert_eq!(
-            compile("1 &", &mut Strs::default()).unwrap_err(),
+            compile("1 &", &mut Pool::default()).unwrap_err(),
             "unexpected end of expression"
         );
     }
@@ -570,7 +650,7 @@ mod tests {
     /// as its `Debug` form did when it owned them.
     #[test]
     fn errors_show_tokens_with_their_texts() {
-        let err = |src: &str| compile(src, &mut Strs::default()).unwrap_err();
+        let err = |src: &str| compile(src, &mut Pool::default()).unwrap_err();
         assert_eq!(
             err("1 $(HTTP_COOKIE{a}|'d')"),
             "unexpected Var(VarRef { name: Cookie, unknown_name: None, key: Some(\"a\"), \
@@ -583,17 +663,22 @@ mod tests {
         );
         assert_eq!(err("'a' 'b'"), "unexpected Lit(\"b\")");
         assert_eq!(err("1 !"), "unexpected Not");
-        let mut strs = Strs::default();
-        assert!(compile("'kept' == 'x' 'y'", &mut strs).is_err());
-        assert_eq!(strs, Strs::default(), "a failed compile leaves no text");
+        let mut pool = Pool::default();
+        assert!(compile("('kept' == 'x' | !(1 & 2 &)", &mut pool).is_err());
+        assert_eq!(pool, Pool::default(), "a failed compile leaves nothing");
+        assert!(compile("'a' | 'b' & 'c' 'd'", &mut pool).is_err());
+        assert_eq!(pool, Pool::default(), "a failed compile leaves nothing");
     }
 
     #[test]
     fn quoted_literals_unescape() {
         let lit = |src: &str| {
-            let mut strs = Strs::default();
-            match compile(src, &mut strs) {
-                Ok(Expr::Literal(s)) => strs.get(s).to_owned(),
+            let mut pool = Pool::default();
+            match compile(src, &mut pool) {
+                Ok(Expr::Tree(i)) => match pool.exprs.op(i) {
+                    Some(Op::Literal(s)) => pool.strs.get(*s).to_owned(),
+                    other => panic!("{src}: {other:?}"),
+                },
                 other => panic!("{src}: {other:?}"),
             }
         };
@@ -613,8 +698,8 @@ mod tests {
         );
         assert_eq!(eval(&ok), Some(true));
         let deep = format!("{}'x'{}", "(".repeat(100_000), ")".repeat(100_000));
-        assert!(compile(&deep, &mut Strs::default()).is_err());
-        assert!(compile(&"!".repeat(100_000), &mut Strs::default()).is_err());
+        assert!(compile(&deep, &mut Pool::default()).is_err());
+        assert!(compile(&"!".repeat(100_000), &mut Pool::default()).is_err());
         // Long flat chains are fine and evaluate without deep recursion.
         let chain = vec!["'a'=='a'"; 50_000].join(" & ");
         assert_eq!(eval(&chain), Some(true));

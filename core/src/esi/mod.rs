@@ -207,10 +207,8 @@ impl Template {
     /// What the isolate's template memo charges for it.
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let nodes = self.nodes.capacity() * size_of::<Node>()
-            + self.nodes.iter().map(Node::heap_bytes).sum::<usize>();
-        let pool =
-            self.pool.strs.capacity() + self.pool.parts.capacity() * size_of::<compile::AttrPart>();
+        let nodes = self.nodes.capacity() * size_of::<Node>();
+        let pool = self.pool.capacity_bytes();
         // A hash table slot holds the entry and a control byte.
         let inlines = self.inline_index.capacity() * (size_of::<(String, usize)>() + 1)
             + self
