@@ -149,6 +149,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 
 use compile::{Builder, Node, Pool};
 use lexer::Lexer;
@@ -163,7 +164,9 @@ pub(crate) use vars::{cookie_value, form_decode};
 /// [`Template::evaluate`] per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    source: Vec<u8>,
+    /// Shared with the cached body it was compiled from, when compiled with
+    /// [`Template::compile_shared`]: literal text is never copied.
+    source: Rc<[u8]>,
     /// Flat, in document order (see `compile::Node`).
     nodes: Vec<Node>,
     /// Texts and attribute parts the nodes refer to.
@@ -175,14 +178,38 @@ pub struct Template {
 }
 
 impl Template {
-    /// Compiles a whole document.
+    /// Compiles a whole document, keeping a copy of it.
     pub fn compile(input: &[u8]) -> Template {
-        let mut c = Compiler {
-            source: input.to_vec(),
-            ..Compiler::default()
+        Template::compile_shared(Rc::from(input))
+    }
+
+    /// Compiles a whole document that is already shared (a cached body),
+    /// keeping a reference to it rather than a copy.
+    pub fn compile_shared(source: Rc<[u8]>) -> Template {
+        let mut lexer = Lexer::new();
+        let mut builder = Builder::default();
+        builder.reserve_for(source.len());
+        lexer.run(&source, &mut builder, true);
+        Template::new(source, builder)
+    }
+
+    /// The template of `source`, fully lexed into `builder`.
+    fn new(source: Rc<[u8]>, builder: Builder) -> Template {
+        let built = builder.finish();
+        let len = source.len();
+        let unchanged = match built.nodes.as_slice() {
+            [] => len == 0,
+            [Node::Literal(r)] => r.start == 0 && r.end == len,
+            _ => false,
         };
-        c.builder.reserve_for(input.len());
-        c.finish()
+        Template {
+            source,
+            nodes: built.nodes,
+            pool: built.pool,
+            inline_index: built.inline_index,
+            warnings: built.warnings,
+            has_esi: !unchanged,
+        }
     }
 
     /// The source bytes; [`Segment::Literal`] ranges index into them.
@@ -202,9 +229,11 @@ impl Template {
         &self.warnings
     }
 
-    /// Bytes this template holds: the struct, its copy of the source, and
-    /// everything its compiled form allocated (capacities, not lengths).
-    /// What the isolate's template memo charges for it.
+    /// Bytes this template holds: the struct, the source, and everything
+    /// its compiled form allocated (capacities, not lengths). What the
+    /// isolate's template memo charges for it. The source counts in full
+    /// even when it is shared with a cached body: the template keeps it
+    /// alive after that entry is evicted.
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
         let nodes = self.nodes.capacity() * size_of::<Node>();
@@ -222,7 +251,9 @@ impl Template {
                 .iter()
                 .map(|w| w.message.capacity())
                 .sum::<usize>();
-        size_of::<Template>() + self.source.capacity() + nodes + pool + inlines + warnings
+        // An `Rc` allocation has two counters before the bytes.
+        let source = self.source.len() + 2 * size_of::<usize>();
+        size_of::<Template>() + source + nodes + pool + inlines + warnings
     }
 
     /// Evaluates the template for one request: decides `choose`, substitutes
@@ -267,21 +298,7 @@ impl Compiler {
     /// Ends the input and returns the template.
     pub fn finish(mut self) -> Template {
         self.lexer.run(&self.source, &mut self.builder, true);
-        let built = self.builder.finish();
-        let len = self.source.len();
-        let unchanged = match built.nodes.as_slice() {
-            [] => len == 0,
-            [Node::Literal(r)] => r.start == 0 && r.end == len,
-            _ => false,
-        };
-        Template {
-            source: self.source,
-            nodes: built.nodes,
-            pool: built.pool,
-            inline_index: built.inline_index,
-            warnings: built.warnings,
-            has_esi: !unchanged,
-        }
+        Template::new(Rc::from(self.source), self.builder)
     }
 }
 

@@ -1282,3 +1282,14 @@ fn memory_bytes_counts_the_compiled_form() {
     let plain = Template::compile(b"<p>no esi</p>");
     assert!(plain.memory_bytes() >= 13 + std::mem::size_of::<Template>());
 }
+
+/// A template compiled from a shared body refers to those bytes (no copy)
+/// and is the same template as one compiled from a copy.
+#[test]
+fn compile_shared_keeps_the_body() {
+    let body: std::rc::Rc<[u8]> = std::rc::Rc::from(&b"a<esi:include src=\"/x\"/>b"[..]);
+    let t = Template::compile_shared(std::rc::Rc::clone(&body));
+    assert!(std::ptr::eq(t.source().as_ptr(), body.as_ptr()));
+    assert_eq!(t, Template::compile(&body));
+    assert_eq!(render("a<esi:include src=\"/x\"/>b"), "a[inc /x]b");
+}

@@ -51,7 +51,8 @@ impl TemplateMemo {
     /// of this version and logging its ESI warnings then.
     pub fn get(&self, frag: &Fragment, url: &Url, log: &dyn Log) -> Rc<Template> {
         let compile = || {
-            let t = Template::compile(&frag.body);
+            // Shares the body rather than copying it.
+            let t = Template::compile_shared(Rc::clone(&frag.body));
             // Once per compiled version, not on every request that uses it.
             for w in t.warnings() {
                 log.log(LogLevel::Warn, &format!("{url}: ESI: {w}"));
