@@ -34,7 +34,7 @@ use std::ops::Range;
 
 use super::expr::{self, Expr, Exprs};
 use super::lexer::{Content, Directive, Mode, Name, Sink, Tag};
-use super::vars::{parse_var_at, Str, Strs, VarRef};
+use super::vars::{lossy, parse_var_at, Str, Strs, VarRef};
 use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
 
 /// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
@@ -752,7 +752,7 @@ impl Builder {
             self.warn(off, "`esi:when` without `test` is always false");
             return Expr::Const(false);
         };
-        match expr::compile(&String::from_utf8_lossy(&src), &mut self.pool) {
+        match expr::compile(&lossy(&src), &mut self.pool) {
             Ok(e) => {
                 let mut unknown = Vec::new();
                 e.for_each_var(&self.pool.exprs, &mut |v| unknown.extend(v.unknown_name));

@@ -24,6 +24,7 @@
 //! See the [module documentation of `esi`](super) for the variable table.
 
 use std::borrow::Cow;
+use std::num::NonZeroU32;
 
 use super::{RequestInputs, RequestVars};
 
@@ -66,16 +67,18 @@ impl VarName {
 pub(crate) struct Strs(String);
 
 /// A piece of a [`Strs`]. Offsets are `u32` to keep nodes small; a
-/// template's text is far below 4 GiB (pages are capped well below).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// template's text is far below 4 GiB (pages are capped well below). The
+/// end is kept plus one, so that an `Option<Str>` is no larger than a
+/// `Str`: a variable reference has three of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Str {
     start: u32,
-    end: u32,
+    end_plus_one: NonZeroU32,
 }
 
 fn offset(n: usize) -> u32 {
     // Saturates rather than wraps: out-of-range pieces read as empty.
-    u32::try_from(n).unwrap_or(u32::MAX)
+    u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX - 1)
 }
 
 impl Strs {
@@ -100,7 +103,7 @@ impl Strs {
     pub(crate) fn since(&self, mark: u32) -> Str {
         Str {
             start: mark,
-            end: self.mark(),
+            end_plus_one: NonZeroU32::MIN.saturating_add(self.mark()),
         }
     }
 
@@ -115,7 +118,7 @@ impl Strs {
     /// The text of `piece`.
     pub(crate) fn get(&self, piece: Str) -> &str {
         self.0
-            .get(piece.start as usize..piece.end as usize)
+            .get(piece.start as usize..piece.end_plus_one.get() as usize - 1)
             .unwrap_or("")
     }
 
@@ -191,6 +194,18 @@ fn is_forbidden(b: u8) -> bool {
     matches!(b, b'$' | b'<' | b'>' | b'(' | b'\r' | b'\n')
 }
 
+/// Whether `b` leaves the scanner in `state` without a transition.
+#[inline]
+fn plain(state: State, b: u8) -> bool {
+    match state {
+        State::Name => is_name_byte(b),
+        State::Key => !is_forbidden(b) && !matches!(b, b'{' | b'}' | b')'),
+        State::Quoted => !is_forbidden(b) && b != b'\'',
+        State::Bare => !is_forbidden(b) && !matches!(b, b')' | b'\''),
+        _ => false,
+    }
+}
+
 impl VarScanner {
     /// A scanner for a reference whose `$(` starts at `start`.
     pub(crate) fn new(start: usize) -> Self {
@@ -211,9 +226,16 @@ impl VarScanner {
 
     /// Continues over `buf[self.at..]`.
     pub(crate) fn scan(&mut self, buf: &[u8]) -> Scan {
-        while self.at < buf.len() {
-            if self.at - self.start >= MAX_VAR_LEN {
-                return Scan::Fail;
+        // Bytes past the longest reference are never looked at.
+        let limit = buf.len().min(self.start + MAX_VAR_LEN);
+        while self.at < limit {
+            // Runs of bytes that change nothing in this state are skipped
+            // in a tight loop (names, keys and defaults are runs of them).
+            while self.at < limit && plain(self.state, buf[self.at]) {
+                self.at += 1;
+            }
+            if self.at >= limit {
+                break;
             }
             let i = self.at;
             let b = buf[i];
@@ -301,6 +323,10 @@ impl VarScanner {
                 },
             }
         }
+        if self.at < buf.len() {
+            // Stopped by the length limit, not by the end of the input.
+            return Scan::Fail;
+        }
         Scan::More
     }
 
@@ -308,7 +334,7 @@ impl VarScanner {
     /// its texts go to `strs`.
     pub(crate) fn build(&self, buf: &[u8], strs: &mut Strs) -> VarRef {
         let mut text = |(a, b): (usize, usize), trim: bool| {
-            let s = String::from_utf8_lossy(&buf[a..b]);
+            let s = lossy(&buf[a..b]);
             strs.push(if trim { s.trim() } else { &s })
         };
         let raw = &buf[self.start + 2..self.name_end];
@@ -317,11 +343,19 @@ impl VarScanner {
         let name = VarName::from_bytes(raw);
         VarRef {
             name,
-            unknown_name: (name == VarName::Unknown)
-                .then(|| strs.push(&String::from_utf8_lossy(raw))),
+            unknown_name: (name == VarName::Unknown).then(|| strs.push(&lossy(raw))),
             key,
             default,
         }
+    }
+}
+
+/// `b` as text, invalid UTF-8 replaced by U+FFFD; valid text (the usual
+/// case) is validated in one pass rather than chunk by chunk.
+pub(crate) fn lossy(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
 }
 
