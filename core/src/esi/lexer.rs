@@ -393,6 +393,12 @@ impl Lexer {
     /// might start (`classify` confirms), or `None` if none can start
     /// before the last few bytes of the buffer.
     fn next_construct(&mut self, src: &[u8]) -> Option<usize> {
+        // ESI blocks put tags next to each other (`</esi:when><esi:when …>`):
+        // one right here needs no search. Nothing can start before it.
+        let here = &src[self.pos..];
+        if here.starts_with(b"<esi:") || here.starts_with(b"</esi:") {
+            return Some(self.pos);
+        }
         let mut from = self.pos;
         let tag = loop {
             let Some(h) = self.tags.next(src, from) else {
@@ -613,8 +619,9 @@ impl Lexer {
 }
 
 /// Attributes of a tag remembered by [`parse_tag`]; a tag with more is
-/// parsed again on lookup.
-const TAG_ATTRS: usize = 8;
+/// parsed again on lookup. ESI tags have at most three that mean anything
+/// (`src`, `alt`, `onerror`); every tag is built with room for this many.
+const TAG_ATTRS: usize = 4;
 
 /// A parsed ESI tag. The attributes are found in the one pass that decides
 /// `self_closing` and kept as slices of the source (no allocation per tag);
