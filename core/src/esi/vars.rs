@@ -194,16 +194,56 @@ fn is_forbidden(b: u8) -> bool {
     matches!(b, b'$' | b'<' | b'>' | b'(' | b'\r' | b'\n')
 }
 
-/// Whether `b` leaves the scanner in `state` without a transition.
-#[inline]
-fn plain(state: State, b: u8) -> bool {
-    match state {
-        State::Name => is_name_byte(b),
-        State::Key => !is_forbidden(b) && !matches!(b, b'{' | b'}' | b')'),
-        State::Quoted => !is_forbidden(b) && b != b'\'',
-        State::Bare => !is_forbidden(b) && !matches!(b, b')' | b'\''),
-        _ => false,
+/// Byte classes for [`VarScanner::scan`]'s inner loop, one table lookup
+/// per byte: a name byte, or a byte that ends a run of key, quoted default
+/// or bare default (a forbidden byte, or that state's delimiters).
+const NAME: u8 = 1;
+const KEY_STOP: u8 = 2;
+const QUOTED_STOP: u8 = 4;
+const BARE_STOP: u8 = 8;
+
+static CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            c |= NAME;
+        }
+        if matches!(b, b'$' | b'<' | b'>' | b'(' | b'\r' | b'\n') {
+            c |= KEY_STOP | QUOTED_STOP | BARE_STOP;
+        }
+        if matches!(b, b'{' | b'}' | b')') {
+            c |= KEY_STOP;
+        }
+        if b == b'\'' {
+            c |= QUOTED_STOP | BARE_STOP;
+        }
+        if b == b')' {
+            c |= BARE_STOP;
+        }
+        t[i] = c;
+        i += 1;
     }
+    t
+};
+
+/// The length of the run at the start of `bytes` that leaves the scanner
+/// in `state` without a transition.
+fn plain_run(state: State, bytes: &[u8]) -> usize {
+    // (mask, wanted): a byte continues the run while `class & mask == wanted`.
+    let (mask, wanted) = match state {
+        State::Name => (NAME, NAME),
+        State::Key => (KEY_STOP, 0),
+        State::Quoted => (QUOTED_STOP, 0),
+        State::Bare => (BARE_STOP, 0),
+        _ => return 0,
+    };
+    bytes
+        .iter()
+        .position(|&b| CLASSES[usize::from(b)] & mask != wanted)
+        .unwrap_or(bytes.len())
 }
 
 impl VarScanner {
@@ -231,9 +271,7 @@ impl VarScanner {
         while self.at < limit {
             // Runs of bytes that change nothing in this state are skipped
             // in a tight loop (names, keys and defaults are runs of them).
-            while self.at < limit && plain(self.state, buf[self.at]) {
-                self.at += 1;
-            }
+            self.at += plain_run(self.state, &buf[self.at..limit]);
             if self.at >= limit {
                 break;
             }
@@ -747,6 +785,28 @@ mod tests {
         }
         let long = format!("$(X|'{}')", "a".repeat(MAX_VAR_LEN));
         assert!(parse_var_at(long.as_bytes(), 0, &mut Strs::default()).is_none());
+    }
+
+    /// The scanner's byte table says what the syntax rules say, for every
+    /// byte.
+    #[test]
+    fn byte_classes_match_the_syntax() {
+        for b in 0..=255u8 {
+            let run = |state| plain_run(state, &[b]) == 1;
+            assert_eq!(run(State::Name), is_name_byte(b), "{b}");
+            assert_eq!(
+                run(State::Key),
+                !is_forbidden(b) && !matches!(b, b'{' | b'}' | b')'),
+                "{b}"
+            );
+            assert_eq!(run(State::Quoted), !is_forbidden(b) && b != b'\'', "{b}");
+            assert_eq!(
+                run(State::Bare),
+                !is_forbidden(b) && !matches!(b, b')' | b'\''),
+                "{b}"
+            );
+            assert!(!run(State::Start) && !run(State::AfterKey), "{b}");
+        }
     }
 
     #[test]
