@@ -400,6 +400,12 @@ impl Parser<'_> {
 /// had been tokenized first.
 pub(crate) fn compile(src: &str, pool: &mut Pool) -> Result<Expr, String> {
     let Pool { strs, exprs, .. } = pool;
+    if exprs.ops.capacity() == 0 {
+        // Room for a few tests at once, rather than regrowing from one.
+        exprs.ops.reserve(16);
+        exprs.lists.reserve(8);
+        exprs.chain.reserve(8);
+    }
     let mark = strs.mark();
     let (ops, lists) = (exprs.ops.len(), exprs.lists.len());
     let mut p = Parser {
