@@ -34,7 +34,7 @@ use std::ops::Range;
 
 use super::expr::{self, Expr, Exprs};
 use super::lexer::{Content, Directive, Mode, Name, Sink, Tag};
-use super::vars::{lossy, parse_var_at, Str, Strs, VarRef};
+use super::vars::{lossy, parse_var_at, push_escape, Str, Strs, VarRef};
 use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
 
 /// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
@@ -317,15 +317,12 @@ pub(crate) fn push_url_text(strs: &mut Strs, b: &[u8]) -> Str {
     let mark = strs.mark();
     for chunk in b.utf8_chunks() {
         strs.extend(chunk.valid());
+        // Rare (invalid UTF-8 in a URL): a small `String` is fine here.
+        let mut escaped = String::new();
         for &byte in chunk.invalid() {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            let hex = [
-                b'%',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 15)],
-            ];
-            strs.extend(std::str::from_utf8(&hex).unwrap_or_default());
+            push_escape(byte, &mut escaped);
         }
+        strs.extend(&escaped);
     }
     strs.since(mark)
 }

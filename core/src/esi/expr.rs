@@ -113,7 +113,7 @@ impl Exprs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 enum Tok {
     LParen,
     RParen,
@@ -291,7 +291,12 @@ impl Parser<'_> {
                 text(v.key),
                 text(v.default)
             ),
-            other => format!("{other:?}"),
+            Tok::Cmp(op) => format!("Cmp({op:?})"),
+            Tok::LParen => "LParen".into(),
+            Tok::RParen => "RParen".into(),
+            Tok::Not => "Not".into(),
+            Tok::And => "And".into(),
+            Tok::Or => "Or".into(),
         }
     }
 
@@ -303,7 +308,8 @@ impl Parser<'_> {
     fn end_chain(&mut self, from: usize, or: bool) -> u32 {
         let start = index(self.exprs.lists.len());
         let Exprs { lists, chain, .. } = &mut *self.exprs;
-        lists.extend(chain.drain(from..));
+        lists.extend_from_slice(chain.get(from..).unwrap_or_default());
+        chain.truncate(from);
         let end = index(self.exprs.lists.len());
         self.exprs.push(if or {
             Op::Or(start, end)

@@ -688,7 +688,8 @@ pub(crate) fn url_text_encode(s: &str, in_query: bool, whole_query: bool, out: &
     }
 }
 
-fn push_escape(b: u8, out: &mut String) {
+/// Appends `%XX` for byte `b`.
+pub(crate) fn push_escape(b: u8, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.push('%');
     out.push(char::from(HEX[usize::from(b >> 4)]));
