@@ -4,10 +4,16 @@
 //!
 //! # Layout
 //!
-//! - [`Compiler`] (here) owns the source buffer; `lexer` finds ESI
-//!   constructs in it, chunk by chunk, and reports them as events to a
-//!   `Sink`; `compile` builds the node tree, its `Builder` being the sink.
-//!   The lexer does not depend on the compiler.
+//! - [`Compiler`] (here) owns the source buffer while it streams;
+//!   [`Template::compile_shared`] lexes a complete, shared body in place.
+//!   `lexer` finds ESI constructs in it, chunk by chunk, and reports them as
+//!   events to a `Sink`; `compile` builds the nodes, its `Builder` being the
+//!   sink. The lexer does not depend on the compiler.
+//! - A template is flat: one `Vec` of nodes in document order (a block is
+//!   a node saying where its content ends), literal text as ranges of the
+//!   source, and one pool per template for everything else (variable keys
+//!   and defaults, include URL text, test expression trees). Compiling
+//!   allocates a handful of vectors, not one per element or variable.
 //! - `vars` parses `$(…)` references, looks them up in [`RequestVars`] and
 //!   escapes values; `expr` compiles and evaluates `test` expressions.
 //! - `eval` turns a template and a request into a [`Plan`].
