@@ -32,9 +32,9 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::expr::{self, Expr};
+use super::expr::{self, Expr, Exprs};
 use super::lexer::{Content, Directive, Mode, Name, Sink, Tag};
-use super::vars::{parse_var_at, VarRef};
+use super::vars::{lossy, parse_var_at, push_escape, Str, Strs, VarRef};
 use super::{IncludeSrc, RequestVars, SrcRefusal, Warning};
 
 /// Deepest nesting of ESI block elements (and `<!--esi` markers) that is
@@ -45,6 +45,12 @@ pub const MAX_DEPTH: usize = 128;
 pub(crate) const MAX_WARNINGS: usize = 100;
 
 /// A compiled piece of a template.
+///
+/// A template is one flat `Vec<Node>` in document order rather than a tree
+/// of per-element vectors: a block element is a [`Node::Block`] followed by
+/// its content, which ends where its `end` says. Compiling then appends to
+/// one vector (no allocation per element, no moving children from frame to
+/// frame), and dropping a template frees one vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Node {
     /// Bytes of the source, output verbatim.
@@ -56,52 +62,97 @@ pub(crate) enum Node {
         alt: Option<AttrTpl>,
         onerror_continue: bool,
     },
-    Choose {
-        whens: Vec<(Expr, Vec<Node>)>,
-        otherwise: Vec<Node>,
-    },
-    Try {
-        attempt: Vec<Node>,
-        except: Vec<Node>,
-    },
-    /// Index into the template's inline definitions.
-    Inline(usize),
+    /// A block element; its content is the nodes after it up to (not
+    /// including) index `end`.
+    Block { block: Block, end: usize },
 }
 
-/// The body of one `esi:inline`.
+/// What a [`Node::Block`] is.
+///
+/// The content of `Choose` and `Try` holds only blocks: the branches
+/// (`When`, `Otherwise`; `Attempt`, `Except`) and, to be skipped, blocks
+/// that were misplaced there. Evaluation uses the first `Otherwise`,
+/// `Attempt` and `Except` (a repeated one is `Dropped` anyway).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InlineDef {
-    pub(crate) body: Vec<Node>,
+pub(crate) enum Block {
+    Choose,
+    When(Expr),
+    Otherwise,
+    Try,
+    Attempt,
+    Except,
+    /// `esi:inline`: the content is output in place, and may be
+    /// substituted for includes (see the template's inline index).
+    Inline,
+    /// Content that is never output (a misplaced branch). Kept rather than
+    /// truncated, because an `esi:inline` inside still defines its name.
+    Dropped,
 }
 
-/// An attribute value with variables (`src`, `alt`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AttrTpl {
+impl Node {
+    /// Index just past this node and its content, for the node at `i`.
+    pub(crate) fn next(&self, i: usize) -> usize {
+        match self {
+            // `max`: always advance, whatever `end` says.
+            Node::Block { end, .. } => (*end).max(i + 1),
+            _ => i + 1,
+        }
+    }
+}
+
+/// What a template keeps besides its nodes: the texts of variables, tests
+/// and include attributes, and the parts of include attributes, each in one
+/// vector for the whole template (no allocation per include or variable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pool {
+    pub(crate) strs: Strs,
+    /// The parts of every [`AttrTpl`], each a run of this.
     pub(crate) parts: Vec<AttrPart>,
+    /// The trees of every `esi:when` test.
+    pub(crate) exprs: Exprs,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Pool {
+    /// Bytes allocated.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.strs.capacity()
+            + self.parts.capacity() * std::mem::size_of::<AttrPart>()
+            + self.exprs.capacity_bytes()
+    }
+}
+
+/// An attribute value with variables (`src`, `alt`): a run of
+/// [`Pool::parts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttrTpl {
+    start: u32,
+    end: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttrPart {
-    Lit(String),
+    /// URL text (see [`push_url_text`]).
+    Lit(Str),
     Var(VarRef),
 }
 
 impl AttrTpl {
     /// Splits an entity-decoded attribute value into literal text and
-    /// variable references. A `$` that does not start a valid reference is
-    /// literal.
-    pub(crate) fn parse(value: &[u8]) -> AttrTpl {
-        let mut parts = Vec::new();
+    /// variable references, appended to `pool`. A `$` that does not start a
+    /// valid reference is literal.
+    pub(crate) fn parse(value: &[u8], pool: &mut Pool) -> AttrTpl {
+        let start = pool.parts.len();
         let mut lit_start = 0;
         let mut i = 0;
         while let Some(k) = memchr::memchr(b'$', &value[i..]) {
             let at = i + k;
-            match parse_var_at(value, at) {
+            match parse_var_at(value, at, &mut pool.strs) {
                 Some((var, end)) => {
                     if lit_start < at {
-                        parts.push(AttrPart::Lit(url_text(&value[lit_start..at])));
+                        let lit = push_url_text(&mut pool.strs, &value[lit_start..at]);
+                        pool.parts.push(AttrPart::Lit(lit));
                     }
-                    parts.push(AttrPart::Var(var));
+                    pool.parts.push(AttrPart::Var(var));
                     lit_start = end;
                     i = end;
                 }
@@ -109,9 +160,21 @@ impl AttrTpl {
             }
         }
         if lit_start < value.len() {
-            parts.push(AttrPart::Lit(url_text(&value[lit_start..])));
+            let lit = push_url_text(&mut pool.strs, &value[lit_start..]);
+            pool.parts.push(AttrPart::Lit(lit));
         }
-        AttrTpl { parts }
+        let index = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        AttrTpl {
+            start: index(start),
+            end: index(pool.parts.len()),
+        }
+    }
+
+    /// The parts, in order.
+    fn parts(self, pool: &Pool) -> &[AttrPart] {
+        pool.parts
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
 
     /// The URL text for this request: variables substituted as URL text,
@@ -122,17 +185,19 @@ impl AttrTpl {
     /// - if the template is a relative reference as written (its text before
     ///   the first variable has no scheme and does not start with `//`), a
     ///   result that is absolute or scheme-relative is refused.
-    pub(crate) fn render(&self, vars: &RequestVars) -> IncludeSrc {
+    pub(crate) fn render(self, vars: &RequestVars, pool: &Pool) -> IncludeSrc {
+        let parts = self.parts(pool);
+        let strs = &pool.strs;
         let mut out = String::new();
         // Byte ranges of `out` that came from values (empty for empty ones).
         let mut from_vars: Vec<Range<usize>> = Vec::new();
         let mut in_query = false;
-        for p in &self.parts {
+        for p in parts {
             let start = out.len();
             match p {
-                AttrPart::Lit(s) => out.push_str(s),
+                AttrPart::Lit(s) => out.push_str(strs.get(*s)),
                 AttrPart::Var(v) => {
-                    v.write_url(vars, in_query, &mut out);
+                    v.write_url(vars, strs, in_query, &mut out);
                     from_vars.push(start..out.len());
                 }
             }
@@ -145,8 +210,8 @@ impl AttrTpl {
             return IncludeSrc::new(out);
         }
         let out = encode_value_dot_segments(out, &from_vars);
-        let leading = match self.parts.first() {
-            Some(AttrPart::Lit(s)) => s.as_str(),
+        let leading = match parts.first() {
+            Some(AttrPart::Lit(s)) => strs.get(*s),
             _ => "",
         };
         match relative_made_absolute(leading, &out) {
@@ -155,8 +220,9 @@ impl AttrTpl {
         }
     }
 
-    pub(crate) fn vars(&self) -> impl Iterator<Item = &VarRef> {
-        self.parts.iter().filter_map(|p| match p {
+    /// The variable references, in order.
+    pub(crate) fn vars(self, pool: &Pool) -> impl Iterator<Item = &VarRef> {
+        self.parts(pool).iter().filter_map(|p| match p {
             AttrPart::Var(v) => Some(v),
             AttrPart::Lit(_) => None,
         })
@@ -238,17 +304,27 @@ pub(crate) fn encode_value_dot_segments(s: String, from_vars: &[Range<usize>]) -
 /// Bytes meant for a URL as a `String`: invalid UTF-8 is percent-encoded
 /// rather than replaced, so the URL keeps the bytes the author wrote.
 pub(crate) fn url_text(b: &[u8]) -> String {
+    let mut strs = Strs::default();
+    let piece = push_url_text(&mut strs, b);
+    strs.get(piece).to_owned()
+}
+
+/// Appends [`url_text`] of `b` to `strs`, without an intermediate `String`.
+pub(crate) fn push_url_text(strs: &mut Strs, b: &[u8]) -> Str {
     if let Ok(s) = std::str::from_utf8(b) {
-        return s.to_owned();
+        return strs.push(s);
     }
-    let mut out = String::with_capacity(b.len());
+    let mark = strs.mark();
     for chunk in b.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for byte in chunk.invalid() {
-            out.push_str(&format!("%{byte:02X}"));
+        strs.extend(chunk.valid());
+        // Rare (invalid UTF-8 in a URL): a small `String` is fine here.
+        let mut escaped = String::new();
+        for &byte in chunk.invalid() {
+            push_escape(byte, &mut escaped);
         }
+        strs.extend(&escaped);
     }
-    out
+    strs.since(mark)
 }
 
 /// What a frame was opened by: an ESI element, or the `<!--esi` marker,
@@ -284,23 +360,40 @@ enum Kind {
     Root,
     /// `esi:vars`, `<!--esi`, a misplaced `esi:attempt`: the content
     /// belongs to the enclosing non-transparent frame and goes straight
-    /// there, so it is never copied from frame to frame.
+    /// there.
     Transparent,
     /// Content dropped.
     Discard,
     Choose {
-        whens: Vec<(Expr, Vec<Node>)>,
-        otherwise: Option<Vec<Node>>,
+        has_otherwise: bool,
     },
     When(Expr),
     Otherwise,
     Try {
-        attempt: Option<Vec<Node>>,
-        except: Option<Vec<Node>>,
+        has_attempt: bool,
+        has_except: bool,
     },
     Attempt,
     Except,
     Inline(Option<String>),
+}
+
+impl Kind {
+    /// The block node a frame of this kind opens with, if any. Takes the
+    /// test expression out of a `When` (the frame does not need it).
+    fn block(&mut self) -> Option<Block> {
+        Some(match self {
+            Kind::Root | Kind::Transparent => return None,
+            Kind::Discard => Block::Dropped,
+            Kind::Choose { .. } => Block::Choose,
+            Kind::When(e) => Block::When(*e),
+            Kind::Otherwise => Block::Otherwise,
+            Kind::Try { .. } => Block::Try,
+            Kind::Attempt => Block::Attempt,
+            Kind::Except => Block::Except,
+            Kind::Inline(_) => Block::Inline,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -312,11 +405,12 @@ struct Frame {
     /// Index of the innermost non-transparent frame at or below this one:
     /// where content inside this frame goes.
     container: usize,
-    /// Always empty for transparent frames.
-    children: Vec<Node>,
+    /// Index of this frame's [`Node::Block`] (none for the root and for
+    /// transparent frames).
+    node: Option<usize>,
 }
 
-/// Builds the node tree from lexer events.
+/// Builds the node list from lexer events.
 #[derive(Debug)]
 pub(crate) struct Builder {
     stack: Vec<Frame>,
@@ -324,7 +418,14 @@ pub(crate) struct Builder {
     /// by [`Elem::index`]), so that as many of their end tags are dropped.
     /// Counters rather than a stack: an end tag is handled in O(1).
     overflow: [usize; ELEM_COUNT],
-    inlines: Vec<InlineDef>,
+    /// The template, flat (see [`Node`]).
+    nodes: Vec<Node>,
+    /// A literal may be merged into the previous node only if that node's
+    /// index is at least this: not across the start or end of a block.
+    merge_floor: usize,
+    /// Texts and attribute parts the nodes refer to.
+    pool: Pool,
+    /// `esi:inline` name → index of its block in `nodes`.
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
     suppressed: usize,
@@ -335,19 +436,9 @@ pub(crate) struct Builder {
 /// What [`Builder::finish`] hands to the template.
 pub(crate) struct Built {
     pub(crate) nodes: Vec<Node>,
-    pub(crate) inlines: Vec<InlineDef>,
+    pub(crate) pool: Pool,
     pub(crate) inline_index: HashMap<String, usize>,
     pub(crate) warnings: Vec<Warning>,
-}
-
-fn push_merged(v: &mut Vec<Node>, node: Node) {
-    if let (Some(Node::Literal(prev)), Node::Literal(r)) = (v.last_mut(), &node) {
-        if prev.end == r.start {
-            prev.end = r.end;
-            return;
-        }
-    }
-    v.push(node);
 }
 
 impl Default for Builder {
@@ -361,18 +452,34 @@ impl Default for Builder {
                     elem: None,
                     start: 0,
                     container: 0,
-                    children: Vec::new(),
+                    node: None,
                 });
                 stack
             },
             overflow: [0; ELEM_COUNT],
-            inlines: Vec::new(),
+            nodes: Vec::new(),
+            merge_floor: 0,
+            pool: Pool::default(),
             inline_index: HashMap::new(),
             warnings: Vec::new(),
             suppressed: 0,
             vars_depth: 0,
             marker_depth: 0,
         }
+    }
+}
+
+impl Builder {
+    /// Sizes the node vector and the pool for a whole document of `len`
+    /// bytes, so that a typical page (about one node per 256 bytes of
+    /// markup, a few pooled bytes per node) compiles without regrowing
+    /// them. Capped, so that a large page with little ESI reserves little:
+    /// what is reserved is charged to the template.
+    pub(crate) fn reserve_for(&mut self, len: usize) {
+        let nodes = (len / 256).clamp(8, 256);
+        self.nodes.reserve(nodes);
+        self.pool.parts.reserve(nodes / 4);
+        self.pool.strs.reserve(nodes * 2);
     }
 }
 
@@ -419,11 +526,15 @@ impl Sink for Builder {
 
     /// A variable reference in `esi:vars` content.
     fn var(&mut self, var: VarRef, offset: usize) {
-        if let Some(name) = &var.unknown_name {
-            let name = name.clone();
-            self.warn_unknown_name(&name, offset);
+        if let Some(name) = var.unknown_name {
+            self.warn_unknown_name(name, offset);
         }
         self.add_node(Node::Var(var));
+    }
+
+    /// Where variable texts go: the template's pool.
+    fn strs(&mut self) -> &mut Strs {
+        &mut self.pool.strs
     }
 
     /// `<!--esi`.
@@ -464,8 +575,11 @@ impl Builder {
         }
     }
 
-    fn warn_unknown_name(&mut self, name: &str, offset: usize) {
-        let msg = format!("unknown variable `{name}` (always empty)");
+    fn warn_unknown_name(&mut self, name: Str, offset: usize) {
+        let msg = format!(
+            "unknown variable `{}` (always empty)",
+            self.pool.strs.get(name)
+        );
         self.warn(offset, msg);
     }
 
@@ -474,11 +588,21 @@ impl Builder {
         let Some(frame) = self.stack.get_mut(c) else {
             return;
         };
-        match frame.kind {
+        if matches!(
+            frame.kind,
             // Only branch elements count inside these.
-            Kind::Choose { .. } | Kind::Try { .. } | Kind::Discard => {}
-            _ => push_merged(&mut frame.children, node),
+            Kind::Choose { .. } | Kind::Try { .. } | Kind::Discard
+        ) {
+            return;
         }
+        let mergeable = self.nodes.len() > self.merge_floor;
+        if let (Node::Literal(r), Some(Node::Literal(prev))) = (&node, self.nodes.last_mut()) {
+            if mergeable && prev.end == r.start {
+                prev.end = r.end;
+                return;
+            }
+        }
+        self.nodes.push(node);
     }
 
     /// Index of the innermost frame that is not transparent.
@@ -536,13 +660,14 @@ impl Builder {
             Try { has_attempt: bool, has_except: bool },
             Other,
         }
-        let parent = match &self.stack[container].kind {
-            Kind::Choose { otherwise, .. } => Parent::Choose {
-                has_otherwise: otherwise.is_some(),
-            },
-            Kind::Try { attempt, except } => Parent::Try {
-                has_attempt: attempt.is_some(),
-                has_except: except.is_some(),
+        let parent = match self.stack[container].kind {
+            Kind::Choose { has_otherwise } => Parent::Choose { has_otherwise },
+            Kind::Try {
+                has_attempt,
+                has_except,
+            } => Parent::Try {
+                has_attempt,
+                has_except,
             },
             _ => Parent::Other,
         };
@@ -550,15 +675,14 @@ impl Builder {
             (Directive::Vars, _) => (Kind::Transparent, None),
             (Directive::Choose, _) => (
                 Kind::Choose {
-                    whens: Vec::new(),
-                    otherwise: None,
+                    has_otherwise: false,
                 },
                 None,
             ),
             (Directive::Try, _) => (
                 Kind::Try {
-                    attempt: None,
-                    except: None,
+                    has_attempt: false,
+                    has_except: false,
                 },
                 None,
             ),
@@ -625,12 +749,12 @@ impl Builder {
             self.warn(off, "`esi:when` without `test` is always false");
             return Expr::Const(false);
         };
-        match expr::compile(&String::from_utf8_lossy(&src)) {
+        match expr::compile(&lossy(&src), &mut self.pool) {
             Ok(e) => {
                 let mut unknown = Vec::new();
-                e.for_each_var(&mut |v| unknown.extend(v.unknown_name.clone()));
+                e.for_each_var(&self.pool.exprs, &mut |v| unknown.extend(v.unknown_name));
                 for name in unknown {
-                    self.warn_unknown_name(&name, off);
+                    self.warn_unknown_name(name, off);
                 }
                 e
             }
@@ -655,22 +779,23 @@ impl Builder {
             self.warn(off, "`esi:include` without `src` dropped");
             return;
         };
-        let src = AttrTpl::parse(src);
+        let src = AttrTpl::parse(src, &mut self.pool);
         let alt = tag.attr(b"alt");
         let alt = alt
             .as_deref()
             .map(<[u8]>::trim_ascii)
             .filter(|s| !s.is_empty())
-            .map(AttrTpl::parse);
+            .map(|a| AttrTpl::parse(a, &mut self.pool));
         let onerror = tag.attr(b"onerror");
         let onerror_continue = onerror.as_deref().map(<[u8]>::trim_ascii) == Some(b"continue");
-        let unknown: Vec<String> = src
-            .vars()
-            .chain(alt.iter().flat_map(AttrTpl::vars))
-            .filter_map(|v| v.unknown_name.clone())
+        let pool = &self.pool;
+        let unknown: Vec<Str> = src
+            .vars(pool)
+            .chain(alt.iter().flat_map(|a| a.vars(pool)))
+            .filter_map(|v| v.unknown_name)
             .collect();
         for name in unknown {
-            self.warn_unknown_name(&name, off);
+            self.warn_unknown_name(name, off);
         }
         self.add_node(Node::Include {
             src,
@@ -680,7 +805,7 @@ impl Builder {
     }
 
     /// Pushes a frame; false when the depth limit refused it.
-    fn open(&mut self, elem: Elem, kind: Kind, offset: usize) -> bool {
+    fn open(&mut self, elem: Elem, mut kind: Kind, offset: usize) -> bool {
         if self.stack.len() > MAX_DEPTH {
             let msg = format!(
                 "`{}` nested deeper than {MAX_DEPTH}: tag dropped, content kept",
@@ -700,12 +825,21 @@ impl Builder {
         } else {
             self.stack.len()
         };
+        let node = kind.block().map(|block| {
+            self.nodes.push(Node::Block {
+                block,
+                // Set when the frame closes.
+                end: 0,
+            });
+            self.merge_floor = self.nodes.len();
+            self.nodes.len() - 1
+        });
         self.stack.push(Frame {
             kind,
             elem: Some(elem),
             start: offset,
             container,
-            children: Vec::new(),
+            node,
         });
         true
     }
@@ -749,43 +883,18 @@ impl Builder {
             Some(Elem::Marker) => self.marker_depth -= 1,
             _ => {}
         }
+        let end = self.nodes.len();
+        if let Some(Node::Block { end: e, .. }) = f.node.and_then(|i| self.nodes.get_mut(i)) {
+            *e = end;
+        }
+        self.merge_floor = end;
         let c = self.container();
-        match f.kind {
-            Kind::Root | Kind::Discard | Kind::Transparent => {}
-            Kind::Choose { whens, otherwise } => self.add_node(Node::Choose {
-                whens,
-                otherwise: otherwise.unwrap_or_default(),
-            }),
-            Kind::Try { attempt, except } => self.add_node(Node::Try {
-                attempt: attempt.unwrap_or_default(),
-                except: except.unwrap_or_default(),
-            }),
-            // The branch kinds were only created with the right container
-            // below them, and frames below do not change while they are open.
-            Kind::When(e) => {
-                if let Kind::Choose { whens, .. } = &mut self.stack[c].kind {
-                    whens.push((e, f.children));
-                }
-            }
-            Kind::Otherwise => {
-                if let Kind::Choose { otherwise, .. } = &mut self.stack[c].kind {
-                    otherwise.get_or_insert(f.children);
-                }
-            }
-            Kind::Attempt => {
-                if let Kind::Try { attempt, .. } = &mut self.stack[c].kind {
-                    attempt.get_or_insert(f.children);
-                }
-            }
-            Kind::Except => {
-                if let Kind::Try { except, .. } = &mut self.stack[c].kind {
-                    except.get_or_insert(f.children);
-                }
-            }
-            Kind::Inline(name) => {
-                let idx = self.inlines.len();
-                self.inlines.push(InlineDef { body: f.children });
-                if let Some(name) = name {
+        match (f.kind, &mut self.stack[c].kind) {
+            (Kind::Otherwise, Kind::Choose { has_otherwise }) => *has_otherwise = true,
+            (Kind::Attempt, Kind::Try { has_attempt, .. }) => *has_attempt = true,
+            (Kind::Except, Kind::Try { has_except, .. }) => *has_except = true,
+            (Kind::Inline(name), _) => {
+                if let (Some(name), Some(idx)) = (name, f.node) {
                     match self.inline_index.entry(name) {
                         Entry::Occupied(e) => {
                             let msg = format!(
@@ -799,8 +908,8 @@ impl Builder {
                         }
                     }
                 }
-                self.add_node(Node::Inline(idx));
             }
+            _ => {}
         }
     }
 
@@ -825,14 +934,9 @@ impl Builder {
                 message: msg,
             });
         }
-        let nodes = self
-            .stack
-            .pop()
-            .map(|root| root.children)
-            .unwrap_or_default();
         Built {
-            nodes,
-            inlines: self.inlines,
+            nodes: self.nodes,
+            pool: self.pool,
             inline_index: self.inline_index,
             warnings: self.warnings,
         }

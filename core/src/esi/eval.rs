@@ -14,7 +14,9 @@
 //! never substituted inside itself (directly or through other inlines); such includes stay ordinary
 //! includes for the assembler, which has its own depth and cycle limits.
 
-use super::compile::{InlineDef, Node};
+use std::ops::Range;
+
+use super::compile::{Block, Node};
 use super::vars::VarRef;
 use super::{Include, Plan, RequestInputs, RequestVars, Segment, Template};
 
@@ -28,7 +30,7 @@ pub(crate) const MAX_INLINE_NESTING: usize = 4;
 struct Evaluator<'a> {
     t: &'a Template,
     vars: &'a RequestVars,
-    /// Inlines being output, innermost last.
+    /// Inlines being output (their block's node index), innermost last.
     active: Vec<usize>,
     substitutions: usize,
     nesting: usize,
@@ -70,7 +72,7 @@ pub(crate) fn evaluate(t: &Template, vars: &RequestVars) -> Plan {
         inputs: RequestInputs::default(),
     };
     let mut segments = Vec::new();
-    ev.nodes(&t.nodes, &mut segments);
+    ev.nodes(0..t.nodes.len(), &mut segments);
     Plan {
         segments,
         inputs: ev.inputs,
@@ -83,15 +85,20 @@ impl<'a> Evaluator<'a> {
         self.inputs.merge(v.input());
     }
 
-    fn nodes(&mut self, nodes: &'a [Node], out: &mut Vec<Segment>) {
+    /// Evaluates the nodes in `range` of the template (a whole block
+    /// content: it starts and ends between blocks).
+    fn nodes(&mut self, range: Range<usize>, out: &mut Vec<Segment>) {
+        let nodes = &self.t.nodes;
         let mut scratch = Vec::new();
-        for node in nodes {
+        let mut i = range.start;
+        while let Some(node) = nodes.get(i).filter(|_| i < range.end) {
+            let next = node.next(i);
             match node {
                 Node::Literal(r) => push_literal(out, r.clone()),
                 Node::Var(v) => {
                     self.read(v);
                     scratch.clear();
-                    v.write_markup(self.vars, &mut scratch);
+                    v.write_markup(self.vars, &self.t.pool.strs, &mut scratch);
                     push_text(out, &scratch);
                 }
                 Node::Include {
@@ -99,10 +106,11 @@ impl<'a> Evaluator<'a> {
                     alt,
                     onerror_continue,
                 } => {
-                    for v in src.vars().chain(alt.iter().flat_map(|a| a.vars())) {
+                    let pool = &self.t.pool;
+                    for v in src.vars(pool).chain(alt.iter().flat_map(|a| a.vars(pool))) {
                         self.read(v);
                     }
-                    let src = src.render(self.vars);
+                    let src = src.render(self.vars, pool);
                     let inline = match src.refusal() {
                         None => self.t.inline_index.get(src.as_str()),
                         Some(_) => None,
@@ -116,49 +124,113 @@ impl<'a> Evaluator<'a> {
                             self.nesting += 1;
                             self.inline(idx, out);
                             self.nesting -= 1;
+                            i = next;
                             continue;
                         }
                     }
                     out.push(Segment::Include(Include {
                         src,
-                        alt: alt.as_ref().map(|a| a.render(self.vars)),
+                        alt: alt.map(|a| a.render(self.vars, pool)),
                         onerror_continue: *onerror_continue,
                     }));
                 }
-                Node::Choose { whens, otherwise } => {
-                    // Every test up to the first true one is evaluated; all
-                    // of its variables count as read (even an operand that
-                    // `&`/`|` short-circuits past: reporting more is safe).
-                    let mut body = otherwise;
-                    for (test, when_body) in whens {
-                        test.for_each_var(&mut |v| self.inputs.merge(v.input()));
-                        if test.is_true(self.vars) {
-                            body = when_body;
-                            break;
-                        }
+                Node::Block { block, .. } => match block {
+                    Block::Choose => {
+                        let body = self.choose(i + 1..next);
+                        self.nodes(body, out);
                     }
-                    self.nodes(body, out);
-                }
-                Node::Try { attempt, except } => {
-                    let mut a = Vec::new();
-                    self.nodes(attempt, &mut a);
-                    let mut e = Vec::new();
-                    self.nodes(except, &mut e);
-                    out.push(Segment::Try {
-                        attempt: a,
-                        except: e,
-                    });
-                }
-                Node::Inline(idx) => self.inline(*idx, out),
+                    Block::Try => {
+                        let (attempt, except) = self.branches(i + 1..next);
+                        let mut a = Vec::new();
+                        self.nodes(attempt, &mut a);
+                        let mut e = Vec::new();
+                        self.nodes(except, &mut e);
+                        out.push(Segment::Try {
+                            attempt: a,
+                            except: e,
+                        });
+                    }
+                    Block::Inline => self.inline(i, out),
+                    // Branches are only reached through their parent;
+                    // dropped content never.
+                    Block::When(_)
+                    | Block::Otherwise
+                    | Block::Attempt
+                    | Block::Except
+                    | Block::Dropped => {}
+                },
             }
+            i = next;
         }
     }
 
-    fn inline(&mut self, idx: usize, out: &mut Vec<Segment>) {
-        let t = self.t;
-        if let Some(InlineDef { body }) = t.inlines.get(idx) {
-            self.active.push(idx);
-            self.nodes(body, out);
+    /// The content to output for the `esi:choose` whose content is
+    /// `range`: that of the first true `when`, else of the `otherwise`.
+    ///
+    /// Every test up to the first true one is evaluated; all of its
+    /// variables count as read (even an operand that `&`/`|`
+    /// short-circuits past: reporting more is safe).
+    fn choose(&mut self, range: Range<usize>) -> Range<usize> {
+        let nodes = &self.t.nodes;
+        let mut otherwise = 0..0;
+        let mut i = range.start;
+        while let Some(node) = nodes.get(i).filter(|_| i < range.end) {
+            let next = node.next(i);
+            match node {
+                Node::Block {
+                    block: Block::When(test),
+                    ..
+                } => {
+                    let pool = &self.t.pool;
+                    test.for_each_var(&pool.exprs, &mut |v| self.inputs.merge(v.input()));
+                    if test.is_true(self.vars, pool) {
+                        return i + 1..next;
+                    }
+                }
+                Node::Block {
+                    block: Block::Otherwise,
+                    ..
+                } if otherwise.is_empty() => otherwise = i + 1..next,
+                _ => {}
+            }
+            i = next;
+        }
+        otherwise
+    }
+
+    /// The contents of the `esi:attempt` and `esi:except` of the `esi:try`
+    /// whose content is `range` (empty when missing).
+    fn branches(&self, range: Range<usize>) -> (Range<usize>, Range<usize>) {
+        let nodes = &self.t.nodes;
+        let (mut attempt, mut except) = (None, None);
+        let mut i = range.start;
+        while let Some(node) = nodes.get(i).filter(|_| i < range.end) {
+            let next = node.next(i);
+            match node {
+                Node::Block {
+                    block: Block::Attempt,
+                    ..
+                } => {
+                    attempt.get_or_insert(i + 1..next);
+                }
+                Node::Block {
+                    block: Block::Except,
+                    ..
+                } => {
+                    except.get_or_insert(i + 1..next);
+                }
+                _ => {}
+            }
+            i = next;
+        }
+        (attempt.unwrap_or(0..0), except.unwrap_or(0..0))
+    }
+
+    /// Outputs the content of the `esi:inline` whose block is node `at`.
+    fn inline(&mut self, at: usize, out: &mut Vec<Segment>) {
+        if let Some(node) = self.t.nodes.get(at) {
+            self.active.push(at);
+            self.nodes(at + 1..node.next(at), out);
             self.active.pop();
         }
     }

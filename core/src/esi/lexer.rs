@@ -50,7 +50,7 @@ use std::sync::OnceLock;
 use memchr::memmem::Finder;
 use memchr::{memchr, memchr2, memchr3};
 
-use super::vars::{Scan, VarRef, VarScanner};
+use super::vars::{Scan, Strs, VarRef, VarScanner};
 
 /// What the lexer reports, in document order. Offsets index the whole
 /// buffer (not the chunk).
@@ -65,6 +65,8 @@ pub(crate) trait Sink {
     /// A variable reference `$(…)` starting at `offset` (only lexed in
     /// [`Mode::Vars`] or [`Mode::VarsInMarker`]).
     fn var(&mut self, var: VarRef, offset: usize);
+    /// Where the texts of variable references are kept.
+    fn strs(&mut self) -> &mut Strs;
     /// `<!--esi` at `offset`.
     fn marker_open(&mut self, offset: usize);
     /// `-->` at `offset` (only lexed in [`Mode::Marker`] or
@@ -391,6 +393,12 @@ impl Lexer {
     /// might start (`classify` confirms), or `None` if none can start
     /// before the last few bytes of the buffer.
     fn next_construct(&mut self, src: &[u8]) -> Option<usize> {
+        // ESI blocks put tags next to each other (`</esi:when><esi:when …>`):
+        // one right here needs no search. Nothing can start before it.
+        let here = &src[self.pos..];
+        if here.starts_with(b"<esi:") || here.starts_with(b"</esi:") {
+            return Some(self.pos);
+        }
         let mut from = self.pos;
         let tag = loop {
             let Some(h) = self.tags.next(src, from) else {
@@ -564,7 +572,7 @@ impl Lexer {
         let start = sc.start();
         match sc.scan(src) {
             Scan::Done(end) => {
-                let var = sc.build(src);
+                let var = sc.build(src, sink.strs());
                 sink.var(var, start);
                 self.resume_text(end + 1);
             }
@@ -611,8 +619,9 @@ impl Lexer {
 }
 
 /// Attributes of a tag remembered by [`parse_tag`]; a tag with more is
-/// parsed again on lookup.
-const TAG_ATTRS: usize = 8;
+/// parsed again on lookup. ESI tags have at most three that mean anything
+/// (`src`, `alt`, `onerror`); every tag is built with room for this many.
+const TAG_ATTRS: usize = 4;
 
 /// A parsed ESI tag. The attributes are found in the one pass that decides
 /// `self_closing` and kept as slices of the source (no allocation per tag);

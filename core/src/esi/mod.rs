@@ -4,10 +4,16 @@
 //!
 //! # Layout
 //!
-//! - [`Compiler`] (here) owns the source buffer; `lexer` finds ESI
-//!   constructs in it, chunk by chunk, and reports them as events to a
-//!   `Sink`; `compile` builds the node tree, its `Builder` being the sink.
-//!   The lexer does not depend on the compiler.
+//! - [`Compiler`] (here) owns the source buffer while it streams;
+//!   [`Template::compile_shared`] lexes a complete, shared body in place.
+//!   `lexer` finds ESI constructs in it, chunk by chunk, and reports them as
+//!   events to a `Sink`; `compile` builds the nodes, its `Builder` being the
+//!   sink. The lexer does not depend on the compiler.
+//! - A template is flat: one `Vec` of nodes in document order (a block is
+//!   a node saying where its content ends), literal text as ranges of the
+//!   source, and one pool per template for everything else (variable keys
+//!   and defaults, include URL text, test expression trees). Compiling
+//!   allocates a handful of vectors, not one per element or variable.
 //! - `vars` parses `$(…)` references, looks them up in [`RequestVars`] and
 //!   escapes values; `expr` compiles and evaluates `test` expressions.
 //! - `eval` turns a template and a request into a [`Plan`].
@@ -149,8 +155,9 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 
-use compile::{Builder, InlineDef, Node};
+use compile::{Builder, Node, Pool};
 use lexer::Lexer;
 
 pub use compile::MAX_DEPTH;
@@ -163,23 +170,52 @@ pub(crate) use vars::{cookie_value, form_decode};
 /// [`Template::evaluate`] per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    source: Vec<u8>,
+    /// Shared with the cached body it was compiled from, when compiled with
+    /// [`Template::compile_shared`]: literal text is never copied.
+    source: Rc<[u8]>,
+    /// Flat, in document order (see `compile::Node`).
     nodes: Vec<Node>,
-    inlines: Vec<InlineDef>,
-    /// `esi:inline` name → index in `inlines`.
+    /// Texts and attribute parts the nodes refer to.
+    pool: Pool,
+    /// `esi:inline` name → index of its block in `nodes`.
     inline_index: HashMap<String, usize>,
     warnings: Vec<Warning>,
     has_esi: bool,
 }
 
 impl Template {
-    /// Compiles a whole document.
+    /// Compiles a whole document, keeping a copy of it.
     pub fn compile(input: &[u8]) -> Template {
-        Compiler {
-            source: input.to_vec(),
-            ..Compiler::default()
+        Template::compile_shared(Rc::from(input))
+    }
+
+    /// Compiles a whole document that is already shared (a cached body),
+    /// keeping a reference to it rather than a copy.
+    pub fn compile_shared(source: Rc<[u8]>) -> Template {
+        let mut lexer = Lexer::new();
+        let mut builder = Builder::default();
+        builder.reserve_for(source.len());
+        lexer.run(&source, &mut builder, true);
+        Template::new(source, builder)
+    }
+
+    /// The template of `source`, fully lexed into `builder`.
+    fn new(source: Rc<[u8]>, builder: Builder) -> Template {
+        let built = builder.finish();
+        let len = source.len();
+        let unchanged = match built.nodes.as_slice() {
+            [] => len == 0,
+            [Node::Literal(r)] => r.start == 0 && r.end == len,
+            _ => false,
+        };
+        Template {
+            source,
+            nodes: built.nodes,
+            pool: built.pool,
+            inline_index: built.inline_index,
+            warnings: built.warnings,
+            has_esi: !unchanged,
         }
-        .finish()
     }
 
     /// The source bytes; [`Segment::Literal`] ranges index into them.
@@ -197,6 +233,33 @@ impl Template {
     /// discovery.
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings
+    }
+
+    /// Bytes this template holds: the struct, the source, and everything
+    /// its compiled form allocated (capacities, not lengths). What the
+    /// isolate's template memo charges for it. The source counts in full
+    /// even when it is shared with a cached body: the template keeps it
+    /// alive after that entry is evicted.
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let nodes = self.nodes.capacity() * size_of::<Node>();
+        let pool = self.pool.capacity_bytes();
+        // A hash table slot holds the entry and a control byte.
+        let inlines = self.inline_index.capacity() * (size_of::<(String, usize)>() + 1)
+            + self
+                .inline_index
+                .keys()
+                .map(String::capacity)
+                .sum::<usize>();
+        let warnings = self.warnings.capacity() * size_of::<Warning>()
+            + self
+                .warnings
+                .iter()
+                .map(|w| w.message.capacity())
+                .sum::<usize>();
+        // An `Rc` allocation has two counters before the bytes.
+        let source = self.source.len() + 2 * size_of::<usize>();
+        size_of::<Template>() + source + nodes + pool + inlines + warnings
     }
 
     /// Evaluates the template for one request: decides `choose`, substitutes
@@ -241,21 +304,7 @@ impl Compiler {
     /// Ends the input and returns the template.
     pub fn finish(mut self) -> Template {
         self.lexer.run(&self.source, &mut self.builder, true);
-        let built = self.builder.finish();
-        let len = self.source.len();
-        let unchanged = match built.nodes.as_slice() {
-            [] => len == 0,
-            [Node::Literal(r)] => r.start == 0 && r.end == len,
-            _ => false,
-        };
-        Template {
-            source: self.source,
-            nodes: built.nodes,
-            inlines: built.inlines,
-            inline_index: built.inline_index,
-            warnings: built.warnings,
-            has_esi: !unchanged,
-        }
+        Template::new(Rc::from(self.source), self.builder)
     }
 }
 

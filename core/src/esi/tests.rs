@@ -1228,3 +1228,68 @@ fn refused_src_is_not_an_inline_name() {
     };
     assert_eq!(inc.src.refusal(), Some(SrcRefusal::MadeSchemeRelative));
 }
+
+/// The flat node layout keeps what the tree did: content of a dropped
+/// branch is never output but an `esi:inline` inside still defines its
+/// name; a block misplaced directly inside `esi:choose` or `esi:try` is
+/// skipped; a branch left open is closed by its parent.
+#[test]
+fn flat_layout_keeps_block_semantics() {
+    assert_eq!(
+        render(
+            "<esi:when test=\"1\">W<esi:inline name=\"/a\">IN</esi:inline></esi:when>\
+             [<esi:include src=\"/a\"/>]"
+        ),
+        "[IN]"
+    );
+    assert_eq!(
+        render(
+            "<esi:choose><esi:try><esi:attempt>T</esi:attempt></esi:try>\
+             <esi:when test=\"1==2\">A</esi:when><esi:otherwise>O</esi:otherwise>\
+             <esi:when test=\"1\">B</esi:when></esi:choose>!"
+        ),
+        "B!"
+    );
+    assert_eq!(
+        render(
+            "<esi:try><esi:choose><esi:when test=\"1\">C</esi:when></esi:choose>\
+             <esi:except>E</esi:except><esi:attempt>A<esi:vars>v</esi:vars></esi:attempt>\
+             </esi:try>."
+        ),
+        "[try Av|except E]."
+    );
+    // A `when` whose end tag is missing is closed by the `choose`; the
+    // text after it belongs to the page again.
+    assert_eq!(
+        render("a<esi:choose><esi:when test=\"1\">b</esi:choose>c"),
+        "abc"
+    );
+}
+
+/// The memo charges a template what it holds: the source, the node vector
+/// and the pooled texts (here, the URL text of every include).
+#[test]
+fn memory_bytes_counts_the_compiled_form() {
+    let src: String = (0..200)
+        .map(|i| format!("<p>{i}</p><esi:include src=\"/fragments/{i:0>40}\"/>"))
+        .collect();
+    let t = Template::compile(src.as_bytes());
+    let urls = 200 * "/fragments/".len() + 200 * 40;
+    let floor = src.len() + t.nodes.len() * std::mem::size_of::<compile::Node>() + urls;
+    assert!(t.memory_bytes() >= floor, "{} < {floor}", t.memory_bytes());
+    // Capacities, not wild over-estimates: within a few times the floor.
+    assert!(t.memory_bytes() < 4 * floor, "{}", t.memory_bytes());
+    let plain = Template::compile(b"<p>no esi</p>");
+    assert!(plain.memory_bytes() >= 13 + std::mem::size_of::<Template>());
+}
+
+/// A template compiled from a shared body refers to those bytes (no copy)
+/// and is the same template as one compiled from a copy.
+#[test]
+fn compile_shared_keeps_the_body() {
+    let body: std::rc::Rc<[u8]> = std::rc::Rc::from(&b"a<esi:include src=\"/x\"/>b"[..]);
+    let t = Template::compile_shared(std::rc::Rc::clone(&body));
+    assert!(std::ptr::eq(t.source().as_ptr(), body.as_ptr()));
+    assert_eq!(t, Template::compile(&body));
+    assert_eq!(render("a<esi:include src=\"/x\"/>b"), "a[inc /x]b");
+}

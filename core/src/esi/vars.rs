@@ -24,6 +24,7 @@
 //! See the [module documentation of `esi`](super) for the variable table.
 
 use std::borrow::Cow;
+use std::num::NonZeroU32;
 
 use super::{RequestInputs, RequestVars};
 
@@ -57,15 +58,90 @@ impl VarName {
     }
 }
 
-/// A parsed `$(…)` reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The text a template keeps besides its source (variable keys and
+/// defaults, URL text of include attributes, literals of tests), all in one
+/// string: a [`Str`] is a range of it. One buffer rather than a `String`
+/// per piece saves an allocation and a free per piece, and is what the
+/// template's memory accounting counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Strs(String);
+
+/// A piece of a [`Strs`]. Offsets are `u32` to keep nodes small; a
+/// template's text is far below 4 GiB (pages are capped well below). The
+/// end is kept plus one, so that an `Option<Str>` is no larger than a
+/// `Str`: a variable reference has three of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Str {
+    start: u32,
+    end_plus_one: NonZeroU32,
+}
+
+fn offset(n: usize) -> u32 {
+    // Saturates rather than wraps: out-of-range pieces read as empty.
+    u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX - 1)
+}
+
+impl Strs {
+    /// Appends `s` and returns its piece.
+    pub(crate) fn push(&mut self, s: &str) -> Str {
+        let start = self.mark();
+        self.0.push_str(s);
+        self.since(start)
+    }
+
+    /// Where the next appended text starts, for [`since`](Self::since).
+    pub(crate) fn mark(&self) -> u32 {
+        offset(self.0.len())
+    }
+
+    /// Appends `s` to the piece being built since a [`mark`](Self::mark).
+    pub(crate) fn extend(&mut self, s: &str) {
+        self.0.push_str(s);
+    }
+
+    /// The text appended since `mark`.
+    pub(crate) fn since(&self, mark: u32) -> Str {
+        Str {
+            start: mark,
+            end_plus_one: NonZeroU32::MIN.saturating_add(self.mark()),
+        }
+    }
+
+    /// Drops the text appended since `mark` (what a failed parse added).
+    pub(crate) fn truncate(&mut self, mark: u32) {
+        let at = mark as usize;
+        if self.0.is_char_boundary(at) {
+            self.0.truncate(at);
+        }
+    }
+
+    /// The text of `piece`.
+    pub(crate) fn get(&self, piece: Str) -> &str {
+        self.0
+            .get(piece.start as usize..piece.end_plus_one.get() as usize - 1)
+            .unwrap_or("")
+    }
+
+    /// Makes room for `n` more bytes.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
+    /// Bytes allocated.
+    pub(crate) fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+/// A parsed `$(…)` reference. Its texts are pieces of the template's
+/// [`Strs`], so a reference owns no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct VarRef {
     pub(crate) name: VarName,
-    /// The name as written when it is unknown (for warnings); `None` for
-    /// known names, which saves an allocation per reference.
-    pub(crate) unknown_name: Option<String>,
-    pub(crate) key: Option<String>,
-    pub(crate) default: Option<String>,
+    /// The name as written when it is unknown (for warnings).
+    pub(crate) unknown_name: Option<Str>,
+    pub(crate) key: Option<Str>,
+    pub(crate) default: Option<Str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +194,58 @@ fn is_forbidden(b: u8) -> bool {
     matches!(b, b'$' | b'<' | b'>' | b'(' | b'\r' | b'\n')
 }
 
+/// Byte classes for [`VarScanner::scan`]'s inner loop, one table lookup
+/// per byte: a name byte, or a byte that ends a run of key, quoted default
+/// or bare default (a forbidden byte, or that state's delimiters).
+const NAME: u8 = 1;
+const KEY_STOP: u8 = 2;
+const QUOTED_STOP: u8 = 4;
+const BARE_STOP: u8 = 8;
+
+static CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            c |= NAME;
+        }
+        if matches!(b, b'$' | b'<' | b'>' | b'(' | b'\r' | b'\n') {
+            c |= KEY_STOP | QUOTED_STOP | BARE_STOP;
+        }
+        if matches!(b, b'{' | b'}' | b')') {
+            c |= KEY_STOP;
+        }
+        if b == b'\'' {
+            c |= QUOTED_STOP | BARE_STOP;
+        }
+        if b == b')' {
+            c |= BARE_STOP;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+/// The length of the run at the start of `bytes` that leaves the scanner
+/// in `state` without a transition.
+fn plain_run(state: State, bytes: &[u8]) -> usize {
+    // (mask, wanted): a byte continues the run while `class & mask == wanted`.
+    let (mask, wanted) = match state {
+        State::Name => (NAME, NAME),
+        State::Key => (KEY_STOP, 0),
+        State::Quoted => (QUOTED_STOP, 0),
+        State::Bare => (BARE_STOP, 0),
+        _ => return 0,
+    };
+    bytes
+        .iter()
+        .position(|&b| CLASSES[usize::from(b)] & mask != wanted)
+        .unwrap_or(bytes.len())
+}
+
 impl VarScanner {
     /// A scanner for a reference whose `$(` starts at `start`.
     pub(crate) fn new(start: usize) -> Self {
@@ -138,9 +266,14 @@ impl VarScanner {
 
     /// Continues over `buf[self.at..]`.
     pub(crate) fn scan(&mut self, buf: &[u8]) -> Scan {
-        while self.at < buf.len() {
-            if self.at - self.start >= MAX_VAR_LEN {
-                return Scan::Fail;
+        // Bytes past the longest reference are never looked at.
+        let limit = buf.len().min(self.start + MAX_VAR_LEN);
+        while self.at < limit {
+            // Runs of bytes that change nothing in this state are skipped
+            // in a tight loop (names, keys and defaults are runs of them).
+            self.at += plain_run(self.state, &buf[self.at..limit]);
+            if self.at >= limit {
+                break;
             }
             let i = self.at;
             let b = buf[i];
@@ -228,41 +361,51 @@ impl VarScanner {
                 },
             }
         }
+        if self.at < buf.len() {
+            // Stopped by the length limit, not by the end of the input.
+            return Scan::Fail;
+        }
         Scan::More
     }
 
-    /// Builds the reference after [`Scan::Done`]; `buf` is the same buffer.
-    pub(crate) fn build(&self, buf: &[u8]) -> VarRef {
-        let text = |(a, b): (usize, usize)| String::from_utf8_lossy(&buf[a..b]).into_owned();
+    /// Builds the reference after [`Scan::Done`]; `buf` is the same buffer,
+    /// its texts go to `strs`.
+    pub(crate) fn build(&self, buf: &[u8], strs: &mut Strs) -> VarRef {
+        let mut text = |(a, b): (usize, usize), trim: bool| {
+            let s = lossy(&buf[a..b]);
+            strs.push(if trim { s.trim() } else { &s })
+        };
         let raw = &buf[self.start + 2..self.name_end];
-        let default = self.default.map(|d| {
-            let s = text(d);
-            if self.state == State::Bare {
-                s.trim().to_owned()
-            } else {
-                s
-            }
-        });
+        let default = self.default.map(|d| text(d, self.state == State::Bare));
+        let key = self.key.map(|k| text(k, false));
         let name = VarName::from_bytes(raw);
         VarRef {
             name,
-            unknown_name: (name == VarName::Unknown)
-                .then(|| String::from_utf8_lossy(raw).into_owned()),
-            key: self.key.map(text),
+            unknown_name: (name == VarName::Unknown).then(|| strs.push(&lossy(raw))),
+            key,
             default,
         }
     }
 }
 
+/// `b` as text, invalid UTF-8 replaced by U+FFFD; valid text (the usual
+/// case) is validated in one pass rather than chunk by chunk.
+pub(crate) fn lossy(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 /// Parses a complete reference starting at `buf[start]` (which must be the
 /// `$` of `$(`). Returns it and the offset just past its `)`.
-pub(crate) fn parse_var_at(buf: &[u8], start: usize) -> Option<(VarRef, usize)> {
+pub(crate) fn parse_var_at(buf: &[u8], start: usize, strs: &mut Strs) -> Option<(VarRef, usize)> {
     if buf.get(start..start + 2) != Some(b"$(") {
         return None;
     }
     let mut sc = VarScanner::new(start);
     match sc.scan(buf) {
-        Scan::Done(end) => Some((sc.build(buf), end + 1)),
+        Scan::Done(end) => Some((sc.build(buf, strs), end + 1)),
         Scan::Fail | Scan::More => None,
     }
 }
@@ -270,16 +413,17 @@ pub(crate) fn parse_var_at(buf: &[u8], start: usize) -> Option<(VarRef, usize)> 
 impl VarRef {
     /// The value for this request: undefined or empty values fall back to
     /// the default, and then to the empty string.
-    pub(crate) fn value<'a>(&'a self, vars: &'a RequestVars) -> Cow<'a, str> {
-        match lookup(self, vars) {
+    /// `strs` holds the template's texts.
+    pub(crate) fn value<'a>(&self, vars: &'a RequestVars, strs: &'a Strs) -> Cow<'a, str> {
+        match lookup(self, vars, strs) {
             Some(v) if !v.is_empty() => v,
-            _ => Cow::Borrowed(self.default.as_deref().unwrap_or("")),
+            _ => Cow::Borrowed(self.default.map_or("", |d| strs.get(d))),
         }
     }
 
     /// Appends the value HTML-escaped, for markup (`esi:vars` content).
-    pub(crate) fn write_markup(&self, vars: &RequestVars, out: &mut Vec<u8>) {
-        html_escape(&self.value(vars), out);
+    pub(crate) fn write_markup(&self, vars: &RequestVars, strs: &Strs, out: &mut Vec<u8>) {
+        html_escape(&self.value(vars, strs), out);
     }
 
     /// Appends the value as URL text, for an include `src`/`alt`: escaped
@@ -287,8 +431,14 @@ impl VarRef {
     /// doc, "Escaping"). `in_query` says whether the text rendered before it
     /// already has a `?` or `#`. Dot segments and absolute results are
     /// handled on the whole rendered value, by the caller.
-    pub(crate) fn write_url(&self, vars: &RequestVars, in_query: bool, out: &mut String) {
-        let value = self.value(vars);
+    pub(crate) fn write_url(
+        &self,
+        vars: &RequestVars,
+        strs: &Strs,
+        in_query: bool,
+        out: &mut String,
+    ) {
+        let value = self.value(vars, strs);
         match (self.name, &self.key) {
             (VarName::Host, None) => percent_encode(value.as_bytes(), keep_in_host, out),
             (VarName::QueryString, None) => url_text_encode(&value, in_query, true, out),
@@ -312,8 +462,8 @@ impl VarRef {
     }
 }
 
-fn lookup<'a>(var: &VarRef, vars: &'a RequestVars) -> Option<Cow<'a, str>> {
-    let key = var.key.as_deref();
+fn lookup<'a>(var: &VarRef, vars: &'a RequestVars, strs: &Strs) -> Option<Cow<'a, str>> {
+    let key = var.key.map(|k| strs.get(k));
     match (var.name, key) {
         (VarName::Cookie, None) => vars.cookie.as_deref().map(Cow::Borrowed),
         (VarName::Cookie, Some(k)) => cookie_value(vars.cookie.as_deref()?, k).map(Cow::Borrowed),
@@ -538,7 +688,8 @@ pub(crate) fn url_text_encode(s: &str, in_query: bool, whole_query: bool, out: &
     }
 }
 
-fn push_escape(b: u8, out: &mut String) {
+/// Appends `%XX` for byte `b`.
+pub(crate) fn push_escape(b: u8, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     out.push('%');
     out.push(char::from(HEX[usize::from(b >> 4)]));
@@ -560,11 +711,19 @@ pub(crate) fn percent_encode(s: &[u8], keep: fn(u8) -> bool, out: &mut String) {
 mod tests {
     use super::*;
 
-    fn var(s: &str) -> Option<VarRef> {
-        parse_var_at(s.as_bytes(), 0).map(|(v, end)| {
+    /// The reference `s`, with the texts it keeps.
+    fn var(s: &str) -> Option<(VarRef, Strs)> {
+        let mut strs = Strs::default();
+        parse_var_at(s.as_bytes(), 0, &mut strs).map(|(v, end)| {
             assert_eq!(end, s.len(), "whole input consumed: {s}");
-            v
+            (v, strs)
         })
+    }
+
+    fn key_default(s: &str) -> (Option<String>, Option<String>) {
+        let (v, strs) = var(s).expect(s);
+        let text = |p: Option<Str>| p.map(|p| strs.get(p).to_owned());
+        (text(v.key), text(v.default))
     }
 
     fn req() -> RequestVars {
@@ -579,23 +738,31 @@ mod tests {
     }
 
     fn val(s: &str) -> String {
-        var(s).expect(s).value(&req()).into_owned()
+        let (v, strs) = var(s).expect(s);
+        v.value(&req(), &strs).into_owned()
     }
 
     #[test]
     fn syntax() {
-        let v = var("$(HTTP_COOKIE{a}|'d f')").unwrap();
-        assert_eq!(v.name, VarName::Cookie);
-        assert_eq!(v.key.as_deref(), Some("a"));
-        assert_eq!(v.default.as_deref(), Some("d f"));
-        let v = var("$(QUERY_STRING| bare default )").unwrap();
-        assert_eq!(v.key, None);
-        assert_eq!(v.default.as_deref(), Some("bare default"));
-        let v = var("$(X|'a)b|c')").unwrap();
-        assert_eq!(v.default.as_deref(), Some("a)b|c"));
-        assert_eq!(var("$(X|)").unwrap().default.as_deref(), Some(""));
-        assert_eq!(var("$(X{k} | 'y' )").unwrap().default.as_deref(), Some("y"));
-        assert_eq!(var("$(lower)").unwrap().name, VarName::Unknown);
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            var("$(HTTP_COOKIE{a}|'d f')").unwrap().0.name,
+            VarName::Cookie
+        );
+        assert_eq!(
+            key_default("$(HTTP_COOKIE{a}|'d f')"),
+            (some("a"), some("d f"))
+        );
+        assert_eq!(
+            key_default("$(QUERY_STRING| bare default )"),
+            (None, some("bare default"))
+        );
+        assert_eq!(key_default("$(X|'a)b|c')").1, some("a)b|c"));
+        assert_eq!(key_default("$(X|)").1, some(""));
+        assert_eq!(key_default("$(X{k} | 'y' )").1, some("y"));
+        let (lower, strs) = var("$(lower)").unwrap();
+        assert_eq!(lower.name, VarName::Unknown);
+        assert_eq!(lower.unknown_name.map(|n| strs.get(n)), Some("lower"));
         for bad in [
             "$()",
             "$( X)",
@@ -611,10 +778,36 @@ mod tests {
             "$(X-Y)",
             "(X)",
         ] {
-            assert!(parse_var_at(bad.as_bytes(), 0).is_none(), "{bad:?}");
+            let mut strs = Strs::default();
+            assert!(
+                parse_var_at(bad.as_bytes(), 0, &mut strs).is_none(),
+                "{bad:?}"
+            );
         }
         let long = format!("$(X|'{}')", "a".repeat(MAX_VAR_LEN));
-        assert!(parse_var_at(long.as_bytes(), 0).is_none());
+        assert!(parse_var_at(long.as_bytes(), 0, &mut Strs::default()).is_none());
+    }
+
+    /// The scanner's byte table says what the syntax rules say, for every
+    /// byte.
+    #[test]
+    fn byte_classes_match_the_syntax() {
+        for b in 0..=255u8 {
+            let run = |state| plain_run(state, &[b]) == 1;
+            assert_eq!(run(State::Name), is_name_byte(b), "{b}");
+            assert_eq!(
+                run(State::Key),
+                !is_forbidden(b) && !matches!(b, b'{' | b'}' | b')'),
+                "{b}"
+            );
+            assert_eq!(run(State::Quoted), !is_forbidden(b) && b != b'\'', "{b}");
+            assert_eq!(
+                run(State::Bare),
+                !is_forbidden(b) && !matches!(b, b')' | b'\''),
+                "{b}"
+            );
+            assert!(!run(State::Start) && !run(State::AfterKey), "{b}");
+        }
     }
 
     #[test]
@@ -629,7 +822,9 @@ mod tests {
                 first
             };
             assert_eq!(r, Scan::Done(22), "cut {cut}");
-            assert_eq!(sc.build(s).default.as_deref(), Some("x"));
+            let mut strs = Strs::default();
+            let default = sc.build(s, &mut strs).default.map(|d| strs.get(d));
+            assert_eq!(default, Some("x"));
         }
     }
 
@@ -662,10 +857,10 @@ mod tests {
         assert_eq!(val("$(NO_SUCH_VAR)"), "");
         assert_eq!(val("$(NO_SUCH_VAR|'d')"), "d");
         let empty = RequestVars::default();
-        let v = var("$(HTTP_ACCEPT_LANGUAGE{en})").unwrap();
-        assert_eq!(v.value(&empty), "false");
-        let v = var("$(HTTP_USER_AGENT{browser}|'none')").unwrap();
-        assert_eq!(v.value(&empty), "none");
+        let (v, strs) = var("$(HTTP_ACCEPT_LANGUAGE{en})").unwrap();
+        assert_eq!(v.value(&empty, &strs), "false");
+        let (v, strs) = var("$(HTTP_USER_AGENT{browser}|'none')").unwrap();
+        assert_eq!(v.value(&empty, &strs), "none");
     }
 
     #[test]
@@ -765,13 +960,14 @@ mod tests {
     #[test]
     fn escaped_by_sink() {
         let r = req();
-        let evil = var("$(HTTP_COOKIE{evil})").unwrap();
+        let (evil, strs) = var("$(HTTP_COOKIE{evil})").unwrap();
         let mut out = Vec::new();
-        evil.write_markup(&r, &mut out);
+        evil.write_markup(&r, &strs, &mut out);
         assert_eq!(out, b"&lt;esi:include src=/x/&gt;".to_vec());
         let url = |v: &str, in_query: bool| {
             let mut out = String::new();
-            var(v).unwrap().write_url(&r, in_query, &mut out);
+            let (v, strs) = var(v).unwrap();
+            v.write_url(&r, &strs, in_query, &mut out);
             out
         };
         assert_eq!(

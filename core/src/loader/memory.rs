@@ -20,8 +20,8 @@ use crate::url::Url;
 use super::{Fragment, Outcome};
 
 /// Compiled templates, kept per isolate so a cache hit does not re-parse.
-/// Bounded by bytes ([`TEMPLATE_MEMO_MAX_BYTES`]: source plus an estimate of
-/// the compiled nodes), least recently used evicted first.
+/// Bounded by bytes ([`TEMPLATE_MEMO_MAX_BYTES`]: source plus the compiled
+/// nodes, see [`Template::memory_bytes`]), least recently used evicted first.
 pub struct TemplateMemo {
     lru: RefCell<Lru<(u64, Rc<Template>)>>,
 }
@@ -40,17 +40,10 @@ impl Default for TemplateMemo {
 /// Bytes of compiled templates kept per isolate.
 pub const TEMPLATE_MEMO_MAX_BYTES: usize = 8 << 20;
 
-/// Estimated memory of one compiled template: its copy of the source plus,
-/// per ESI tag or variable reference in it, room for a few nodes.
+/// Memory of one compiled template, as the template measures it (source,
+/// nodes and everything they allocated).
 fn template_bytes(t: &Template) -> usize {
-    const PER_MARKUP: usize = 4 * 64;
-    let src = t.source();
-    let markup = memchr::memmem::find_iter(src, b"<esi:").count()
-        + memchr::memmem::find_iter(src, b"$(").count()
-        + memchr::memmem::find_iter(src, b"<!--esi").count();
-    src.len()
-        .saturating_add(markup.saturating_mul(PER_MARKUP))
-        .saturating_add(std::mem::size_of::<Template>())
+    t.memory_bytes()
 }
 
 impl TemplateMemo {
@@ -58,7 +51,8 @@ impl TemplateMemo {
     /// of this version and logging its ESI warnings then.
     pub fn get(&self, frag: &Fragment, url: &Url, log: &dyn Log) -> Rc<Template> {
         let compile = || {
-            let t = Template::compile(&frag.body);
+            // Shares the body rather than copying it.
+            let t = Template::compile_shared(Rc::clone(&frag.body));
             // Once per compiled version, not on every request that uses it.
             for w in t.warnings() {
                 log.log(LogLevel::Warn, &format!("{url}: ESI: {w}"));

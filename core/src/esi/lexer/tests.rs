@@ -22,7 +22,9 @@ enum Event {
         at: usize,
     },
     Var {
-        var: VarRef,
+        name: super::super::vars::VarName,
+        key: Option<String>,
+        default: Option<String>,
         at: usize,
     },
     MarkerOpen(usize),
@@ -45,6 +47,7 @@ struct Recorder {
     events: Vec<Event>,
     vars: usize,
     markers: usize,
+    strs: Strs,
 }
 
 impl Sink for Recorder {
@@ -79,7 +82,18 @@ impl Sink for Recorder {
     }
 
     fn var(&mut self, var: VarRef, offset: usize) {
-        self.events.push(Event::Var { var, at: offset });
+        let text = |p: Option<super::super::vars::Str>| p.map(|p| self.strs.get(p).to_owned());
+        let (key, default) = (text(var.key), text(var.default));
+        self.events.push(Event::Var {
+            name: var.name,
+            key,
+            default,
+            at: offset,
+        });
+    }
+
+    fn strs(&mut self) -> &mut Strs {
+        &mut self.strs
     }
 
     fn marker_open(&mut self, offset: usize) {
@@ -150,12 +164,17 @@ fn show(input: &str) -> Vec<String> {
                 if self_closing { " (empty)" } else { "" }
             ),
             Event::End { name, at } => format!("@{at} </{name}>"),
-            Event::Var { var, at } => {
-                let mut s = format!("@{at} var {:?}", var.name);
-                if let Some(k) = &var.key {
+            Event::Var {
+                name,
+                key,
+                default,
+                at,
+            } => {
+                let mut s = format!("@{at} var {name:?}");
+                if let Some(k) = &key {
                     s.push_str(&format!("{{{k}}}"));
                 }
-                if let Some(d) = &var.default {
+                if let Some(d) = &default {
                     s.push_str(&format!("|{d:?}"));
                 }
                 s
