@@ -199,8 +199,10 @@ async function launch({ options, kvPersist, script }) {
  *   stored there, so a second instance started with the same path sees it
  *   (the caller owns and removes the directory). true: a fresh temporary
  *   directory, removed by dispose().
- * @param {boolean} [options.analytics=false]  Bind FRAGCACHE_ANALYTICS to a
- *   dataset that records its data points (read them with analyticsPoints()).
+ * @param {boolean | "discard"} [options.analytics=false]  true: bind
+ *   FRAGCACHE_ANALYTICS to a dataset that records its data points (read them
+ *   with analyticsPoints()); "discard": to Miniflare's dataset, which keeps
+ *   nothing (for benchmarks).
  * @param {string} [options.scriptPath=BUILD_SCRIPT]  Only for testing the harness itself.
  * @param {string} [options.compatibilityDate="2026-04-01"]
  * @returns {Promise<{
@@ -226,7 +228,11 @@ export async function startWorker({
   if (config === undefined) throw new TypeError("startWorker: config is required");
   const script = resolveScript(scriptPath, "startWorker");
   let options = workerOptions({ script, config, bindings, compatibilityDate });
-  if (analytics) {
+  if (analytics === "discard") {
+    // Miniflare's own dataset: accepts every point and keeps none, which is
+    // what writing one costs the worker, as in production.
+    options.analyticsEngineDatasets = { FRAGCACHE_ANALYTICS: { dataset: "fragcache" } };
+  } else if (analytics) {
     // Miniflare's own Analytics Engine drops every point; this binding has
     // the platform's interface (`writeDataPoint`) and keeps each point in
     // a KV namespace of its own, so a test can read what the worker wrote.
@@ -244,7 +250,7 @@ export async function startWorker({
   const { mf, readyUrl, logs, crossRequestWarnings, dispose } = await launch({ options, kvPersist, script });
   const url = readyUrl.origin;
   const kv = await mf.getKVNamespace("FRAGMENTS");
-  const points = analytics ? await mf.getKVNamespace("POINTS", ANALYTICS_RECORDER) : undefined;
+  const points = analytics === true ? await mf.getKVNamespace("POINTS", ANALYTICS_RECORDER) : undefined;
 
   return {
     mf,
@@ -312,6 +318,8 @@ async function assertExportsCoordinator(logs, script) {
  * @param {object} options.config  The FRAGCACHE config object (JSON binding), same for every worker.
  * @param {number} [options.count=2]  How many workers (isolates).
  * @param {Record<string, string>} [options.bindings={}]  Extra plain-text bindings.
+ * @param {false | "discard"} [options.analytics=false]  "discard": bind
+ *   FRAGCACHE_ANALYTICS to Miniflare's dataset, which keeps nothing.
  * @param {true | false | "broken" | "hung"} [options.coordinator=true]
  *   true: COORDINATOR is the script's own FragmentCoordinator class, defined
  *   (SQLite-backed) by worker 0 and bound by the others through `scriptName`,
@@ -339,6 +347,7 @@ export async function startWorkers({
   config,
   count = 2,
   bindings = {},
+  analytics = false,
   coordinator = true,
   kvPersist = false,
   scriptPath = BUILD_SCRIPT,
@@ -359,6 +368,8 @@ export async function startWorkers({
       name,
       unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
     };
+    if (analytics === "discard") options.analyticsEngineDatasets = { FRAGCACHE_ANALYTICS: { dataset: "fragcache" } };
+    else if (analytics) throw new TypeError('startWorkers: analytics may only be "discard"');
     if (coordinator !== false) {
       const binding = { className: COORDINATOR_CLASS, useSQLite: true };
       // The host worker defines the namespace; everyone else points at it.
