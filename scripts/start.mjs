@@ -9,6 +9,7 @@
 //   ORIGIN_PORT=8788 WORKER_PORT=8787 START_TIMEOUT_S=60 npm start
 
 import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -21,6 +22,9 @@ const WORKER_PORT = portFromEnv("WORKER_PORT", 8787);
 const START_TIMEOUT_MS = (Number(process.env.START_TIMEOUT_S) > 0 ? Number(process.env.START_TIMEOUT_S) : 60) * 1000;
 const ORIGIN_URL = `http://${HOST}:${ORIGIN_PORT}`;
 const WORKER_URL = `http://${HOST}:${WORKER_PORT}`;
+// The admin API's token for this run only (a deployed worker takes it from
+// `wrangler secret put FRAGCACHE_ADMIN_TOKEN`), unless one is given.
+const ADMIN_TOKEN = process.env.FRAGCACHE_ADMIN_TOKEN || randomBytes(12).toString("hex");
 
 const args = new Set(process.argv.slice(2));
 
@@ -167,6 +171,13 @@ ${line}
   Sign in     ${WORKER_URL}/login?user=alice   (sign out: /logout)
               The greeting is private: fetched per user, never cached.
 
+  Admin       token for this run: ${ADMIN_TOKEN}
+              (README → Operations; FRAGCACHE_ADMIN_TOKEN=… npm start to choose it)
+              curl -H "Authorization: Bearer ${ADMIN_TOKEN}" -H "Accept: application/json" \\
+                "${WORKER_URL}/_fragcache/inspect?path=/"
+              curl -X POST -H "Authorization: Bearer ${ADMIN_TOKEN}" \\
+                "${WORKER_URL}/_fragcache/purge?path=/fragments/nav&soft=1"
+
   Stop        Ctrl-C
 ${line}
 `);
@@ -255,6 +266,8 @@ async function main() {
       "--port",
       String(WORKER_PORT),
       "--show-interactive-dev-session=false",
+      "--var",
+      `FRAGCACHE_ADMIN_TOKEN:${ADMIN_TOKEN}`,
     ],
     {
       ...process.env,
