@@ -63,8 +63,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use crate::cache::breaker::BreakerState;
 use crate::cache::CacheStatus;
 use crate::esi::{
-    may_contain_esi, Include, IncludeSrc, Plan, RequestInputs, RequestVars, Segment, SrcRefusal,
-    Template,
+    Include, IncludeSrc, Plan, RequestInputs, RequestVars, Segment, SrcRefusal, Template,
 };
 use crate::loader::{Fragment, LoadError, Loader, Lookup, VaryHint};
 use crate::ports::{LocalFuture, LogLevel};
@@ -537,7 +536,7 @@ impl PageState {
                     let plain = f.status.is_success()
                         && f.set_cookies.is_empty()
                         && lookup.status != CacheStatus::Bypass
-                        && !may_contain_esi(&f.body);
+                        && !f.may_contain_esi();
                     if !plain {
                         return None;
                     }
@@ -695,7 +694,7 @@ impl PageState {
             self.charge(frag.body.len())?;
             Ok(vec![Piece::Body(Rc::clone(&frag.body))])
         };
-        if !may_contain_esi(&frag.body) {
+        if !frag.may_contain_esi() {
             return whole(frag);
         }
         let template =
@@ -898,9 +897,7 @@ fn header_time_unknown(seg: &Segment, pre: Option<&Pre>) -> bool {
                 return true;
             }
             match l.ready_fragment() {
-                Some(f) => {
-                    may_contain_esi(&f.body) || (f.status.as_u16() >= 300 && inc.alt.is_some())
-                }
+                Some(f) => f.may_contain_esi() || (f.status.as_u16() >= 300 && inc.alt.is_some()),
                 None => inc.alt.is_some(),
             }
         }

@@ -320,6 +320,8 @@ async function assertExportsCoordinator(logs, script) {
  * @param {Record<string, string>} [options.bindings={}]  Extra plain-text bindings.
  * @param {false | "discard"} [options.analytics=false]  "discard": bind
  *   FRAGCACHE_ANALYTICS to Miniflare's dataset, which keeps nothing.
+ * @param {number} [options.inspectorPort]  Open V8's inspector on this port
+ *   (for CPU profiles: bench/profile.mjs).
  * @param {true | false | "broken" | "hung"} [options.coordinator=true]
  *   true: COORDINATOR is the script's own FragmentCoordinator class, defined
  *   (SQLite-backed) by worker 0 and bound by the others through `scriptName`,
@@ -348,6 +350,7 @@ export async function startWorkers({
   count = 2,
   bindings = {},
   analytics = false,
+  inspectorPort,
   coordinator = true,
   kvPersist = false,
   scriptPath = BUILD_SCRIPT,
@@ -369,6 +372,8 @@ export async function startWorkers({
       unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
     };
     if (analytics === "discard") options.analyticsEngineDatasets = { FRAGCACHE_ANALYTICS: { dataset: "fragcache" } };
+    // Profiling (bench/profile.mjs): V8's inspector for this worker.
+    if (inspectorPort) options.unsafeInspectorProxy = true;
     else if (analytics) throw new TypeError('startWorkers: analytics may only be "discard"');
     if (coordinator !== false) {
       const binding = { className: COORDINATOR_CLASS, useSQLite: true };
@@ -387,7 +392,11 @@ export async function startWorkers({
     });
   }
 
-  const { mf, logs, crossRequestWarnings, dispose } = await launch({ options: { workers }, kvPersist, script });
+  const { mf, logs, crossRequestWarnings, dispose } = await launch({
+    options: { workers, ...(inspectorPort ? { inspectorPort } : {}) },
+    kvPersist,
+    script,
+  });
   let urls;
   let kv;
   try {

@@ -1,6 +1,7 @@
 //! [`Fragment`], the one thing that crosses from one request to another,
 //! and how it is made from an origin response or a stored entry.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 use http::{HeaderMap, StatusCode};
@@ -37,9 +38,34 @@ pub struct Fragment {
     /// The cache tags the origin gave it (`Cache-Tag`, `Surrogate-Key`;
     /// see [`crate::tags`]), which purge by tag matches.
     pub tags: Rc<[String]>,
+    /// Whether the body may hold ESI markup, found on first use: a cached
+    /// fragment is shared by every request that includes it, so its body is
+    /// scanned once per version, not once per page (in wasm the scan has no
+    /// SIMD, and it was a tenth of a warm page's time).
+    pub(crate) may_esi: EsiScan,
+}
+
+/// The memoised answer of [`Fragment::may_contain_esi`]. A cache of a
+/// property of the body, so it takes no part in comparing fragments.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EsiScan(OnceCell<bool>);
+
+impl PartialEq for EsiScan {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Fragment {
+    /// Whether the body may contain ESI (`esi:` or `<!--esi`); a `false`
+    /// means it is certainly plain and is included as it is.
+    pub fn may_contain_esi(&self) -> bool {
+        *self
+            .may_esi
+            .0
+            .get_or_init(|| crate::esi::may_contain_esi(&self.body))
+    }
+
     /// The fragment an origin response gives: `key` when it is stored,
     /// `Set-Cookie` values kept when `keep_cookies`, and the response
     /// headers a page may carry when `keep_headers` (a page shell).
@@ -71,6 +97,7 @@ impl Fragment {
                 Vec::new()
             },
             tags: parse_tags(&resp.headers).into(),
+            may_esi: EsiScan::default(),
         }
     }
 
@@ -91,6 +118,7 @@ impl Fragment {
             cache_key: Some(key.to_owned()),
             set_cookies: Vec::new(),
             tags: tags::decode(tag_block).into(),
+            may_esi: EsiScan::default(),
         }
     }
 }

@@ -367,6 +367,7 @@ mod tests {
             cache_key: Some(key.to_owned()),
             set_cookies: Vec::new(),
             tags: Rc::from(Vec::new()),
+            may_esi: Default::default(),
         };
         (meta, Rc::new(frag))
     }
