@@ -105,6 +105,24 @@ const share = (pred) => [...self].filter(([k]) => pred(k)).reduce((a, [, v]) => 
 console.log(`wasm ${(100 * share((k) => k.includes("[wasm]"))).toFixed(1)} %, ` +
   `JS glue ${(100 * share((k) => /\[.*\.js\]/.test(k) && !k.includes("[wasm]"))).toFixed(1)} %, ` +
   `runtime/native ${(100 * share((k) => !k.includes("[") || /\[\]$/.test(k.trim()))).toFixed(1)} %`);
+// `--callers <name>`: the call paths into a function, with their self time.
+const callersOf = process.argv.includes("--callers") ? process.argv[process.argv.indexOf("--callers") + 1] : null;
+if (callersOf) {
+  const parent = new Map();
+  for (const n of nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const hits = new Map(samples.map((s) => [s, 0]));
+  samples.forEach((s, i) => hits.set(s, hits.get(s) + (timeDeltas[i] ?? 0)));
+  const paths = new Map();
+  for (const n of nodes.filter((n) => n.callFrame.functionName === callersOf)) {
+    const chain = [];
+    for (let id = parent.get(n.id); id !== undefined && chain.length < 12; id = parent.get(id)) {
+      chain.push(byId.get(id).callFrame.functionName || "(anonymous)");
+    }
+    const key = chain.join(" < ");
+    paths.set(key, (paths.get(key) ?? 0) + (hits.get(n.id) ?? 0));
+  }
+  for (const [k, v] of [...paths].sort((a, b) => b[1] - a[1]).slice(0, 8)) console.log(`${(v / 1000).toFixed(1)} ms  ${callersOf} < ${k}`);
+}
 for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 40)) {
   console.log(`${(v / 1000).toFixed(1).padStart(8)} ms ${((100 * v) / total).toFixed(1).padStart(5)} %  ${k}`);
 }
