@@ -372,9 +372,9 @@ export async function startWorkers({
       unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }],
     };
     if (analytics === "discard") options.analyticsEngineDatasets = { FRAGCACHE_ANALYTICS: { dataset: "fragcache" } };
+    else if (analytics) throw new TypeError('startWorkers: analytics may only be "discard"');
     // Profiling (bench/profile.mjs): V8's inspector for this worker.
     if (inspectorPort) options.unsafeInspectorProxy = true;
-    else if (analytics) throw new TypeError('startWorkers: analytics may only be "discard"');
     if (coordinator !== false) {
       const binding = { className: COORDINATOR_CLASS, useSQLite: true };
       // The host worker defines the namespace; everyone else points at it.
