@@ -1028,6 +1028,16 @@ impl Site {
         )
     }
 
+    /// A loader for a client request built by the caller.
+    pub fn loader_for(&self, req: ClientRequest) -> Loader {
+        Loader::new(
+            self.sim.ports(),
+            Rc::clone(&self.shared),
+            Rc::clone(&self.config),
+            Rc::new(req),
+        )
+    }
+
     /// Starts loading `path` on [`ORIGIN`] as an include of a bare request
     /// to `/`.
     pub fn load(&self, path: &str) -> Slot<Loaded> {

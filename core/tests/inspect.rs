@@ -59,12 +59,7 @@ fn run_inspector(site: &Site, headers: &[(&str, &str)], accept: &str) -> (String
         &client_request("/", headers).headers,
     )
     .unwrap();
-    let loader = Loader::new(
-        site.sim.ports(),
-        Rc::clone(&site.shared),
-        Rc::clone(&site.config),
-        Rc::new(req),
-    );
+    let loader = site.loader_for(req);
     let accept = accept.to_owned();
     let slot = site.sim.spawn(async move {
         let reply = inspect(loader, Some(&accept)).await;
@@ -165,12 +160,7 @@ fn the_debug_bypass_reads_and_writes_no_cache() {
     let keys_before = site.sim.store.keys();
     let mut req = client_request("/p", &[]);
     req.debug_bypass = true;
-    let loader = Loader::new(
-        site.sim.ports(),
-        Rc::clone(&site.shared),
-        Rc::clone(&site.config),
-        Rc::new(req),
-    );
+    let loader = site.loader_for(req);
     let probe = loader.clone();
     let slot = site.sim.spawn(serve(loader));
     site.sim.run();
