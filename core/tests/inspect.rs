@@ -2,11 +2,8 @@
 //! simulation: one page with a fresh, a stale, a cold and a private
 //! fragment, checked against what the origin was asked.
 
-use std::rc::Rc;
-
 use fragcache_core::cache::EntryMeta;
 use fragcache_core::inspect::inspect;
-use fragcache_core::loader::Loader;
 use fragcache_core::record::PageRecord;
 use fragcache_core::testing::{client_request, serve, take, Script, Site};
 use serde_json::Value;
