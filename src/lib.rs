@@ -165,7 +165,10 @@ impl PageEnd {
     /// binding, else one JSON log line (the README documents both layouts).
     fn finish(self, ttfb_ms: u64) {
         let path = self.loader.request().url.path_and_query();
-        let record = PageRecord::new(&path, &self.loader.reports(), ttfb_ms, self.now_ms());
+        let total_ms = self.now_ms();
+        let record = self
+            .loader
+            .with_reports(|reports| PageRecord::new(&path, reports, ttfb_ms, total_ms));
         match &self.analytics {
             Some(dataset) => {
                 let written = AnalyticsEngineDataPointBuilder::new()

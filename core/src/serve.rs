@@ -267,7 +267,7 @@ async fn render_shell(
         set_text(
             &mut headers,
             STATUS_HEADER,
-            &status_header(&loader.reports()),
+            &loader.with_reports(status_header),
         );
         Reply::Full {
             status: shell.status,
@@ -341,10 +341,15 @@ async fn render_shell(
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(PRIVATE));
         headers.remove(AGE);
     }
-    let reports = page.reports();
-    set_text(&mut headers, STATUS_HEADER, &status_header(&reports));
     let until_headers = loader.ports().clock.now_ms().saturating_sub(assembling);
-    if let Ok(v) = HeaderValue::from_str(&server_timing(&reports, until_headers)) {
+    let (status, timing) = loader.with_reports(|reports| {
+        (
+            status_header(reports),
+            server_timing(reports, until_headers),
+        )
+    });
+    set_text(&mut headers, STATUS_HEADER, &status);
+    if let Ok(v) = HeaderValue::from_str(&timing) {
         headers.append(HeaderName::from_static("server-timing"), v);
     }
     if page.is_complete() {

@@ -269,9 +269,16 @@ impl Loader {
         self.began
     }
 
-    /// Reports of the shell and includes seen so far, in order.
+    /// Reports of the shell and includes seen so far, in order (a copy).
     pub fn reports(&self) -> Vec<FragmentReport> {
         self.reports.borrow().clone()
+    }
+
+    /// Runs `f` on the reports so far without copying them: every page
+    /// reads them for its headers and its record. `f` must not add or
+    /// update reports.
+    pub fn with_reports<R>(&self, f: impl FnOnce(&[FragmentReport]) -> R) -> R {
+        f(&self.reports.borrow())
     }
 
     /// Records a report; returns its index for [`Loader::update_report`].
