@@ -522,11 +522,7 @@ async fn soften(loader: &Loader, key: &str, at: u64) -> Result<bool, StoreError>
     // not make the old content fresh again.
     meta.fresh_until = meta.fresh_until.min(at);
     meta.stored_at = at;
-    let ttl_s = meta
-        .stale_until
-        .saturating_sub(at)
-        .div_ceil(1000)
-        .max(TOMBSTONE_TTL_S);
+    let ttl_s = crate::cache::kv::kv_ttl_s(meta.stale_until.saturating_sub(at));
     store.put(key, entry, ttl_s).await.map(|()| true)
 }
 

@@ -88,6 +88,14 @@ impl FragmentStore for TimedStore {
     }
 }
 
+/// KV's `expirationTtl` (s) for an entry that may be served for `hard_ms`
+/// more: whole seconds rounded up, and never below the 60 s KV accepts.
+pub fn kv_ttl_s(hard_ms: u64) -> u64 {
+    hard_ms
+        .div_ceil(1000)
+        .max(u64::from(crate::config::MIN_HARD_TTL_S))
+}
+
 /// Writes an entry that may be served until `hard_ms` from now. KV refuses
 /// an `expirationTtl` below 60 s; the soft and hard deadlines in the
 /// metadata are what freshness uses, so a longer KV life is harmless. A
@@ -100,9 +108,7 @@ pub async fn put_entry(
     meta: EntryMeta,
     hard_ms: u64,
 ) -> bool {
-    let ttl_s = hard_ms
-        .div_ceil(1000)
-        .max(u64::from(crate::config::MIN_HARD_TTL_S));
+    let ttl_s = kv_ttl_s(hard_ms);
     match ports
         .store
         .put(key, StoredEntry { body, meta }, ttl_s)
@@ -143,10 +149,7 @@ pub async fn put_tagged(
     } else if indexed {
         prev_until
     } else {
-        let ttl_s = hard_ms
-            .div_ceil(1000)
-            .max(u64::from(crate::config::MIN_HARD_TTL_S))
-            * crate::tags::INDEX_LIFE_FACTOR;
+        let ttl_s = kv_ttl_s(hard_ms) * crate::tags::INDEX_LIFE_FACTOR;
         for tag in tags {
             let marker = StoredEntry {
                 body: Vec::new(),
